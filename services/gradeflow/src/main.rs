@@ -1,0 +1,3 @@
+//! The `gradeflow` command line.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Service kit: typed configuration, telemetry, trace propagation, health endpoints, graceful shutdown.

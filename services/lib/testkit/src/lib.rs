@@ -1,0 +1,1 @@
+//! Test support: reach NATS and PostgreSQL, a fresh prefix and database per test.

@@ -1,0 +1,1 @@
+//! Pure submission rules: the dossier state machine, eligibility and completeness.
