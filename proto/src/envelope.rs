@@ -73,6 +73,27 @@ pub struct Envelope<P = serde_json::Value> {
     pub payload: P,
 }
 
+/// What the event store keeps beside each event's payload: everything of the
+/// wire envelope that is not the payload or the store's own bookkeeping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Metadata {
+    /// Who caused the event.
+    pub actor: Actor,
+    /// The request the event belongs to.
+    pub correlation_id: CorrelationId,
+    /// The event or command that caused this one.
+    #[serde(default)]
+    pub causation_id: Option<uuid::Uuid>,
+    /// W3C trace context, `00-<trace>-<span>-<flags>`.
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    /// The service that recorded the event (the `<service>` subject token).
+    pub service: String,
+    /// Province code, the routing key of the event's subject (`_` when none).
+    #[serde(default)]
+    pub province: Option<String>,
+}
+
 /// A command sent over request/reply on `<prefix>.cmd.<service>.<command>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

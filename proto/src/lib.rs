@@ -13,7 +13,7 @@ pub mod names;
 pub mod schema;
 pub mod tier;
 
-pub use envelope::{Actor, CommandEnvelope, CommandReply, Envelope, Rejection, Role};
+pub use envelope::{Actor, CommandEnvelope, CommandReply, Envelope, Metadata, Rejection, Role};
 pub use grade::Grade;
 pub use ids::{CommandId, CorrelationId, CycleId, DecisionId, DossierId, EventId, OrgId, SubjectId};
 pub use model::*;
