@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Installs (Debian packages) and starts what gradeflow's tests and `gradeflow up`
+# need on this machine, when it is not already there: NATS with JetStream on
+# 127.0.0.1:4222 and PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth on
+# loopback, database `test`), plus the test tools (cargo-nextest, Python
+# `jsonschema`). Idempotent: a server that already answers is left alone.
+set -euo pipefail
+
+log() { printf 'services: %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        log "need root for: $*"; return 1; fi
+}
+
+apt_updated=""
+apt_install() {
+    if [ -z "$apt_updated" ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# `true` when something accepts TCP connections on 127.0.0.1:$1.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for_port() {
+    local port=$1 what=$2
+    for _ in $(seq 1 100); do
+        listening "$port" && return 0
+        sleep 0.2
+    done
+    log "$what did not start listening on 127.0.0.1:$port"
+    return 1
+}
+
+ensure_nats() {
+    if listening 4222; then
+        log "NATS already listening on 127.0.0.1:4222"
+        return
+    fi
+    command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || apt_install nats-server
+    local bin
+    bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+    local store=/var/lib/nats-server
+    as_root mkdir -p "$store"
+    log "starting nats-server with JetStream (store $store)"
+    as_root start-stop-daemon --start --oknodo --background --exec "$bin" -- \
+        -a 127.0.0.1 -p 4222 -js -sd "$store" -l /var/log/nats-server.log
+    wait_for_port 4222 nats-server
+}
+
+ensure_postgres() {
+    if command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432; then
+        log "PostgreSQL already accepting connections on 127.0.0.1:5432"
+    else
+        if ! ls /etc/postgresql/*/main/postgresql.conf >/dev/null 2>&1; then
+            apt_install postgresql
+        fi
+        local version
+        version=$(ls /etc/postgresql | sort -V | tail -n 1)
+        local hba=/etc/postgresql/$version/main/pg_hba.conf
+        # Tests connect as postgres over loopback without a password. Add the
+        # trust lines once, at the top, so they win over the packaged defaults.
+        if ! as_root grep -q '^# gradeflow: loopback trust' "$hba"; then
+            log "allowing trust auth on loopback in $hba"
+            as_root sh -c "{ printf '%s\n' '# gradeflow: loopback trust' \
+                'host all all 127.0.0.1/32 trust' 'host all all ::1/128 trust'; cat '$hba'; } > '$hba.new' && mv '$hba.new' '$hba'"
+            as_root chown postgres:postgres "$hba"
+        fi
+        log "starting PostgreSQL $version"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+        for _ in $(seq 1 100); do
+            pg_isready -q -h 127.0.0.1 -p 5432 && break
+            sleep 0.2
+        done
+        pg_isready -q -h 127.0.0.1 -p 5432 || { log "PostgreSQL did not start"; return 1; }
+    fi
+    if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='test'" | grep -q 1; then
+        log "creating database test"
+        psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE test"
+    fi
+}
+
+ensure_test_tools() {
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        log "installing cargo-nextest"
+        cargo install --locked cargo-nextest
+    fi
+    if ! python3 -c 'import jsonschema' >/dev/null 2>&1; then
+        log "installing the Python jsonschema package"
+        python3 -m pip install --quiet jsonschema || apt_install python3-jsonschema
+    fi
+}
+
+case "${1:-all}" in
+    nats) ensure_nats ;;
+    postgres) ensure_postgres ;;
+    tools) ensure_test_tools ;;
+    all) ensure_nats; ensure_postgres; ensure_test_tools ;;
+    *) log "usage: $0 [all|nats|postgres|tools]"; exit 2 ;;
+esac
