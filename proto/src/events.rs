@@ -386,6 +386,34 @@ impl DecisionLogRecord {
     pub const KIND: &'static str = "decision_log_record.v1";
 }
 
+/// The service that emits events of `kind`, if it is a known kind.
+pub fn service_of(kind: &str) -> Option<&'static str> {
+    macro_rules! lookup {
+        ($($ty:ty),* $(,)?) => {
+            $(if kind == <$ty as Event>::KIND { return Some(<$ty as Event>::SERVICE); })*
+        };
+    }
+    lookup!(
+        OrgRegistered,
+        OrgRenamed,
+        OrgMoved,
+        OrgsMerged,
+        CycleOpened,
+        SubjectRegistered,
+        SelfReviewSubmitted,
+        MeetingRecorded,
+        DossierAppraised,
+        DossierReturned,
+        DecisionRecorded,
+        GradeDecided,
+        GradeRevised,
+        UnitCompleted,
+        CollectiveDossierOpened,
+        CycleCompleted,
+    );
+    None
+}
+
 /// The versioned kinds of every event, for routing and schema checks.
 pub const EVENT_KINDS: &[&str] = &[
     OrgRegistered::KIND,
@@ -405,3 +433,18 @@ pub const EVENT_KINDS: &[&str] = &[
     CollectiveDossierOpened::KIND,
     CycleCompleted::KIND,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_names_its_emitting_service() {
+        for k in EVENT_KINDS {
+            assert!(service_of(k).is_some(), "{k}");
+        }
+        assert_eq!(service_of(GradeDecided::KIND), Some("approval"));
+        assert_eq!(service_of(DossierReturned::KIND), Some("appraisal"));
+        assert_eq!(service_of("grade_decided.v9"), None);
+    }
+}

@@ -3,6 +3,7 @@
 //! and event with its versioned kind, the envelopes of `API.md`, and the NATS
 //! names built from a prefix. Pure data: no I/O lives here.
 
+pub mod codes;
 pub mod commands;
 pub mod envelope;
 pub mod events;
@@ -13,6 +14,7 @@ pub mod names;
 pub mod schema;
 pub mod tier;
 
+pub use codes::ErrorCode;
 pub use envelope::{Actor, CommandEnvelope, CommandReply, Envelope, Metadata, Rejection, Role};
 pub use grade::Grade;
 pub use ids::{CommandId, CorrelationId, CycleId, DecisionId, DossierId, EventId, OrgId, SubjectId};

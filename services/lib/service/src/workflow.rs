@@ -1,0 +1,76 @@
+//! The face a workflow service shows the runtime: how it answers commands and
+//! which observed events it records and reacts to. The runtime (command
+//! server, consumer loop, outbox relay) is wired once, for every service, in
+//! terms of this trait.
+
+use std::future::Future;
+
+use gradeflow_eventstore::{ExpectedVersion, NewEvent};
+use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode, EventId, Rejection};
+
+use crate::{ExecuteError, Outcome};
+
+/// A workflow service (submission, appraisal, approval).
+pub trait Workflow: Send + Sync + 'static {
+    /// The service name: the `<service>` token of its subjects.
+    fn service(&self) -> &'static str;
+
+    /// Answers one command (or read-only query) addressed to the service.
+    fn handle_command(&self, command: CommandEnvelope)
+        -> impl Future<Output = CommandReply> + Send;
+
+    /// Whether the service records events of `kind` published by others.
+    fn observes(&self, kind: &str) -> bool;
+
+    /// The append that records an observed event (and the service's reactions
+    /// to it); see [`crate::Engine::observe`].
+    fn observe(
+        &self,
+        envelope: &Envelope,
+    ) -> impl Future<Output = Result<(Vec<(String, ExpectedVersion)>, Vec<NewEvent>), ExecuteError>> + Send;
+}
+
+/// Turns the outcome of [`crate::Engine::execute`] into a command reply.
+pub fn reply(outcome: Result<Outcome, ExecuteError>) -> CommandReply {
+    match outcome {
+        Ok(Outcome::Applied { events, result }) => CommandReply::Accepted {
+            event_ids: events.iter().map(|e| e.event_id).collect::<Vec<EventId>>(),
+            result,
+        },
+        // A retry: the answer of the first execution, no new events.
+        Ok(Outcome::Duplicate { reply }) => CommandReply::Accepted {
+            event_ids: Vec::new(),
+            result: reply.unwrap_or_default(),
+        },
+        Err(ExecuteError::Rejected(r)) => CommandReply::Rejected(r),
+        Err(ExecuteError::Contended(n)) => CommandReply::Rejected(ErrorCode::Conflict.reject(
+            format!("the same records kept changing; gave up after {n} attempts, try again"),
+            "Dữ liệu đang được cập nhật đồng thời, vui lòng thử lại",
+        )),
+        Err(ExecuteError::Store(e)) => {
+            tracing::error!(error = %e, "command failed: event store unavailable");
+            CommandReply::Rejected(unavailable())
+        }
+        Err(ExecuteError::Closed) => CommandReply::Rejected(unavailable()),
+    }
+}
+
+fn unavailable() -> Rejection {
+    ErrorCode::Unavailable.reject(
+        "the service's event store is unavailable; nothing was changed",
+        "Kho dữ liệu tạm thời không khả dụng; chưa có thay đổi nào",
+    )
+}
+
+/// Reads a command's payload into its typed form, or a refusal naming what
+/// is wrong with it.
+pub fn payload<T: serde::de::DeserializeOwned>(command: &CommandEnvelope) -> Result<T, Rejection> {
+    serde_json::from_value(command.payload.clone()).map_err(|e| {
+        ErrorCode::InvalidInput
+            .reject(
+                format!("invalid {} payload: {e}", command.kind),
+                format!("Dữ liệu không hợp lệ: {e}"),
+            )
+            .with_details(serde_json::json!({"kind": command.kind}))
+    })
+}
