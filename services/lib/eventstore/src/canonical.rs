@@ -1,0 +1,197 @@
+//! The canonical encoding the hash chain is computed over, and the fixed
+//! timestamp form the store writes.
+//!
+//! * **Canonical JSON**: object keys sorted recursively (by Unicode code
+//!   point, i.e. UTF-8 byte order), no whitespace, scalars as `serde_json`
+//!   prints them. The workspace builds `serde_json` with `preserve_order`, so
+//!   a `Value`'s own key order is insertion order; we sort explicitly.
+//! * **Hashed record** of one event: the canonical JSON of
+//!   `{event_id, kind, metadata, payload, position, recorded_at, stream,
+//!   version}`, where `metadata` and `payload` are the canonical texts stored
+//!   in the database. Because those texts are canonical, splicing them in
+//!   verbatim yields exactly the canonical JSON of the whole record — and an
+//!   auditor can recompute the hash from the stored bytes alone.
+//! * **Hash**: `sha256_hex(prev_hash_hex || record)`, the first event's
+//!   `prev_hash` being 64 zeros ([`GENESIS_HASH`]).
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The `prev_hash` of the first event: 64 zeros.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Canonical JSON text of a value: keys sorted recursively, no whitespace.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, val)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(key, out);
+                out.push(':');
+                write_canonical(val, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        // Null, booleans, numbers and strings: serde_json's compact form is
+        // already deterministic.
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+fn write_string(s: &str, out: &mut String) {
+    out.push_str(&Value::String(s.to_owned()).to_string());
+}
+
+/// The fields of one event that the hash covers, as stored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HashedFields<'a> {
+    pub position: i64,
+    pub stream: &'a str,
+    pub version: i64,
+    pub event_id: &'a str,
+    pub kind: &'a str,
+    /// Canonical payload text, as stored.
+    pub payload: &'a str,
+    /// Canonical metadata text, as stored.
+    pub metadata: &'a str,
+    /// [`format_timestamp`] text, as stored.
+    pub recorded_at: &'a str,
+}
+
+/// The canonical record of one event (keys in sorted order, stored texts
+/// spliced in verbatim).
+pub(crate) fn canonical_record(f: &HashedFields<'_>) -> String {
+    let mut out = String::with_capacity(f.payload.len() + f.metadata.len() + 256);
+    out.push_str("{\"event_id\":");
+    write_string(f.event_id, &mut out);
+    out.push_str(",\"kind\":");
+    write_string(f.kind, &mut out);
+    out.push_str(",\"metadata\":");
+    out.push_str(f.metadata);
+    out.push_str(",\"payload\":");
+    out.push_str(f.payload);
+    out.push_str(",\"position\":");
+    out.push_str(&f.position.to_string());
+    out.push_str(",\"recorded_at\":");
+    write_string(f.recorded_at, &mut out);
+    out.push_str(",\"stream\":");
+    write_string(f.stream, &mut out);
+    out.push_str(",\"version\":");
+    out.push_str(&f.version.to_string());
+    out.push('}');
+    out
+}
+
+/// `sha256_hex(prev_hash || canonical_record)`.
+pub(crate) fn chain_hash(prev_hash: &str, f: &HashedFields<'_>) -> String {
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(canonical_record(f).as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Truncates to the precision the store keeps (microseconds).
+pub fn truncate_timestamp(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(6)
+}
+
+/// The one form `recorded_at` is stored and hashed in:
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (always six fraction digits, UTC `Z`). Fixed
+/// width, so text order is time order.
+pub fn format_timestamp(t: DateTime<Utc>) -> String {
+    truncate_timestamp(t).to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Parses a stored `recorded_at`.
+pub(crate) fn parse_timestamp(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_are_sorted_recursively_without_whitespace() {
+        let v: Value =
+            serde_json::from_str(r#"{ "b": [ {"z": 1, "a": null} ], "a": {"d": "x", "c": 2.5} }"#)
+                .unwrap();
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":{"c":2.5,"d":"x"},"b":[{"a":null,"z":1}]}"#
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped_as_json() {
+        let v = json!({"k\"ey": "line\nbreak \u{e9}"});
+        assert_eq!(canonical_json(&v), "{\"k\\\"ey\":\"line\\nbreak \u{e9}\"}");
+    }
+
+    #[test]
+    fn the_spliced_record_is_the_canonical_json_of_the_whole_record() {
+        let payload = canonical_json(&json!({"z": 1, "a": [1, 2]}));
+        let metadata = canonical_json(&json!({"service": "s", "actor": {"sub": "u"}}));
+        let f = HashedFields {
+            position: 7,
+            stream: "dossier-\"1\"",
+            version: 3,
+            event_id: "0190a7c4-0000-7000-8000-000000000000",
+            kind: "grade_decided.v1",
+            payload: &payload,
+            metadata: &metadata,
+            recorded_at: "2025-01-02T03:04:05.000006Z",
+        };
+        let whole = json!({
+            "version": 3, "stream": "dossier-\"1\"", "recorded_at": "2025-01-02T03:04:05.000006Z",
+            "position": 7, "payload": {"a": [1, 2], "z": 1},
+            "metadata": {"actor": {"sub": "u"}, "service": "s"},
+            "kind": "grade_decided.v1", "event_id": "0190a7c4-0000-7000-8000-000000000000",
+        });
+        assert_eq!(canonical_record(&f), canonical_json(&whole));
+        // The hash is over prev_hash's hex text followed by the record.
+        let mut h = Sha256::new();
+        h.update(GENESIS_HASH.as_bytes());
+        h.update(canonical_json(&whole).as_bytes());
+        assert_eq!(chain_hash(GENESIS_HASH, &f), hex::encode(h.finalize()));
+    }
+
+    #[test]
+    fn timestamps_have_fixed_width_and_round_trip() {
+        let t = DateTime::parse_from_rfc3339("2025-06-01T10:00:00.123456789+02:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        let s = format_timestamp(t);
+        assert_eq!(s, "2025-06-01T08:00:00.123456Z");
+        assert_eq!(parse_timestamp(&s).unwrap(), truncate_timestamp(t));
+        let whole = DateTime::parse_from_rfc3339("2025-06-01T08:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(format_timestamp(whole), "2025-06-01T08:00:00.000000Z");
+    }
+}

@@ -1,0 +1,572 @@
+//! The two sqlx backends behind one type: opening a pool (SQLite pragmas,
+//! PostgreSQL schema and search_path), migrations, the raw row form of an
+//! event, and the statements of the writer's transaction.
+//!
+//! The SQL is written once: both drivers accept `$n` placeholders, every
+//! column is TEXT or a 64-bit integer, and the [`on_pool!`]/[`on_tx!`] macros
+//! expand one body for each driver. Where the dialects differ (the head lock,
+//! `GREATEST` vs `MAX`) the code branches explicitly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Executor, PgConnection, Postgres, QueryBuilder, Sqlite, Transaction};
+
+use crate::canonical::{parse_timestamp, GENESIS_HASH};
+use crate::error::StoreError;
+use crate::model::{Backend, StoredEvent};
+
+/// The event columns, in the order of [`EventTuple`].
+pub(crate) const EVENT_COLUMNS: &str =
+    "position, stream, version, event_id, kind, payload, metadata, recorded_at, prev_hash, hash";
+
+/// One `events` row as sqlx decodes it (see [`EVENT_COLUMNS`]).
+pub(crate) type EventTuple = (
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
+
+/// Bind parameters per statement: SQLite's limit is 32766, PostgreSQL's 65535.
+const SQLITE_MAX_BINDS: usize = 32_766;
+const PG_MAX_BINDS: usize = 65_535;
+/// Ids per `IN (…)` lookup: well under both limits.
+const IN_CHUNK: usize = 1_000;
+
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// A pool of either backend.
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$p` bound to the concrete pool and `$db` naming its
+/// sqlx database type.
+macro_rules! on_pool {
+    ($pool:expr, $p:ident, $db:ident => $body:expr) => {
+        match $pool {
+            $crate::db::Pool::Sqlite($p) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Sqlite;
+                $body
+            }
+            $crate::db::Pool::Postgres($p) => {
+                #[allow(dead_code)]
+                type $db = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// Runs `$body` with `$t` bound to the concrete transaction and `$db` naming
+/// its sqlx database type.
+macro_rules! on_tx {
+    ($tx:expr, $t:ident, $db:ident => $body:expr) => {
+        match $tx {
+            WriteTx::Sqlite($t) => {
+                #[allow(dead_code)]
+                type $db = Sqlite;
+                $body
+            }
+            WriteTx::Postgres($t) => {
+                #[allow(dead_code)]
+                type $db = Postgres;
+                $body
+            }
+        }
+    };
+}
+
+impl Pool {
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    pub(crate) async fn close(&self) {
+        on_pool!(self, p, Db => p.close().await)
+    }
+}
+
+/// Opens the pool the URL names and runs the migrations.
+pub(crate) async fn open(
+    url: &str,
+    schema: Option<&str>,
+    pool_size: u32,
+) -> Result<Pool, StoreError> {
+    let connect = |e: sqlx::Error| StoreError::Connect(Arc::new(e));
+    let migrate = |e: sqlx::migrate::MigrateError| StoreError::Migrate(Arc::new(e));
+    let pool_size = pool_size.max(1);
+    if url.starts_with("sqlite:") {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(connect)?
+            .create_if_missing(true)
+            // WAL: readers never block the writer and the writer never blocks
+            // readers; one fsync per commit.
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL, not WAL's usual NORMAL: with NORMAL a commit survives a
+            // crash of the process but the last transactions can be lost on
+            // power failure. The store is the system of record and an append
+            // is acknowledged to its caller — and may already be published to
+            // JetStream by the outbox relay — as soon as it commits, so losing
+            // it would let the log re-use positions for different events and
+            // leave JetStream ahead of the store. FULL syncs the WAL on every
+            // commit; group commit keeps that to one fsync per batch.
+            .synchronous(SqliteSynchronous::Full)
+            // Other connections (readers checkpointing, another process's
+            // writer) may hold the lock briefly: wait instead of failing.
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(pool_size)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(connect)?;
+        SQLITE_MIGRATOR.run(&pool).await.map_err(migrate)?;
+        Ok(Pool::Sqlite(pool))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let mut opts = PgConnectOptions::from_str(url).map_err(connect)?;
+        if let Some(schema) = schema {
+            validate_schema(schema)?;
+            create_schema(&opts, schema).await?;
+            // A startup parameter, so every pooled connection (and every
+            // reconnect) has it before its first statement, at no extra round
+            // trip. Only our schema: tables of other services are not visible.
+            opts = opts.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(connect)?;
+        PG_MIGRATOR.run(&pool).await.map_err(migrate)?;
+        Ok(Pool::Postgres(pool))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+/// Accepts plain lowercase identifiers only, so the name needs no quoting in
+/// `search_path` and cannot inject SQL.
+fn validate_schema(schema: &str) -> Result<(), StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidSchema(schema.to_owned()))
+    }
+}
+
+async fn create_schema(opts: &PgConnectOptions, schema: &str) -> Result<(), StoreError> {
+    let connect = |e: sqlx::Error| StoreError::Connect(Arc::new(e));
+    let mut conn = PgConnection::connect_with(opts).await.map_err(connect)?;
+    let created = conn
+        .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+        .await;
+    if let Err(e) = created {
+        // Two services starting at once can race on IF NOT EXISTS (a unique
+        // violation in pg_namespace); what matters is that it exists now.
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(schema)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(connect)?;
+        if !exists {
+            return Err(connect(e));
+        }
+    }
+    conn.close().await.map_err(connect)?;
+    Ok(())
+}
+
+/// An `events` row as stored, before its JSON is parsed. `verify` works on
+/// this form, so that a row whose JSON no longer parses is still reported as
+/// a broken link rather than failing the whole verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawEvent {
+    pub position: i64,
+    pub stream: String,
+    pub version: i64,
+    pub event_id: String,
+    pub kind: String,
+    pub payload: String,
+    pub metadata: String,
+    pub recorded_at: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl From<EventTuple> for RawEvent {
+    fn from(t: EventTuple) -> Self {
+        let (
+            position,
+            stream,
+            version,
+            event_id,
+            kind,
+            payload,
+            metadata,
+            recorded_at,
+            prev_hash,
+            hash,
+        ) = t;
+        Self {
+            position,
+            stream,
+            version,
+            event_id,
+            kind,
+            payload,
+            metadata,
+            recorded_at,
+            prev_hash,
+            hash,
+        }
+    }
+}
+
+impl RawEvent {
+    /// Parses the row into a [`StoredEvent`].
+    pub(crate) fn decode(self) -> Result<StoredEvent, StoreError> {
+        let position = self.position;
+        let corrupt = |problem: String| StoreError::Corrupt { position, problem };
+        let version = u64::try_from(self.version)
+            .map_err(|_| corrupt(format!("negative version {}", self.version)))?;
+        let event_id = self
+            .event_id
+            .parse()
+            .map_err(|e| corrupt(format!("event_id: {e}")))?;
+        let payload =
+            serde_json::from_str(&self.payload).map_err(|e| corrupt(format!("payload: {e}")))?;
+        let metadata =
+            serde_json::from_str(&self.metadata).map_err(|e| corrupt(format!("metadata: {e}")))?;
+        let recorded_at =
+            parse_timestamp(&self.recorded_at).map_err(|e| corrupt(format!("recorded_at: {e}")))?;
+        Ok(StoredEvent {
+            position,
+            stream: self.stream,
+            version,
+            event_id,
+            kind: self.kind,
+            payload,
+            payload_text: self.payload,
+            metadata,
+            recorded_at,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        })
+    }
+}
+
+/// The end of the chain: last position, its hash and its `recorded_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub position: i64,
+    pub hash: String,
+    /// Empty before the first event.
+    pub recorded_at: String,
+}
+
+impl Head {
+    pub(crate) fn genesis() -> Self {
+        Self {
+            position: 0,
+            hash: GENESIS_HASH.to_owned(),
+            recorded_at: String::new(),
+        }
+    }
+
+    fn from_tuple((position, hash, recorded_at): (i64, String, String)) -> Self {
+        Self {
+            position,
+            hash,
+            recorded_at,
+        }
+    }
+}
+
+/// An inbox row to insert.
+#[derive(Debug, Clone)]
+pub(crate) struct InboxRow {
+    pub consumer: String,
+    pub message_id: String,
+    pub reply: Option<String>,
+    pub recorded_at: String,
+}
+
+/// The last event in the table, or the genesis head.
+pub(crate) async fn events_head(pool: &Pool) -> Result<Head, StoreError> {
+    let row = on_pool!(pool, p, Db => {
+        sqlx::query_as::<Db, (i64, String, String)>(HEAD_FROM_EVENTS)
+            .fetch_optional(p)
+            .await?
+    });
+    Ok(row.map(Head::from_tuple).unwrap_or_else(Head::genesis))
+}
+
+const HEAD_FROM_EVENTS: &str =
+    "SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1";
+
+/// One append transaction of the writer.
+pub(crate) enum WriteTx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+impl WriteTx {
+    pub(crate) async fn begin(pool: &Pool) -> Result<Self, StoreError> {
+        Ok(match pool {
+            // BEGIN IMMEDIATE takes SQLite's write lock now. A deferred
+            // transaction that reads first and writes later can fail with
+            // SQLITE_BUSY when it upgrades (busy_timeout cannot wait that
+            // out), and this lock is also what serialises the writers of
+            // several processes sharing one file.
+            Pool::Sqlite(p) => WriteTx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(p) => WriteTx::Postgres(p.begin().await?),
+        })
+    }
+
+    /// Reads the `chain_head` row, locking it on PostgreSQL.
+    ///
+    /// PostgreSQL: `FOR UPDATE` makes every append transaction — of this
+    /// process or any other sharing the schema — queue here, so batches
+    /// commit one after another and in position order (a reader can never
+    /// see position n+1 committed before n). Under READ COMMITTED, after
+    /// waiting for the lock the row read is the one the previous holder
+    /// committed, and every later statement of this transaction takes a new
+    /// snapshot, so it sees that holder's events and inbox rows too.
+    ///
+    /// SQLite: `BEGIN IMMEDIATE` already holds the database's write lock.
+    pub(crate) async fn lock_head(&mut self) -> Result<Head, StoreError> {
+        let row =
+            match self {
+                WriteTx::Sqlite(t) => {
+                    sqlx::query_as::<Sqlite, (i64, String, String)>(
+                        "SELECT position, hash, recorded_at FROM chain_head WHERE id = 1",
+                    )
+                    .fetch_one(&mut **t)
+                    .await?
+                }
+                WriteTx::Postgres(t) => sqlx::query_as::<Postgres, (i64, String, String)>(
+                    "SELECT position, hash, recorded_at FROM chain_head WHERE id = 1 FOR UPDATE",
+                )
+                .fetch_one(&mut **t)
+                .await?,
+            };
+        Ok(Head::from_tuple(row))
+    }
+
+    /// The last event in the table: the truth when the in-memory head is
+    /// unknown (start-up, after a failure, after another process wrote).
+    pub(crate) async fn events_head(&mut self) -> Result<Head, StoreError> {
+        let row = on_tx!(self, t, Db => {
+            sqlx::query_as::<Db, (i64, String, String)>(HEAD_FROM_EVENTS)
+                .fetch_optional(&mut **t)
+                .await?
+        });
+        Ok(row.map(Head::from_tuple).unwrap_or_else(Head::genesis))
+    }
+
+    /// Which of these (consumer, message id) pairs are already in the inbox,
+    /// with their stored reply text.
+    pub(crate) async fn existing_inbox(
+        &mut self,
+        keys: &[(&str, &str)],
+    ) -> Result<HashMap<(String, String), Option<String>>, StoreError> {
+        // One query per consumer (a batch rarely spans more than a few), with
+        // the message ids in an IN list that uses the primary key.
+        let mut by_consumer: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (c, m) in keys {
+            by_consumer.entry(c).or_default().push(m);
+        }
+        let mut found = HashMap::new();
+        for (consumer, ids) in by_consumer {
+            for chunk in ids.chunks(IN_CHUNK) {
+                let rows = on_tx!(self, t, Db => {
+                    let mut qb = QueryBuilder::<Db>::new(
+                        "SELECT consumer, message_id, reply FROM inbox WHERE consumer = ",
+                    );
+                    qb.push_bind(consumer).push(" AND message_id IN (");
+                    let mut list = qb.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    qb.push(")");
+                    qb.build_query_as::<(String, String, Option<String>)>()
+                        .fetch_all(&mut **t)
+                        .await?
+                });
+                for (c, m, reply) in rows {
+                    found.insert((c, m), reply);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The stored rows of those event ids that already exist.
+    pub(crate) async fn existing_events(
+        &mut self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, RawEvent>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(IN_CHUNK) {
+            let rows = on_tx!(self, t, Db => {
+                let mut qb = QueryBuilder::<Db>::new(format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ("
+                ));
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                qb.push(")");
+                qb.build_query_as::<EventTuple>().fetch_all(&mut **t).await?
+            });
+            for row in rows {
+                let raw = RawEvent::from(row);
+                found.insert(raw.event_id.clone(), raw);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Current versions of those streams that exist.
+    pub(crate) async fn stream_versions(
+        &mut self,
+        streams: &[&str],
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in streams.chunks(IN_CHUNK) {
+            let rows = on_tx!(self, t, Db => {
+                let mut qb = QueryBuilder::<Db>::new(
+                    "SELECT stream, MAX(version) FROM events WHERE stream IN (",
+                );
+                let mut list = qb.separated(", ");
+                for s in chunk {
+                    list.push_bind(*s);
+                }
+                qb.push(") GROUP BY stream");
+                qb.build_query_as::<(String, i64)>().fetch_all(&mut **t).await?
+            });
+            for (stream, version) in rows {
+                let version = u64::try_from(version).map_err(|_| StoreError::Corrupt {
+                    position: 0,
+                    problem: format!("stream `{stream}` has negative version {version}"),
+                })?;
+                found.insert(stream, version);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Inserts events with multi-row INSERTs, chunked under the bind limit.
+    pub(crate) async fn insert_events(&mut self, rows: &[RawEvent]) -> Result<(), StoreError> {
+        const COLUMNS: usize = 10;
+        let per_statement = match self {
+            WriteTx::Sqlite(_) => SQLITE_MAX_BINDS / COLUMNS,
+            WriteTx::Postgres(_) => PG_MAX_BINDS / COLUMNS,
+        };
+        for chunk in rows.chunks(per_statement) {
+            on_tx!(self, t, Db => {
+                let mut qb =
+                    QueryBuilder::<Db>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+                qb.push_values(chunk, |mut b, e| {
+                    b.push_bind(e.position)
+                        .push_bind(e.stream.as_str())
+                        .push_bind(e.version)
+                        .push_bind(e.event_id.as_str())
+                        .push_bind(e.kind.as_str())
+                        .push_bind(e.payload.as_str())
+                        .push_bind(e.metadata.as_str())
+                        .push_bind(e.recorded_at.as_str())
+                        .push_bind(e.prev_hash.as_str())
+                        .push_bind(e.hash.as_str());
+                });
+                qb.build().execute(&mut **t).await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// Inserts inbox rows (multi-row, chunked).
+    pub(crate) async fn insert_inbox(&mut self, rows: &[InboxRow]) -> Result<(), StoreError> {
+        for chunk in rows.chunks(IN_CHUNK) {
+            on_tx!(self, t, Db => {
+                let mut qb = QueryBuilder::<Db>::new(
+                    "INSERT INTO inbox (consumer, message_id, reply, recorded_at) ",
+                );
+                qb.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.consumer.as_str())
+                        .push_bind(r.message_id.as_str())
+                        .push_bind(r.reply.as_deref())
+                        .push_bind(r.recorded_at.as_str());
+                });
+                qb.build().execute(&mut **t).await?;
+            });
+        }
+        Ok(())
+    }
+
+    /// Moves the `chain_head` row to `head`.
+    pub(crate) async fn set_head(&mut self, head: &Head) -> Result<(), StoreError> {
+        on_tx!(self, t, Db => {
+            sqlx::query::<Db>(
+                "UPDATE chain_head SET position = $1, hash = $2, recorded_at = $3 WHERE id = 1",
+            )
+            .bind(head.position)
+            .bind(head.hash.as_str())
+            .bind(head.recorded_at.as_str())
+            .execute(&mut **t)
+            .await?;
+        });
+        Ok(())
+    }
+
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        on_tx!(self, t, Db => t.commit().await?);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_lowercase_identifiers() {
+        for ok in ["submission", "svc_2", "_x"] {
+            assert!(validate_schema(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Svc", "a-b", "a\"b", "1abc", "a b", &"x".repeat(64)] {
+            assert!(validate_schema(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! The writer task: the only code that appends. One per [`crate::Store`].
+//!
+//! Callers send [`Job`]s over a channel, each with a oneshot for its answer.
+//! The task takes everything queued (up to `max_batch`) and commits it in ONE
+//! transaction (group commit: one fsync for many requests), with multi-row
+//! INSERTs. It keeps the chain head and a cache of stream versions in memory,
+//! so hashing and version checks cost no extra reads in the common case.
+//!
+//! Per request, in queue order, against the database *and* the requests
+//! before it in the same batch:
+//! 1. inbox entry already present → `Duplicate { reply }`, nothing written;
+//! 2. events whose id is already stored are not written again; they are
+//!    answered as stored (idempotent retry). If every event of the request is
+//!    already stored, the checks are skipped: it is a retry of a request that
+//!    committed, and its checks held then;
+//! 3. a failing version check → `Conflict` for that request only;
+//! 4. otherwise versions (current + 1…) and positions (head + 1…) are
+//!    assigned, hashes chained, and the inbox entry recorded.
+//!
+//! A request is all-or-nothing. If the batch transaction fails as a whole,
+//! it is rolled back, what the writer believed (head, versions) is dropped,
+//! and the requests are retried one per transaction, so one bad request
+//! cannot fail its neighbours. Answers are sent only after the commit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::Utc;
+use gradeflow_proto::{EventId, Metadata};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::canonical::{
+    canonical_json, chain_hash, format_timestamp, parse_timestamp, HashedFields,
+};
+use crate::db::{Head, InboxRow, Pool, RawEvent, WriteTx};
+use crate::error::{AppendError, StoreError};
+use crate::model::{AppendOutcome, AppendRequest, ExpectedVersion, StoredEvent, WriterStats};
+
+/// Beyond this many cached stream versions the cache is emptied (it refills
+/// from the database on demand); bounds the writer's memory.
+const VERSION_CACHE_LIMIT: usize = 100_000;
+
+/// An event encoded on the caller's task, so JSON work happens outside the
+/// single writer.
+#[derive(Debug)]
+pub(crate) struct PreparedEvent {
+    event_id: EventId,
+    id_text: String,
+    stream: String,
+    kind: String,
+    /// Parsed back from `payload_text`, so a fresh event reads exactly like
+    /// the same event loaded later.
+    payload: Value,
+    payload_text: String,
+    metadata: Metadata,
+    metadata_text: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct PreparedInbox {
+    consumer: String,
+    message_id: String,
+    reply: Option<Value>,
+    reply_text: Option<String>,
+}
+
+/// An [`AppendRequest`] with its JSON encoded.
+#[derive(Debug)]
+pub(crate) struct PreparedAppend {
+    checks: Vec<(String, ExpectedVersion)>,
+    events: Vec<PreparedEvent>,
+    inbox: Option<PreparedInbox>,
+}
+
+fn encode_err(what: &'static str) -> impl Fn(serde_json::Error) -> StoreError {
+    move |e| StoreError::Encode {
+        what,
+        source: Arc::new(e),
+    }
+}
+
+impl PreparedAppend {
+    pub(crate) fn new(req: AppendRequest) -> Result<Self, StoreError> {
+        let mut events = Vec::with_capacity(req.events.len());
+        for e in req.events {
+            let payload_text = canonical_json(&e.payload);
+            let payload = serde_json::from_str(&payload_text).map_err(encode_err("payload"))?;
+            let metadata_value =
+                serde_json::to_value(&e.metadata).map_err(encode_err("metadata"))?;
+            events.push(PreparedEvent {
+                event_id: e.event_id,
+                id_text: e.event_id.to_string(),
+                stream: e.stream,
+                kind: e.kind,
+                payload,
+                payload_text,
+                metadata: e.metadata,
+                metadata_text: canonical_json(&metadata_value),
+            });
+        }
+        let inbox = req.inbox.map(|i| PreparedInbox {
+            reply_text: i.reply.as_ref().map(canonical_json),
+            consumer: i.consumer,
+            message_id: i.message_id,
+            reply: i.reply,
+        });
+        Ok(Self {
+            checks: req.checks,
+            events,
+            inbox,
+        })
+    }
+}
+
+/// One request for the writer and where to send its answer.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub req: PreparedAppend,
+    pub reply: oneshot::Sender<Result<AppendOutcome, AppendError>>,
+}
+
+/// Counters shared with the [`crate::Store`].
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    batches: AtomicU64,
+    requests: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn snapshot(&self) -> WriterStats {
+        WriterStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    pool: Pool,
+    max_batch: usize,
+    /// The head as of our last commit; `None` when unknown (start-up, after
+    /// a failed transaction), which makes the next batch read it from the
+    /// `events` table.
+    head: Option<Head>,
+    /// Stream versions as of `head`. Valid only while nobody else wrote,
+    /// which the head comparison at the start of each batch establishes.
+    versions: HashMap<String, u64>,
+    committed: Arc<watch::Sender<i64>>,
+    stats: Arc<Stats>,
+}
+
+type Answer = Result<AppendOutcome, AppendError>;
+
+impl Writer {
+    pub(crate) fn new(
+        pool: Pool,
+        max_batch: usize,
+        committed: Arc<watch::Sender<i64>>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            pool,
+            max_batch: max_batch.max(1),
+            head: None,
+            versions: HashMap::new(),
+            committed,
+            stats,
+        }
+    }
+
+    /// Runs until every sender is gone, or until `shutdown` fires and the
+    /// queue is drained: after `close()` no new request is accepted, but
+    /// every request already queued is still committed and answered.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Job>, shutdown: Arc<Notify>) {
+        let mut jobs = Vec::with_capacity(self.max_batch);
+        let mut closing = false;
+        loop {
+            let n = if closing {
+                rx.recv_many(&mut jobs, self.max_batch).await
+            } else {
+                tokio::select! {
+                    // recv_many is cancel-safe: nothing is lost if shutdown wins.
+                    n = rx.recv_many(&mut jobs, self.max_batch) => n,
+                    () = shutdown.notified() => {
+                        // Refuse new sends; what is buffered is drained below.
+                        rx.close();
+                        closing = true;
+                        continue;
+                    }
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            self.process(std::mem::take(&mut jobs)).await;
+        }
+        tracing::debug!("eventstore writer stopped");
+    }
+
+    async fn process(&mut self, jobs: Vec<Job>) {
+        let reqs: Vec<&PreparedAppend> = jobs.iter().map(|j| &j.req).collect();
+        let result = self.commit(&reqs).await;
+        drop(reqs);
+        match result {
+            Ok(answers) => {
+                for (job, answer) in jobs.into_iter().zip(answers) {
+                    // The caller may have given up waiting; it is committed anyway.
+                    let _ = job.reply.send(answer);
+                }
+            }
+            Err(err) => {
+                self.forget();
+                if jobs.len() == 1 || err.is_unavailable() {
+                    tracing::warn!(error = %err, requests = jobs.len(), "eventstore batch failed");
+                    for job in jobs {
+                        let _ = job.reply.send(Err(AppendError::Store(err.clone())));
+                    }
+                    return;
+                }
+                // Something in the batch was refused by the database (e.g. a
+                // constraint because another writer bypassed the head lock):
+                // isolate it by retrying each request on its own.
+                tracing::warn!(error = %err, requests = jobs.len(), "eventstore batch failed, retrying one by one");
+                let mut unavailable: Option<StoreError> = None;
+                for job in jobs {
+                    if let Some(e) = &unavailable {
+                        let _ = job.reply.send(Err(AppendError::Store(e.clone())));
+                        continue;
+                    }
+                    let answer = match self.commit(&[&job.req]).await {
+                        Ok(mut answers) => answers.pop().unwrap_or(Err(AppendError::Closed)),
+                        Err(e) => {
+                            self.forget();
+                            if e.is_unavailable() {
+                                unavailable = Some(e.clone());
+                            }
+                            Err(AppendError::Store(e))
+                        }
+                    };
+                    let _ = job.reply.send(answer);
+                }
+            }
+        }
+    }
+
+    /// Drops what we believed about the database; the next batch re-reads it.
+    fn forget(&mut self) {
+        self.head = None;
+        self.versions.clear();
+    }
+
+    /// Applies `reqs` in one transaction. On `Ok`, it committed and the
+    /// answers are in request order; on `Err`, nothing was written.
+    async fn commit(&mut self, reqs: &[&PreparedAppend]) -> Result<Vec<Answer>, StoreError> {
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        // Lock first (PostgreSQL) / already locked (SQLite): everything read
+        // below is then stable until we commit.
+        let locked = tx.lock_head().await?;
+        let start = match &self.head {
+            Some(h) if *h == locked => h.clone(),
+            _ => {
+                // Unknown, or another process appended since our last commit:
+                // the version cache may be stale, and the events table is the
+                // truth for the head.
+                self.versions.clear();
+                tx.events_head().await?
+            }
+        };
+
+        // What the database already has, in three set-based lookups.
+        let inbox_keys: Vec<(&str, &str)> = reqs
+            .iter()
+            .filter_map(|r| r.inbox.as_ref())
+            .map(|i| (i.consumer.as_str(), i.message_id.as_str()))
+            .collect();
+        let db_inbox = if inbox_keys.is_empty() {
+            HashMap::new()
+        } else {
+            tx.existing_inbox(&inbox_keys).await?
+        };
+        let ids: Vec<&str> = {
+            let mut seen = HashSet::new();
+            reqs.iter()
+                .flat_map(|r| r.events.iter())
+                .map(|e| e.id_text.as_str())
+                .filter(|id| seen.insert(*id))
+                .collect()
+        };
+        let db_events = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            tx.existing_events(&ids).await?
+        };
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        {
+            let mut missing = Vec::new();
+            let touched = reqs.iter().flat_map(|r| {
+                r.checks
+                    .iter()
+                    .map(|(s, _)| s.as_str())
+                    .chain(r.events.iter().map(|e| e.stream.as_str()))
+            });
+            for stream in touched {
+                if versions.contains_key(stream) {
+                    continue;
+                }
+                match self.versions.get(stream) {
+                    Some(v) => {
+                        versions.insert(stream.to_owned(), *v);
+                    }
+                    None => {
+                        versions.insert(stream.to_owned(), 0);
+                        missing.push(stream);
+                    }
+                }
+            }
+            if !missing.is_empty() {
+                versions.extend(tx.stream_versions(&missing).await?);
+            }
+        }
+
+        // One timestamp per batch, never earlier than the last event's, so
+        // recorded_at is non-decreasing along positions (replay --as-of can
+        // stop at the first later event) even if the clock steps back.
+        let now = format_timestamp(Utc::now());
+        let recorded_at_text = if now > start.recorded_at {
+            now
+        } else {
+            start.recorded_at.clone()
+        };
+        let recorded_at = parse_timestamp(&recorded_at_text).map_err(|e| StoreError::Corrupt {
+            position: start.position,
+            problem: format!("recorded_at of the chain head: {e}"),
+        })?;
+
+        let mut head = start;
+        let mut answers = Vec::with_capacity(reqs.len());
+        let mut batch_inbox: HashMap<(&str, &str), Option<Value>> = HashMap::new();
+        let mut batch_events: HashMap<&str, StoredEvent> = HashMap::new();
+        let mut new_rows: Vec<RawEvent> = Vec::new();
+        let mut inbox_rows: Vec<InboxRow> = Vec::new();
+
+        for req in reqs {
+            // 1. A message handled before (in the database or earlier in
+            //    this batch): answer with its reply, write nothing.
+            if let Some(ib) = &req.inbox {
+                let key = (ib.consumer.as_str(), ib.message_id.as_str());
+                if let Some(reply) = batch_inbox.get(&key) {
+                    answers.push(Ok(AppendOutcome::Duplicate {
+                        reply: reply.clone(),
+                    }));
+                    continue;
+                }
+                if let Some(text) = db_inbox.get(&(key.0.to_owned(), key.1.to_owned())) {
+                    answers.push(
+                        parse_reply(text.as_deref())
+                            .map(|reply| AppendOutcome::Duplicate { reply }),
+                    );
+                    continue;
+                }
+            }
+
+            // 2. Events already stored are answered as stored.
+            let mut stored: Vec<Option<StoredEvent>> = Vec::with_capacity(req.events.len());
+            let mut broken = None;
+            for e in &req.events {
+                if let Some(s) = batch_events.get(e.id_text.as_str()) {
+                    stored.push(Some(s.clone()));
+                } else if let Some(raw) = db_events.get(&e.id_text) {
+                    match raw.clone().decode() {
+                        Ok(s) => stored.push(Some(s)),
+                        Err(err) => {
+                            broken = Some(err);
+                            break;
+                        }
+                    }
+                } else {
+                    stored.push(None);
+                }
+            }
+            if let Some(err) = broken {
+                answers.push(Err(AppendError::Store(err)));
+                continue;
+            }
+            let any_new = stored.iter().any(Option::is_none);
+
+            // 3. Version checks, against the database plus the requests
+            //    before this one in the batch.
+            if any_new || req.events.is_empty() {
+                let failed = req.checks.iter().find_map(|(stream, expected)| {
+                    let actual = versions.get(stream).copied().unwrap_or(0);
+                    (!expected.matches(actual)).then(|| AppendError::Conflict {
+                        stream: stream.clone(),
+                        expected: *expected,
+                        actual,
+                    })
+                });
+                if let Some(conflict) = failed {
+                    answers.push(Err(conflict));
+                    continue;
+                }
+            }
+
+            // 4. Assign versions and positions, chain the hashes.
+            let mut out = Vec::with_capacity(req.events.len());
+            for (e, already) in req.events.iter().zip(stored) {
+                if let Some(s) = already {
+                    out.push(s);
+                    continue;
+                }
+                // The same id twice in one request: one event.
+                if let Some(s) = batch_events.get(e.id_text.as_str()) {
+                    out.push(s.clone());
+                    continue;
+                }
+                let version = versions.entry(e.stream.clone()).or_insert(0);
+                *version += 1;
+                let position = head.position + 1;
+                let version_i64 = i64::try_from(*version).unwrap_or(i64::MAX);
+                let hash = chain_hash(
+                    &head.hash,
+                    &HashedFields {
+                        position,
+                        stream: &e.stream,
+                        version: version_i64,
+                        event_id: &e.id_text,
+                        kind: &e.kind,
+                        payload: &e.payload_text,
+                        metadata: &e.metadata_text,
+                        recorded_at: &recorded_at_text,
+                    },
+                );
+                let event = StoredEvent {
+                    position,
+                    stream: e.stream.clone(),
+                    version: *version,
+                    event_id: e.event_id,
+                    kind: e.kind.clone(),
+                    payload: e.payload.clone(),
+                    payload_text: e.payload_text.clone(),
+                    metadata: e.metadata.clone(),
+                    recorded_at,
+                    prev_hash: head.hash.clone(),
+                    hash: hash.clone(),
+                };
+                new_rows.push(RawEvent {
+                    position,
+                    stream: e.stream.clone(),
+                    version: version_i64,
+                    event_id: e.id_text.clone(),
+                    kind: e.kind.clone(),
+                    payload: e.payload_text.clone(),
+                    metadata: e.metadata_text.clone(),
+                    recorded_at: recorded_at_text.clone(),
+                    prev_hash: head.hash.clone(),
+                    hash: hash.clone(),
+                });
+                head = Head {
+                    position,
+                    hash,
+                    recorded_at: recorded_at_text.clone(),
+                };
+                batch_events.insert(e.id_text.as_str(), event.clone());
+                out.push(event);
+            }
+            if let Some(ib) = &req.inbox {
+                batch_inbox.insert(
+                    (ib.consumer.as_str(), ib.message_id.as_str()),
+                    ib.reply.clone(),
+                );
+                inbox_rows.push(InboxRow {
+                    consumer: ib.consumer.clone(),
+                    message_id: ib.message_id.clone(),
+                    reply: ib.reply_text.clone(),
+                    recorded_at: recorded_at_text.clone(),
+                });
+            }
+            answers.push(Ok(AppendOutcome::Appended(out)));
+        }
+
+        if !new_rows.is_empty() {
+            tx.insert_events(&new_rows).await?;
+        }
+        if !inbox_rows.is_empty() {
+            tx.insert_inbox(&inbox_rows).await?;
+        }
+        if head != locked {
+            tx.set_head(&head).await?;
+        }
+        tx.commit().await?;
+
+        // Committed: now (and only now) believe it.
+        if self.versions.len() + versions.len() > VERSION_CACHE_LIMIT {
+            self.versions.clear();
+        }
+        self.versions.extend(versions);
+        let position = head.position;
+        self.head = Some(head);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .requests
+            .fetch_add(reqs.len() as u64, Ordering::Relaxed);
+        self.stats
+            .events
+            .fetch_add(new_rows.len() as u64, Ordering::Relaxed);
+        // Wake the outbox relay (and anyone else watching) at once.
+        self.committed.send_if_modified(|p| {
+            let moved = *p != position;
+            *p = position;
+            moved
+        });
+        Ok(answers)
+    }
+}
+
+fn parse_reply(text: Option<&str>) -> Result<Option<Value>, AppendError> {
+    text.map(serde_json::from_str).transpose().map_err(|e| {
+        AppendError::Store(StoreError::Corrupt {
+            position: 0,
+            problem: format!("stored inbox reply: {e}"),
+        })
+    })
+}
