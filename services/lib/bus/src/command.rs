@@ -1,0 +1,332 @@
+//! Commands over NATS request/reply (`ARCHITECTURE.md` § Processes and data
+//! flow): the portal sends a [`CommandEnvelope`] on
+//! `<prefix>.cmd.<service>.<command>`; every replica of the service listens in
+//! the service's queue group, so exactly one of them answers each request
+//! with a [`CommandReply`].
+//!
+//! Serving side: [`CommandServer`] (or [`serve_commands`]) runs handlers
+//! concurrently, bounded by a semaphore, so one slow command does not hold up
+//! the others; shutdown stops taking requests and answers the ones in flight.
+//!
+//! Caller side: [`send_command`].
+//!
+//! Idempotency by `command_id` is the handler's business, through the store's
+//! inbox: see [`crate::command_inbox::CommandInbox`].
+
+use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+
+use async_nats::{client::RequestErrorKind, Client, HeaderMap, Subscriber};
+use futures::{FutureExt, StreamExt};
+use gradeflow_proto::{CommandEnvelope, CommandReply, Names, Rejection};
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::trace::{extract_traceparent, inject_traceparent};
+
+/// Rejection code of a request whose body is not a command envelope.
+pub const MALFORMED_COMMAND: &str = "malformed_command";
+
+/// Rejection code of a command whose handler failed unexpectedly (panicked).
+pub const INTERNAL_ERROR: &str = "internal_error";
+
+/// How many commands one server handles at once by default.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+
+/// Serves one service's commands. Implemented by each service's command
+/// dispatcher; closures `Fn(CommandEnvelope) -> impl Future<Output =
+/// CommandReply>` implement it too.
+pub trait CommandHandler: Send + Sync + 'static {
+    /// Decides a command. A refusal is `CommandReply::Rejected`, not an error:
+    /// the handler maps its own failures to a rejection with a stable code.
+    /// A handler that appends events records `command_id` in the store's
+    /// inbox in the same transaction (see
+    /// [`CommandInbox`](crate::command_inbox::CommandInbox)) so a retried
+    /// command gets its first reply and changes nothing.
+    fn handle(&self, command: CommandEnvelope) -> impl Future<Output = CommandReply> + Send;
+}
+
+impl<F, Fut> CommandHandler for F
+where
+    F: Fn(CommandEnvelope) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = CommandReply> + Send,
+{
+    fn handle(&self, command: CommandEnvelope) -> impl Future<Output = CommandReply> + Send {
+        self(command)
+    }
+}
+
+/// Why a command server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeCommandsError {
+    /// Subscribing to the command subjects failed.
+    #[error("subscribing to `{subject}`")]
+    Subscribe {
+        /// The subject filter.
+        subject: String,
+        /// What went wrong.
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    /// The subscription could not be confirmed by the server.
+    #[error("confirming the subscription to `{subject}`")]
+    Flush {
+        /// The subject filter.
+        subject: String,
+        /// What went wrong.
+        #[source]
+        source: async_nats::client::FlushError,
+    },
+}
+
+/// A service's command listener, subscribed and ready; [`CommandServer::run`]
+/// answers requests until shutdown.
+pub struct CommandServer<H> {
+    client: Client,
+    subscriber: Subscriber,
+    subject: String,
+    handler: Arc<H>,
+    max_in_flight: usize,
+}
+
+impl<H: CommandHandler> CommandServer<H> {
+    /// Subscribes to `<prefix>.cmd.<service>.*` in the service's queue group
+    /// and waits until the server has the subscription, so a request sent
+    /// after this returns finds a responder.
+    pub async fn bind(
+        client: &Client,
+        names: &Names,
+        service: &str,
+        handler: Arc<H>,
+    ) -> Result<Self, ServeCommandsError> {
+        let subject = names.service_commands_filter(service);
+        let subscriber = client
+            .queue_subscribe(subject.clone(), names.queue_group(service))
+            .await
+            .map_err(|source| ServeCommandsError::Subscribe {
+                subject: subject.clone(),
+                source,
+            })?;
+        // The SUB is only queued on the client; flushing makes the server
+        // acknowledge it (PING/PONG), so callers do not see "no responders".
+        client
+            .flush()
+            .await
+            .map_err(|source| ServeCommandsError::Flush {
+                subject: subject.clone(),
+                source,
+            })?;
+        Ok(Self {
+            client: client.clone(),
+            subscriber,
+            subject,
+            handler,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        })
+    }
+
+    /// At most `n` (≥ 1) commands handled at once; further requests wait in
+    /// the subscription's buffer.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Answers requests until `shutdown` is cancelled or the connection is
+    /// closed. On shutdown it unsubscribes (other replicas in the queue group
+    /// take new requests from then on), still answers the requests already
+    /// delivered to it, waits for every handler in flight, and flushes the
+    /// replies before returning.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.max_in_flight));
+        let tasks = TaskTracker::new();
+        let mut draining = false;
+        loop {
+            let next = if draining {
+                self.subscriber.next().await
+            } else {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => {
+                        // Drain: the server stops routing to us; what it has
+                        // already sent still arrives and is answered below.
+                        if let Err(err) = self.subscriber.drain().await {
+                            tracing::warn!(error = %err, subject = %self.subject, "bus.command.drain_failed");
+                            break;
+                        }
+                        draining = true;
+                        continue;
+                    }
+                    msg = self.subscriber.next() => msg,
+                }
+            };
+            let Some(msg) = next else { break };
+            // Waiting for a permit here is the back-pressure: the subscription
+            // buffers further requests while `max_in_flight` handlers run.
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let client = self.client.clone();
+            let handler = self.handler.clone();
+            tasks.spawn(async move {
+                answer(&client, handler.as_ref(), msg).await;
+                drop(permit);
+            });
+        }
+        tasks.close();
+        tasks.wait().await;
+        if let Err(err) = self.client.flush().await {
+            tracing::warn!(error = %err, "bus.command.flush_failed");
+        }
+    }
+}
+
+/// Serves `service`'s commands with `handler` until `shutdown`, with at most
+/// [`DEFAULT_MAX_IN_FLIGHT`] handlers at once. Returns once the in-flight
+/// requests are answered. Use [`CommandServer`] to know when the subscription
+/// is live or to change the concurrency bound.
+pub async fn serve_commands<H: CommandHandler>(
+    client: &Client,
+    names: &Names,
+    service: &str,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeCommandsError> {
+    CommandServer::bind(client, names, service, handler)
+        .await?
+        .run(shutdown)
+        .await;
+    Ok(())
+}
+
+/// Handles one request and publishes the reply.
+async fn answer<H: CommandHandler>(client: &Client, handler: &H, msg: async_nats::Message) {
+    let Some(reply_to) = msg.reply.clone() else {
+        // Published, not requested: nobody waits for an answer, and a
+        // command without a caller is not executed.
+        tracing::warn!(subject = %msg.subject, "bus.command.no_reply_subject");
+        return;
+    };
+    let reply = match serde_json::from_slice::<CommandEnvelope>(&msg.payload) {
+        Err(err) => CommandReply::Rejected(
+            Rejection::new(
+                MALFORMED_COMMAND,
+                format!("the request is not a command envelope: {err}"),
+                format!("yêu cầu không phải là một lệnh hợp lệ: {err}"),
+            )
+            .with_details(serde_json::json!({ "subject": msg.subject.as_str() })),
+        ),
+        Ok(mut command) => {
+            if command.traceparent.is_none() {
+                command.traceparent = extract_traceparent(msg.headers.as_ref());
+            }
+            let kind = command.kind.clone();
+            // A panicking handler must not leave the caller waiting for a
+            // timeout: it gets a rejection naming the failure instead.
+            match AssertUnwindSafe(handler.handle(command))
+                .catch_unwind()
+                .await
+            {
+                Ok(reply) => reply,
+                Err(_) => {
+                    tracing::error!(kind = %kind, "bus.command.handler_panicked");
+                    CommandReply::Rejected(Rejection::new(
+                        INTERNAL_ERROR,
+                        "the command failed unexpectedly; nothing was changed",
+                        "lệnh gặp lỗi ngoài dự kiến; không có gì thay đổi",
+                    ))
+                }
+            }
+        }
+    };
+    let body = match serde_json::to_vec(&reply) {
+        Ok(body) => body,
+        Err(err) => {
+            tracing::error!(error = %err, "bus.command.reply_encode_failed");
+            return;
+        }
+    };
+    if let Err(err) = client.publish(reply_to, body.into()).await {
+        tracing::warn!(error = %err, "bus.command.reply_failed");
+    }
+}
+
+/// Why a command got no usable reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// A service listens but did not answer in time. The command may or may
+    /// not have been applied: retry with the same `command_id`.
+    #[error("no reply to command on `{subject}` within {timeout:?}")]
+    Timeout {
+        /// The subject.
+        subject: String,
+        /// How long the caller waited.
+        timeout: Duration,
+    },
+    /// No replica of the service is listening.
+    #[error("no service answers commands on `{subject}`")]
+    NoResponders {
+        /// The subject.
+        subject: String,
+    },
+    /// The request could not be sent or the connection failed.
+    #[error("sending command on `{subject}`")]
+    Transport {
+        /// The subject.
+        subject: String,
+        /// What went wrong.
+        #[source]
+        source: async_nats::RequestError,
+    },
+    /// The command could not be encoded, or the reply is not a command reply.
+    #[error("command on `{subject}`: {what}")]
+    Malformed {
+        /// The subject.
+        subject: String,
+        /// What was wrong.
+        what: String,
+    },
+}
+
+/// Sends `command` to `service` and waits up to `timeout` for its reply.
+/// The subject's last token is the command's kind (`submit_self_review.v1`
+/// becomes `submit_self_review_v1`). The envelope's `traceparent` also
+/// travels as a header, so tracing can pick it up without parsing the body.
+pub async fn send_command(
+    client: &Client,
+    names: &Names,
+    service: &str,
+    command: &CommandEnvelope,
+    timeout: Duration,
+) -> Result<CommandReply, CommandError> {
+    let subject = names.command_subject(service, &command.kind);
+    let body = serde_json::to_vec(command).map_err(|err| CommandError::Malformed {
+        subject: subject.clone(),
+        what: format!("encoding the envelope: {err}"),
+    })?;
+    let mut headers = HeaderMap::new();
+    inject_traceparent(&mut headers, command.traceparent.as_deref());
+    let request = async_nats::Request::new()
+        .payload(body.into())
+        .headers(headers)
+        .timeout(Some(timeout));
+    let msg = client
+        .send_request(subject.clone(), request)
+        .await
+        .map_err(|err| match err.kind() {
+            RequestErrorKind::TimedOut => CommandError::Timeout {
+                subject: subject.clone(),
+                timeout,
+            },
+            RequestErrorKind::NoResponders => CommandError::NoResponders {
+                subject: subject.clone(),
+            },
+            RequestErrorKind::Other => CommandError::Transport {
+                subject: subject.clone(),
+                source: err,
+            },
+        })?;
+    serde_json::from_slice(&msg.payload).map_err(|err| CommandError::Malformed {
+        subject,
+        what: format!("decoding the reply: {err}"),
+    })
+}

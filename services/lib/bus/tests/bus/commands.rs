@@ -1,0 +1,249 @@
+//! Commands over request/reply: round trips, malformed requests, no
+//! responders, queue groups, concurrency and graceful shutdown.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use gradeflow_bus::{command::MALFORMED_COMMAND, send_command, CommandError, CommandServer};
+use gradeflow_proto::{
+    Actor, CommandEnvelope, CommandId, CommandReply, EventId, OrgId, Rejection, Role,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::Bus;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn command(kind: &str) -> CommandEnvelope {
+    CommandEnvelope {
+        command_id: CommandId::new(),
+        kind: kind.into(),
+        actor: Actor {
+            sub: "tester".into(),
+            role: Role::Central,
+            org: OrgId::new(),
+        },
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        payload: serde_json::json!({"n": 1}),
+    }
+}
+
+/// Accepts `ok.v1` (echoing the command id and traceparent), rejects the rest.
+async fn decide(cmd: CommandEnvelope) -> CommandReply {
+    if cmd.kind == "ok.v1" {
+        CommandReply::Accepted {
+            event_ids: vec![EventId::new()],
+            result: serde_json::json!({
+                "command_id": cmd.command_id,
+                "traceparent": cmd.traceparent,
+            }),
+        }
+    } else {
+        CommandReply::Rejected(Rejection::new("wrong_state", "no", "không"))
+    }
+}
+
+#[tokio::test]
+async fn accepted_and_rejected_replies_round_trip() {
+    let bus = Bus::new().await;
+    let shutdown = CancellationToken::new();
+    let server = CommandServer::bind(&bus.client, &bus.names, "approval", Arc::new(decide))
+        .await
+        .unwrap();
+    let served = tokio::spawn(server.run(shutdown.clone()));
+
+    let ok = command("ok.v1");
+    match send_command(&bus.client, &bus.names, "approval", &ok, TIMEOUT)
+        .await
+        .unwrap()
+    {
+        CommandReply::Accepted { event_ids, result } => {
+            assert_eq!(event_ids.len(), 1);
+            assert_eq!(result["command_id"], serde_json::json!(ok.command_id));
+            assert_eq!(result["traceparent"], serde_json::json!(ok.traceparent));
+        }
+        other => panic!("expected accepted, got {other:?}"),
+    }
+    match send_command(
+        &bus.client,
+        &bus.names,
+        "approval",
+        &command("no.v1"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap()
+    {
+        CommandReply::Rejected(r) => assert_eq!(r.code, "wrong_state"),
+        other => panic!("expected rejected, got {other:?}"),
+    }
+    shutdown.cancel();
+    served.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_malformed_command_is_rejected_as_such() {
+    let bus = Bus::new().await;
+    let shutdown = CancellationToken::new();
+    let server = CommandServer::bind(&bus.client, &bus.names, "approval", Arc::new(decide))
+        .await
+        .unwrap();
+    let served = tokio::spawn(server.run(shutdown.clone()));
+
+    for body in [&b"not json"[..], br#"{"kind": "ok.v1"}"#] {
+        let msg = bus
+            .client
+            .request(
+                bus.names.command_subject("approval", "ok_v1"),
+                body.to_vec().into(),
+            )
+            .await
+            .unwrap();
+        let reply: CommandReply = serde_json::from_slice(&msg.payload).unwrap();
+        match reply {
+            CommandReply::Rejected(r) => assert_eq!(r.code, MALFORMED_COMMAND),
+            other => panic!("expected malformed_command, got {other:?}"),
+        }
+    }
+    shutdown.cancel();
+    served.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_command_nobody_serves_fails_fast() {
+    let bus = Bus::new().await;
+    let err = send_command(
+        &bus.client,
+        &bus.names,
+        "approval",
+        &command("ok.v1"),
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CommandError::NoResponders { .. } | CommandError::Timeout { .. }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_in_the_queue_group_answer_each_request_once() {
+    let bus = Bus::new().await;
+    let shutdown = CancellationToken::new();
+    let counts = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+    let mut servers = Vec::new();
+    for count in &counts {
+        let count = count.clone();
+        let handler = move |cmd: CommandEnvelope| {
+            count.fetch_add(1, Ordering::SeqCst);
+            decide(cmd)
+        };
+        let server = CommandServer::bind(&bus.client, &bus.names, "approval", Arc::new(handler))
+            .await
+            .unwrap();
+        servers.push(tokio::spawn(server.run(shutdown.clone())));
+    }
+    const N: usize = 60;
+    for _ in 0..N {
+        let reply = send_command(
+            &bus.client,
+            &bus.names,
+            "approval",
+            &command("ok.v1"),
+            TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(reply, CommandReply::Accepted { .. }));
+    }
+    shutdown.cancel();
+    for s in servers {
+        s.await.unwrap();
+    }
+    let (a, b) = (
+        counts[0].load(Ordering::SeqCst),
+        counts[1].load(Ordering::SeqCst),
+    );
+    assert_eq!(a + b, N, "every request handled exactly once ({a} + {b})");
+    assert!(a > 0 && b > 0, "both replicas served ({a} / {b})");
+}
+
+#[tokio::test]
+async fn a_slow_command_does_not_block_others_and_shutdown_answers_it() {
+    let bus = Bus::new().await;
+    let shutdown = CancellationToken::new();
+    let release = Arc::new(Notify::new());
+    let started = Arc::new(Notify::new());
+    let handler = {
+        let (release, started) = (release.clone(), started.clone());
+        move |cmd: CommandEnvelope| {
+            let (release, started) = (release.clone(), started.clone());
+            async move {
+                if cmd.kind == "slow.v1" {
+                    started.notify_one();
+                    release.notified().await;
+                    return CommandReply::Accepted {
+                        event_ids: vec![],
+                        result: serde_json::json!("slow"),
+                    };
+                }
+                decide(cmd).await
+            }
+        }
+    };
+    let server = CommandServer::bind(&bus.client, &bus.names, "approval", Arc::new(handler))
+        .await
+        .unwrap();
+    let served = tokio::spawn(server.run(shutdown.clone()));
+
+    let slow = {
+        let (client, names) = (bus.client.clone(), bus.names.clone());
+        tokio::spawn(async move {
+            send_command(
+                &client,
+                &names,
+                "approval",
+                &command("slow.v1"),
+                Duration::from_secs(10),
+            )
+            .await
+        })
+    };
+    tokio::time::timeout(TIMEOUT, started.notified())
+        .await
+        .unwrap();
+    // The slow one is in its handler; a fast one still gets through.
+    let fast = send_command(
+        &bus.client,
+        &bus.names,
+        "approval",
+        &command("ok.v1"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(fast, CommandReply::Accepted { .. }));
+
+    // Shut down with the slow one in flight: the server stops taking new
+    // requests but still answers it before `run` returns.
+    shutdown.cancel();
+    release.notify_one();
+    tokio::time::timeout(TIMEOUT, served)
+        .await
+        .unwrap()
+        .unwrap();
+    match slow.await.unwrap().unwrap() {
+        CommandReply::Accepted { result, .. } => assert_eq!(result, serde_json::json!("slow")),
+        other => panic!("expected the slow command's answer, got {other:?}"),
+    }
+}
