@@ -208,7 +208,7 @@ pub(crate) fn non_blank(text: Option<&str>) -> Option<&str> {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DraftError {
     /// Not JSON, a missing or unknown field, a wrong type.
-    #[error("malformed batch: {0}")]
+    #[error("reading the batch: {0}")]
     Json(String),
     /// The same dossier twice in one batch.
     #[error("dossier {0} appears twice in the batch")]
