@@ -225,6 +225,15 @@ pub struct RecordRef {
     pub signature: String,
     /// The signing key.
     pub key_id: String,
+    /// Hash of the previous record (64 zeros for the first). Optional on the
+    /// wire so that older events still read; approval always writes it, and
+    /// the audit mirror needs it to rebuild the hashed record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_hash: Option<String>,
+    /// The decision time the record was hashed with (microsecond precision).
+    /// Optional on the wire for the same reason as `prev_hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// An authority's decision document was accepted as a whole.
@@ -270,6 +279,10 @@ pub struct GradeDecided {
     pub override_reason: Option<String>,
     /// The decision-log record.
     pub record: RecordRef,
+    /// The decision document's number (part of the hashed record). Optional
+    /// on the wire so that older events still read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
 }
 event!(GradeDecided, "grade_decided.v1", "approval");
 
@@ -296,6 +309,13 @@ pub struct GradeRevised {
     pub reason: String,
     /// The new decision-log record.
     pub record: RecordRef,
+    /// The decision document's number (part of the hashed record). Optional
+    /// on the wire so that older events still read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
+    /// Mitigation reason for an overridden trigger on the new grade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<String>,
 }
 event!(GradeRevised, "grade_revised.v1", "approval");
 

@@ -56,6 +56,9 @@ fn record() -> RecordRef {
         hash: "9f".repeat(32),
         signature: "c2lnbmF0dXJl".into(),
         key_id: "authority-P01-2026".into(),
+        // Optional fields added after the snapshots froze: absent there.
+        prev_hash: None,
+        at: None,
     }
 }
 
@@ -252,6 +255,7 @@ fn samples() -> Vec<(&'static str, Value)> {
                     quota_group: "individuals".into(),
                     override_reason: None,
                     record: record(),
+                    number: None,
                 },
                 5,
             ),
@@ -270,6 +274,8 @@ fn samples() -> Vec<(&'static str, Value)> {
                     supersedes: 12,
                     reason: "Khiếu nại được chấp nhận".into(),
                     record: record(),
+                    number: None,
+                    override_reason: None,
                 },
                 6,
             ),
