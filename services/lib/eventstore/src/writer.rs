@@ -214,16 +214,19 @@ impl Writer {
             }
             Err(err) => {
                 self.forget();
-                if jobs.len() == 1 || err.is_unavailable() {
+                if err.is_unavailable() {
                     tracing::warn!(error = %err, requests = jobs.len(), "eventstore batch failed");
                     for job in jobs {
                         let _ = job.reply.send(Err(AppendError::Store(err.clone())));
                     }
                     return;
                 }
-                // Something in the batch was refused by the database (e.g. a
-                // constraint because another writer bypassed the head lock):
-                // isolate it by retrying each request on its own.
+                // Something in the batch was refused by the database: one bad
+                // request, or a stale head (e.g. a constraint because another
+                // writer bypassed the head lock). The head is reloaded by the
+                // next transaction; retrying each request on its own isolates
+                // a bad one, so it cannot fail its neighbours. (A batch of one
+                // is retried once too: a stale head is not the caller's fault.)
                 tracing::warn!(error = %err, requests = jobs.len(), "eventstore batch failed, retrying one by one");
                 let mut unavailable: Option<StoreError> = None;
                 for job in jobs {
