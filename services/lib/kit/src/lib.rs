@@ -16,9 +16,15 @@
 //!    bounded by a grace period.
 
 pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod shutdown;
 pub mod telemetry;
 pub mod trace;
 
 pub use config::{Config, ConfigError, LogFormat, Overrides};
+pub use health::{router, Health};
+pub use metrics::{Counter, Gauge, Metrics};
+pub use shutdown::{shutdown_signal, DrainReport, Shutdown, Stage};
 pub use telemetry::{TelemetryConfig, TelemetryError, TelemetryGuard};
 pub use trace::{TraceParent, TraceParentError};
