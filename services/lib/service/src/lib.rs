@@ -35,7 +35,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 pub use tree::{OrgNode, OrgTree};
-pub use workflow::{payload, reply, Workflow};
+pub use workflow::{payload, reply, Observed, Workflow};
 use uuid::Uuid;
 
 /// A service's in-memory working state, folded from its store.
@@ -171,7 +171,7 @@ impl<M> Clone for Engine<M> {
 /// How many events a catch-up reads per query.
 const PAGE: usize = 2_000;
 /// How many times a decision is retried when another writer wins the race.
-const ATTEMPTS: u32 = 5;
+const ATTEMPTS: u32 = 8;
 
 impl<M: Model> Engine<M> {
     /// Opens the engine of `service` over `store`, replaying the whole store.
@@ -303,28 +303,40 @@ impl<M: Model> Engine<M> {
                 return Ok(Outcome::Duplicate { reply });
             }
         }
-        for _ in 0..ATTEMPTS {
-            let request = {
-                let mut tracked = self.inner.tracked.lock().await;
-                self.catch_up_locked(&mut tracked).await?;
-                let decision = decide(&tracked.model).map_err(ExecuteError::Rejected)?;
-                let inbox = command_id.map(|id| InboxEntry {
-                    consumer: consumer.clone(),
-                    message_id: id.to_owned(),
-                    reply: Some(decision.result.clone()),
-                });
-                let request = self.request(&tracked, ctx, &decision, inbox);
-                (request, decision.result)
+        for attempt in 0..ATTEMPTS {
+            let mut tracked = self.inner.tracked.lock().await;
+            self.catch_up_locked(&mut tracked).await?;
+            let decision = decide(&tracked.model).map_err(ExecuteError::Rejected)?;
+            let inbox = command_id.map(|id| InboxEntry {
+                consumer: consumer.clone(),
+                message_id: id.to_owned(),
+                reply: Some(decision.result.clone()),
+            });
+            let request = self.request(&tracked, ctx, &decision, inbox);
+            // First attempt: optimistic. The lock is released while the append
+            // waits for its group commit, so other commands decide meanwhile
+            // and share the batch; the version checks keep that safe. After a
+            // conflict the engine holds the lock through the append, so no
+            // other decision of this process can overtake this one again: a
+            // hot stream (the decision log) makes progress instead of
+            // spinning.
+            let held = if attempt == 0 {
+                drop(tracked);
+                None
+            } else {
+                Some(tracked)
             };
-            // The lock is released while the append waits for its group
-            // commit, so other commands decide meanwhile and share the batch;
-            // the version checks keep that safe.
-            let (request, result) = request;
             match self.inner.store.append(request).await {
                 Ok(AppendOutcome::Appended(events)) => {
-                    let mut tracked = self.inner.tracked.lock().await;
+                    let mut tracked = match held {
+                        Some(t) => t,
+                        None => self.inner.tracked.lock().await,
+                    };
                     self.catch_up_locked(&mut tracked).await?;
-                    return Ok(Outcome::Applied { events, result });
+                    return Ok(Outcome::Applied {
+                        events,
+                        result: decision.result,
+                    });
                 }
                 Ok(AppendOutcome::Duplicate { reply }) => return Ok(Outcome::Duplicate { reply }),
                 Err(AppendError::Conflict { .. }) => continue,
@@ -344,7 +356,7 @@ impl<M: Model> Engine<M> {
         &self,
         envelope: &Envelope,
         react: F,
-    ) -> Result<(Vec<(String, ExpectedVersion)>, Vec<NewEvent>), ExecuteError>
+    ) -> Result<Observed, ExecuteError>
     where
         F: FnOnce(&M, &Envelope) -> Result<Decision, Rejection>,
     {

@@ -10,6 +10,9 @@ use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode, EventI
 
 use crate::{ExecuteError, Outcome};
 
+/// The append that records an observed event: version checks and events.
+pub type Observed = (Vec<(String, ExpectedVersion)>, Vec<NewEvent>);
+
 /// A workflow service (submission, appraisal, approval).
 pub trait Workflow: Send + Sync + 'static {
     /// The service name: the `<service>` token of its subjects.
@@ -27,7 +30,7 @@ pub trait Workflow: Send + Sync + 'static {
     fn observe(
         &self,
         envelope: &Envelope,
-    ) -> impl Future<Output = Result<(Vec<(String, ExpectedVersion)>, Vec<NewEvent>), ExecuteError>> + Send;
+    ) -> impl Future<Output = Result<Observed, ExecuteError>> + Send;
 }
 
 /// Turns the outcome of [`crate::Engine::execute`] into a command reply.

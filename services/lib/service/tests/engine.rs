@@ -1,0 +1,179 @@
+//! The engine against a real store: decisions commit with their reply,
+//! retries of a command id change nothing, two engines on one store (two
+//! replicas) never both win a race, observed events are copied once, and a
+//! reopened engine folds to the same model.
+
+#![allow(clippy::unwrap_used)]
+
+use gradeflow_eventstore::{AppendOutcome, AppendRequest, Store, StoreOptions, StoredEvent};
+use gradeflow_proto::{Actor, CorrelationId, Envelope, EventId, OrgId, Role};
+use gradeflow_service::{Context, Decision, Emit, Engine, ExecuteError, Model, Outcome};
+use serde_json::json;
+
+/// A counter per stream: the number of `tick` events, and the observed ones.
+#[derive(Default)]
+struct Ticks {
+    ticks: std::collections::HashMap<String, u64>,
+    observed: u64,
+}
+
+impl Model for Ticks {
+    fn apply(&mut self, event: &StoredEvent) {
+        match event.kind.as_str() {
+            "tick.v1" => *self.ticks.entry(event.stream.clone()).or_default() += 1,
+            "observed_thing.v1" => self.observed += 1,
+            _ => {}
+        }
+    }
+}
+
+fn ctx() -> Context {
+    Context {
+        actor: Actor {
+            sub: "tester".into(),
+            role: Role::Central,
+            org: OrgId::new(),
+        },
+        correlation_id: CorrelationId::new(),
+        causation_id: None,
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+    }
+}
+
+/// Ticks `stream` unless it already has `limit` ticks.
+fn tick_up_to(limit: u64) -> impl Fn(&Ticks) -> Result<Decision, gradeflow_proto::Rejection> {
+    move |m: &Ticks| {
+        let n = m.ticks.get("counter").copied().unwrap_or(0);
+        if n >= limit {
+            return Err(gradeflow_proto::ErrorCode::WrongState.reject("full", "đầy"));
+        }
+        Ok(Decision {
+            events: vec![Emit {
+                stream: "counter".into(),
+                kind: "tick.v1".into(),
+                payload: json!({"n": n + 1}),
+                province: None,
+            }],
+            reads: vec![],
+            result: json!({"n": n + 1}),
+        })
+    }
+}
+
+async fn store() -> (gradeflow_testkit::SqliteFile, Store) {
+    let file = gradeflow_testkit::fresh_sqlite().unwrap();
+    let store = Store::connect(&file.url, StoreOptions::default()).await.unwrap();
+    (file, store)
+}
+
+#[tokio::test]
+async fn a_decision_commits_its_events_with_the_callers_metadata() {
+    let (_f, store) = store().await;
+    let engine: Engine<Ticks> = Engine::open(store.clone(), "submission").await.unwrap();
+    let c = ctx();
+    let out = engine.execute(&c, Some("cmd-1"), tick_up_to(10)).await.unwrap();
+    let Outcome::Applied { events, result } = out else {
+        panic!("not applied")
+    };
+    assert_eq!(result, json!({"n": 1}));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].metadata.actor, c.actor);
+    assert_eq!(events[0].metadata.service, "submission");
+    assert_eq!(events[0].metadata.traceparent, c.traceparent);
+    assert_eq!(engine.read(|m| m.ticks["counter"]).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_retried_command_id_gets_the_first_reply_and_appends_nothing() {
+    let (_f, store) = store().await;
+    let engine: Engine<Ticks> = Engine::open(store.clone(), "submission").await.unwrap();
+    engine.execute(&ctx(), Some("cmd-1"), tick_up_to(10)).await.unwrap();
+    let head = store.head().await.unwrap();
+    let again = engine.execute(&ctx(), Some("cmd-1"), tick_up_to(10)).await.unwrap();
+    match again {
+        Outcome::Duplicate { reply } => assert_eq!(reply, Some(json!({"n": 1}))),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    assert_eq!(store.head().await.unwrap(), head);
+}
+
+#[tokio::test]
+async fn a_refusal_changes_nothing() {
+    let (_f, store) = store().await;
+    let engine: Engine<Ticks> = Engine::open(store.clone(), "submission").await.unwrap();
+    let err = engine.execute(&ctx(), Some("c"), tick_up_to(0)).await.unwrap_err();
+    assert!(matches!(err, ExecuteError::Rejected(r) if r.code == "wrong_state"));
+    assert_eq!(store.head().await.unwrap(), None);
+    // A refused command id is not remembered: once the state allows it, the
+    // same id may succeed.
+    assert!(store.inbox_lookup("cmd:submission", "c").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_store_never_both_win_and_respect_the_limit() {
+    let (_f, store) = store().await;
+    let a: Engine<Ticks> = Engine::open(store.clone(), "submission").await.unwrap();
+    let b: Engine<Ticks> = Engine::open(store.clone(), "submission").await.unwrap();
+    // 40 racing commands, half on each replica, against a limit of 25: the
+    // version checks make every replica decide on the latest state.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let e = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            e.execute(&ctx(), Some(&format!("c{i}")), tick_up_to(25)).await
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Outcome::Applied { .. }) => applied += 1,
+            Err(ExecuteError::Rejected(r)) => assert_eq!(r.code, "wrong_state"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(applied, 25);
+    let events = store.load_stream("counter").await.unwrap();
+    assert_eq!(events.len(), 25);
+    let ns: Vec<u64> = events.iter().map(|e| e.payload["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, (1..=25).collect::<Vec<_>>(), "each decision saw the latest state");
+    assert_eq!(b.read(|m| m.ticks["counter"]).await.unwrap(), 25);
+}
+
+#[tokio::test]
+async fn an_observed_event_is_copied_once_and_a_reopened_engine_folds_the_same() {
+    let (file, store) = store().await;
+    let engine: Engine<Ticks> = Engine::open(store.clone(), "approval").await.unwrap();
+    let original = Envelope {
+        event_id: EventId::new(),
+        kind: "observed_thing.v1".into(),
+        stream: "dossier-x".into(),
+        version: 3,
+        occurred_at: chrono::Utc::now(),
+        actor: ctx().actor,
+        correlation_id: CorrelationId::new(),
+        causation_id: None,
+        traceparent: None,
+        payload: json!({"x": 1}),
+    };
+    for _ in 0..2 {
+        let (checks, events) = engine
+            .observe(&original, |_, _| Ok(Decision::default()))
+            .await
+            .unwrap();
+        let mut req = AppendRequest::new(events);
+        for (s, v) in checks {
+            req = req.expect(s, v);
+        }
+        let out = store.append(req).await.unwrap();
+        assert!(matches!(out, AppendOutcome::Appended(_)));
+    }
+    let copies = store.load_stream("dossier-x").await.unwrap();
+    assert_eq!(copies.len(), 1, "the copy's id is deterministic, so a redelivery adds nothing");
+    assert_eq!(copies[0].metadata.causation_id, Some(original.event_id.as_uuid()));
+    assert_eq!(engine.read(|m| m.observed).await.unwrap(), 1);
+    drop(engine);
+    store.close().await;
+    let reopened = Store::connect(&file.url, StoreOptions::default()).await.unwrap();
+    let again: Engine<Ticks> = Engine::open(reopened, "approval").await.unwrap();
+    assert_eq!(again.read(|m| m.observed).await.unwrap(), 1);
+}
