@@ -50,7 +50,7 @@ impl Store {
         let max_batch = opts.max_batch.max(1);
         // Bounded: when the writer falls behind, callers wait (backpressure)
         // instead of queueing without limit.
-        let (jobs, rx) = mpsc::channel(max_batch.saturating_mul(4));
+        let (jobs, rx) = mpsc::channel(max_batch.saturating_mul(4).max(1024));
         let writer = Writer::new(pool.clone(), max_batch, committed.clone(), stats.clone());
         let handle = tokio::spawn(writer.run(rx, shutdown.clone()));
         Ok(Store {

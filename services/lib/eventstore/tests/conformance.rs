@@ -787,10 +787,20 @@ async fn update_and_delete_are_refused_by_triggers(db: &Db) {
 }
 
 async fn close_commits_requests_sent_before_it(db: &Db) {
-    let store = db.open().await;
-    let appends = join_all((0..100u64).map(|i| store.append(one("a", i, ExpectedVersion::Any))));
+    // Small batches, so most requests are still queued when close() starts.
+    let store = db
+        .open_with(StoreOptions {
+            max_batch: 5,
+            ..db.options()
+        })
+        .await;
+    // Unconstrained: without Tokio's cooperative budget, one poll of
+    // join_all polls every append once, and each one's send completes at
+    // once (the channel has room) — so all 100 are queued before close().
+    let appends = tokio::task::unconstrained(join_all(
+        (0..100u64).map(|i| store.append(one("a", i, ExpectedVersion::Any))),
+    ));
     let mut appends = Box::pin(appends);
-    // Poll once: every request is sent to the writer (the channel has room).
     std::future::poll_fn(|cx| {
         let _ = appends.as_mut().poll(cx);
         std::task::Poll::Ready(())
