@@ -43,6 +43,7 @@ pub mod canonical;
 mod db;
 mod error;
 mod model;
+pub mod raw;
 mod store;
 mod writer;
 

@@ -65,6 +65,11 @@ impl Store {
         })
     }
 
+    /// The pool, for the benchmark baselines in [`crate::raw`].
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
     /// Which database this store runs on.
     pub fn backend(&self) -> Backend {
         self.inner.pool.backend()

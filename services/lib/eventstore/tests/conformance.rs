@@ -1107,3 +1107,32 @@ async fn bad_urls_and_schema_names_are_refused() {
     .unwrap_err();
     assert!(matches!(err, StoreError::InvalidSchema(_)), "{err:?}");
 }
+
+/// The benchmark baselines run on both databases and count what they did.
+mod raw_baselines {
+    #![allow(clippy::unwrap_used)]
+    use gradeflow_eventstore::{Store, StoreOptions};
+
+    async fn check(store: Store) {
+        let rate = store.raw_insert_baseline(2_500, 1_000, 600).await.unwrap();
+        assert_eq!(rate.rows, 2_500);
+        assert!(rate.per_second() > 0.0);
+        // The scratch table is gone afterwards and the log untouched.
+        assert_eq!(store.head().await.unwrap(), None);
+        let read = store.raw_read_hash_baseline().await.unwrap();
+        assert_eq!(read.rows, 0);
+    }
+
+    #[tokio::test]
+    async fn sqlite_raw_baselines_insert_and_read_the_requested_rows() {
+        let f = gradeflow_testkit::fresh_sqlite().unwrap();
+        check(Store::connect(&f.url, StoreOptions::default()).await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_raw_baselines_insert_and_read_the_requested_rows() {
+        let db = gradeflow_testkit::fresh_pg().await.unwrap();
+        check(Store::connect(&db.url, StoreOptions::default()).await.unwrap()).await;
+        db.drop_db().await.ok();
+    }
+}
