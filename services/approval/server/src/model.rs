@@ -1,0 +1,560 @@
+//! The approval service's model: what it knows, folded from its own store
+//! (its own events and the copies of submission's and appraisal's events
+//! that its consumer recorded). Decisions and queries read it; nothing else
+//! changes it.
+//!
+//! The ordering rule of Art. 12.2 lives here as two questions the model
+//! answers: which dossiers and child units a collective still waits for, and
+//! which units a set of newly settled dossiers completes. Both can be asked
+//! "as if" some dossiers were already settled or registered (a [`Pending`]),
+//! because a decision must judge the batch it is about to write, and a
+//! reaction must judge the fact it is about to record, before either is in
+//! the store.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use gradeflow_approval_domain::GroupCounts;
+use gradeflow_eventstore::StoredEvent;
+use gradeflow_proto::commands::DecisionKind;
+use gradeflow_proto::events::{
+    CollectiveDossierOpened, CycleCompleted, CycleOpened, DecisionLogRecord, DecisionRecorded,
+    DossierAppraised, DossierReturned, Event, GradeDecided, GradeRevised, SelfReviewSubmitted,
+    SubjectRegistered, UnitCompleted,
+};
+use gradeflow_proto::{
+    Category, CycleId, DecisionId, DossierId, DossierState, Facts, Grade, OrgId, QuotaSettings,
+    RulebookId, Score, SubjectId, SubjectKind, SubjectStatus, TaskCounts, Tiers,
+};
+use gradeflow_service::{Model, OrgTree};
+
+use crate::record::{audit_record, GENESIS_HASH};
+
+/// A review cycle as approval needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CycleInfo {
+    /// The rulebook the cycle is graded under.
+    pub rulebook: RulebookId,
+    /// Its quota settings.
+    pub quota: QuotaSettings,
+    /// Its tiers, lowest first.
+    pub tiers: Tiers,
+    /// The root org: its unit completing completes the cycle.
+    pub root: OrgId,
+    /// The year reviewed.
+    pub year: i32,
+}
+
+/// The grade a dossier holds now, and where it is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentGrade {
+    /// The current decision-log record of the dossier.
+    pub seq: u64,
+    /// The grade.
+    pub grade: Grade,
+    /// The quota group it counts in.
+    pub group: String,
+    /// The authority that decided it.
+    pub authority: OrgId,
+}
+
+/// One dossier of a cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DossierInfo {
+    /// Its subject.
+    pub subject: SubjectId,
+    /// The cycle.
+    pub cycle: CycleId,
+    /// The org an individual belongs to, or the collective itself.
+    pub org: OrgId,
+    /// The org whose authority decides it.
+    pub deciding_org: OrgId,
+    /// Individual or collective.
+    pub kind: SubjectKind,
+    /// The subject's name.
+    pub name: String,
+    /// The self-review form.
+    pub category: Category,
+    /// Leader flag.
+    pub leader: bool,
+    /// Reviewed or not.
+    pub status: SubjectStatus,
+    /// The quota group.
+    pub quota_group: String,
+    /// Where it stands.
+    pub state: DossierState,
+    /// The self-score (366).
+    pub score: Option<Score>,
+    /// Task counts.
+    pub tasks: Option<TaskCounts>,
+    /// Whether last review's shortcomings were fixed.
+    pub shortcomings_fixed: bool,
+    /// The appraisal's consolidated facts (the latest appraisal).
+    pub facts: Facts,
+    /// The appraisal's recommendation.
+    pub recommended_grade: Option<Grade>,
+    /// For a collective: submission said it may now be decided.
+    pub opened: bool,
+    /// The grade it holds, once decided.
+    pub current: Option<CurrentGrade>,
+}
+
+/// A decision document as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionInfo {
+    /// The cycle.
+    pub cycle: CycleId,
+    /// The deciding org.
+    pub authority: OrgId,
+    /// Its number.
+    pub number: String,
+    /// Decide or regrade.
+    pub kind: DecisionKind,
+    /// Who submitted it.
+    pub actor: String,
+}
+
+/// A unit of a cycle: an org with the dossiers that belong to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unit {
+    /// Individual dossiers whose org is the unit.
+    pub members: BTreeSet<DossierId>,
+    /// The unit's own collective dossier.
+    pub collective: Option<DossierId>,
+}
+
+/// `(cycle, org)`: one unit of one cycle.
+pub type UnitKey = (CycleId, OrgId);
+
+/// Facts not yet in the store that a question must take as given: dossiers
+/// this batch settles, a dossier whose registration is being recorded.
+#[derive(Debug, Clone, Default)]
+pub struct Pending {
+    /// Dossiers to count as settled.
+    pub settled: HashSet<DossierId>,
+    /// Dossiers to count as registered: id, cycle, org, kind.
+    pub registered: Vec<(DossierId, CycleId, OrgId, SubjectKind)>,
+}
+
+/// Everything approval knows.
+#[derive(Debug, Default)]
+pub struct ApprovalModel {
+    /// The organisation tree.
+    pub tree: OrgTree,
+    /// Cycles by id.
+    pub cycles: HashMap<CycleId, CycleInfo>,
+    /// Dossiers by id.
+    pub dossiers: HashMap<DossierId, DossierInfo>,
+    /// Units by cycle and org.
+    pub units: HashMap<UnitKey, Unit>,
+    /// Decision documents by id.
+    pub decisions: HashMap<DecisionId, DecisionInfo>,
+    /// The decision log by seq.
+    pub log: BTreeMap<u64, DecisionLogRecord>,
+    /// Hash of the last record (64 zeros before the first).
+    pub log_head: String,
+    /// Version of the `decision-log` stream: the last seq written.
+    pub log_version: u64,
+    /// Excellent and good counts of current grades per cycle, authority and
+    /// quota group (a superseded grade no longer counts; its revision does).
+    pub counts: HashMap<(CycleId, OrgId, String), GroupCounts>,
+    /// Dossiers holding a grade, per cycle.
+    pub graded: HashMap<CycleId, u64>,
+    /// Units whose completion was recorded.
+    pub completed_units: HashSet<UnitKey>,
+    /// Cycles whose completion was recorded.
+    pub completed_cycles: HashSet<CycleId>,
+}
+
+fn parse<E: Event>(event: &StoredEvent) -> Option<E> {
+    match serde_json::from_value(event.payload.clone()) {
+        Ok(e) => Some(e),
+        Err(error) => {
+            // A payload of a known kind that does not parse is a contract
+            // break upstream; the model skips it rather than stop the service.
+            tracing::warn!(kind = %event.kind, position = event.position, %error, "approval: unreadable event skipped");
+            None
+        }
+    }
+}
+
+fn bump(counts: &mut GroupCounts, grade: Grade, up: bool) {
+    let slot = match grade {
+        Grade::Excellent => &mut counts.excellent,
+        Grade::Good => &mut counts.good,
+        Grade::Completed | Grade::NotCompleted => return,
+    };
+    *slot = if up {
+        slot.saturating_add(1)
+    } else {
+        slot.saturating_sub(1)
+    };
+}
+
+impl Model for ApprovalModel {
+    fn apply(&mut self, event: &StoredEvent) {
+        if self.tree.apply(&event.kind, &event.payload) {
+            return;
+        }
+        let kind = event.kind.as_str();
+        if kind == CycleOpened::KIND {
+            if let Some(e) = parse::<CycleOpened>(event) {
+                self.cycles.insert(
+                    e.cycle,
+                    CycleInfo {
+                        rulebook: e.rulebook,
+                        quota: e.quota,
+                        tiers: e.tiers,
+                        root: e.root,
+                        year: e.year,
+                    },
+                );
+            }
+        } else if kind == SubjectRegistered::KIND {
+            if let Some(e) = parse::<SubjectRegistered>(event) {
+                self.register(e);
+            }
+        } else if kind == SelfReviewSubmitted::KIND {
+            if let Some(e) = parse::<SelfReviewSubmitted>(event) {
+                if let Some(d) = self.dossiers.get_mut(&e.dossier) {
+                    d.score = e.score;
+                    d.tasks = Some(e.tasks);
+                    d.shortcomings_fixed = e.shortcomings_fixed;
+                    if e.resubmission {
+                        // A re-filed dossier will be appraised afresh; the
+                        // old appraisal's facts no longer stand.
+                        d.facts = Facts::default();
+                        d.recommended_grade = None;
+                    }
+                    if !d.state.is_settled() {
+                        d.state = DossierState::Submitted;
+                    }
+                }
+            }
+        } else if kind == DossierAppraised::KIND {
+            if let Some(e) = parse::<DossierAppraised>(event) {
+                if let Some(d) = self.dossiers.get_mut(&e.dossier) {
+                    d.facts = e.facts;
+                    d.recommended_grade = Some(e.recommended_grade);
+                    // A re-appraisal after a complaint keeps the dossier
+                    // decided: it is what a re-grade decides on.
+                    if !d.state.is_settled() {
+                        d.state = DossierState::Appraised;
+                    }
+                }
+            }
+        } else if kind == DossierReturned::KIND {
+            if let Some(e) = parse::<DossierReturned>(event) {
+                if let Some(d) = self.dossiers.get_mut(&e.dossier) {
+                    if !d.state.is_settled() {
+                        d.state = DossierState::Returned;
+                        d.facts = Facts::default();
+                        d.recommended_grade = None;
+                    }
+                }
+            }
+        } else if kind == CollectiveDossierOpened::KIND {
+            if let Some(e) = parse::<CollectiveDossierOpened>(event) {
+                if let Some(d) = self.dossiers.get_mut(&e.dossier) {
+                    d.opened = true;
+                }
+            }
+        } else if kind == DecisionRecorded::KIND {
+            if let Some(e) = parse::<DecisionRecorded>(event) {
+                self.decisions.insert(
+                    e.decision,
+                    DecisionInfo {
+                        cycle: e.cycle,
+                        authority: e.authority,
+                        number: e.number,
+                        kind: e.kind,
+                        actor: event.metadata.actor.sub.clone(),
+                    },
+                );
+            }
+        } else if kind == GradeDecided::KIND {
+            if let Some(e) = parse::<GradeDecided>(event) {
+                self.grade_decided(&e);
+                self.log_record(event);
+            }
+        } else if kind == GradeRevised::KIND {
+            if let Some(e) = parse::<GradeRevised>(event) {
+                self.grade_revised(&e);
+                self.log_record(event);
+            }
+        } else if kind == UnitCompleted::KIND {
+            if let Some(e) = parse::<UnitCompleted>(event) {
+                self.completed_units.insert((e.cycle, e.org));
+            }
+        } else if kind == CycleCompleted::KIND {
+            if let Some(e) = parse::<CycleCompleted>(event) {
+                self.completed_cycles.insert(e.cycle);
+            }
+        }
+    }
+}
+
+impl ApprovalModel {
+    fn register(&mut self, e: SubjectRegistered) {
+        let unit = self.units.entry((e.cycle, e.org)).or_default();
+        match e.kind {
+            SubjectKind::Individual => {
+                unit.members.insert(e.dossier);
+            }
+            SubjectKind::Collective => unit.collective = Some(e.dossier),
+        }
+        let state = if e.status.is_reviewed() {
+            e.state
+        } else {
+            DossierState::NotReviewed
+        };
+        self.dossiers.insert(
+            e.dossier,
+            DossierInfo {
+                subject: e.subject,
+                cycle: e.cycle,
+                org: e.org,
+                deciding_org: e.deciding_org,
+                kind: e.kind,
+                name: e.name,
+                category: e.category,
+                leader: e.leader,
+                status: e.status,
+                quota_group: e.quota_group,
+                state,
+                score: None,
+                tasks: None,
+                shortcomings_fixed: true,
+                facts: Facts::default(),
+                recommended_grade: None,
+                opened: false,
+                current: None,
+            },
+        );
+    }
+
+    fn grade_decided(&mut self, e: &GradeDecided) {
+        if let Some(d) = self.dossiers.get_mut(&e.dossier) {
+            d.state = DossierState::Decided;
+            d.current = Some(CurrentGrade {
+                seq: e.record.seq,
+                grade: e.grade,
+                group: e.quota_group.clone(),
+                authority: e.authority,
+            });
+        }
+        let counts = self
+            .counts
+            .entry((e.cycle, e.authority, e.quota_group.clone()))
+            .or_default();
+        bump(counts, e.grade, true);
+        let graded = self.graded.entry(e.cycle).or_default();
+        *graded = graded.saturating_add(1);
+    }
+
+    fn grade_revised(&mut self, e: &GradeRevised) {
+        let Some(d) = self.dossiers.get_mut(&e.dossier) else {
+            return;
+        };
+        d.state = DossierState::Regraded;
+        let group = d
+            .current
+            .as_ref()
+            .map_or_else(|| d.quota_group.clone(), |c| c.group.clone());
+        let previous_authority = d.current.as_ref().map_or(e.authority, |c| c.authority);
+        d.current = Some(CurrentGrade {
+            seq: e.record.seq,
+            grade: e.grade,
+            group: group.clone(),
+            authority: e.authority,
+        });
+        // The superseded grade stops counting towards the quota; the new one
+        // counts instead.
+        let old = self
+            .counts
+            .entry((e.cycle, previous_authority, group.clone()))
+            .or_default();
+        bump(old, e.previous_grade, false);
+        let new = self
+            .counts
+            .entry((e.cycle, e.authority, group))
+            .or_default();
+        bump(new, e.grade, true);
+    }
+
+    fn log_record(&mut self, event: &StoredEvent) {
+        self.log_version = event.version;
+        if let Some(record) = audit_record(event) {
+            self.log_head.clone_from(&record.hash);
+            self.log.insert(record.seq, record);
+        }
+    }
+
+    /// Hash of the last record: the next record's `prev_hash`.
+    pub fn head(&self) -> &str {
+        if self.log_head.is_empty() {
+            GENESIS_HASH
+        } else {
+            &self.log_head
+        }
+    }
+
+    /// Excellent and good counts of current grades given by `authority` in
+    /// `cycle`, per quota group.
+    pub fn earlier(&self, cycle: CycleId, authority: OrgId) -> BTreeMap<String, GroupCounts> {
+        self.counts
+            .iter()
+            .filter(|((c, a, _), _)| *c == cycle && *a == authority)
+            .map(|((_, _, g), counts)| (g.clone(), *counts))
+            .collect()
+    }
+
+    fn is_settled(&self, dossier: DossierId, pending: &Pending) -> bool {
+        pending.settled.contains(&dossier)
+            || self
+                .dossiers
+                .get(&dossier)
+                .is_some_and(|d| d.state.is_settled())
+    }
+
+    /// The unit `key` with the pending registrations added; `None` when it
+    /// has no dossier at all (the org takes no part in the cycle).
+    pub fn unit(&self, key: UnitKey, pending: &Pending) -> Option<Unit> {
+        let mut unit = self.units.get(&key).cloned();
+        for (dossier, cycle, org, kind) in &pending.registered {
+            if (*cycle, *org) != key {
+                continue;
+            }
+            let u = unit.get_or_insert_with(Unit::default);
+            match kind {
+                SubjectKind::Individual => {
+                    u.members.insert(*dossier);
+                }
+                SubjectKind::Collective => u.collective = Some(*dossier),
+            }
+        }
+        unit
+    }
+
+    /// The child units of `org` in `cycle`: its children in the tree that
+    /// take part in the cycle (have a dossier). A child with no dossier at
+    /// all is not waited for: nothing of it can ever be decided.
+    fn child_units(&self, cycle: CycleId, org: OrgId, pending: &Pending) -> Vec<OrgId> {
+        self.tree
+            .get(org)
+            .map(|node| {
+                node.children
+                    .iter()
+                    .copied()
+                    .filter(|c| self.unit((cycle, *c), pending).is_some())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether unit `key` is complete: recorded as such, or (with the
+    /// pending facts) its collective and every member settled and every
+    /// child unit complete. `newly` holds units found complete but not
+    /// recorded yet.
+    fn unit_complete(
+        &self,
+        key: UnitKey,
+        pending: &Pending,
+        newly: &HashSet<UnitKey>,
+        depth: usize,
+    ) -> bool {
+        if self.completed_units.contains(&key) || newly.contains(&key) {
+            return true;
+        }
+        // Bounded by the tree's size, so a corrupt cycle cannot recurse
+        // without end.
+        if depth > self.tree.len() {
+            return false;
+        }
+        let Some(unit) = self.unit(key, pending) else {
+            return false;
+        };
+        let Some(collective) = unit.collective else {
+            return false;
+        };
+        self.is_settled(collective, pending)
+            && unit.members.iter().all(|m| self.is_settled(*m, pending))
+            && self
+                .child_units(key.0, key.1, pending)
+                .into_iter()
+                .all(|c| self.unit_complete((key.0, c), pending, newly, depth + 1))
+    }
+
+    /// What the collective of `org` in `cycle` still waits for (Art. 12.2):
+    /// the unit's member dossiers not settled, then its child units not
+    /// complete (their org ids), as strings for the rulebook.
+    pub fn waiting_for(&self, cycle: CycleId, org: OrgId, pending: &Pending) -> Vec<String> {
+        let mut waiting = Vec::new();
+        if let Some(unit) = self.unit((cycle, org), pending) {
+            waiting.extend(
+                unit.members
+                    .iter()
+                    .filter(|m| !self.is_settled(**m, pending))
+                    .map(ToString::to_string),
+            );
+        }
+        let none = HashSet::new();
+        waiting.extend(
+            self.child_units(cycle, org, pending)
+                .into_iter()
+                .filter(|c| !self.unit_complete((cycle, *c), pending, &none, 0))
+                .map(|c| c.to_string()),
+        );
+        waiting
+    }
+
+    /// The units that complete once the pending facts hold, starting from
+    /// the units of `orgs` and walking up while parents complete too, each
+    /// not recorded as complete yet; children before parents.
+    pub fn completions(&self, cycle: CycleId, orgs: &[OrgId], pending: &Pending) -> Vec<OrgId> {
+        let mut newly: HashSet<UnitKey> = HashSet::new();
+        let mut order = Vec::new();
+        let mut frontier: Vec<OrgId> = Vec::new();
+        for org in orgs {
+            if !frontier.contains(org) {
+                frontier.push(*org);
+            }
+        }
+        // Lower tiers first, so a parent is judged after its children.
+        frontier.sort_by_key(|o| std::cmp::Reverse(self.depth_of(*o)));
+        while let Some(org) = (!frontier.is_empty()).then(|| frontier.remove(0)) {
+            let key = (cycle, org);
+            if self.completed_units.contains(&key) || newly.contains(&key) {
+                continue;
+            }
+            if self.unit_complete(key, pending, &newly, 0) {
+                newly.insert(key);
+                order.push(org);
+                if let Some(parent) = self.tree.get(org).and_then(|n| n.parent) {
+                    if !frontier.contains(&parent) {
+                        frontier.push(parent);
+                        frontier.sort_by_key(|o| std::cmp::Reverse(self.depth_of(*o)));
+                    }
+                }
+            }
+        }
+        order
+    }
+
+    fn depth_of(&self, org: OrgId) -> usize {
+        let mut depth = 0;
+        let mut cur = self.tree.get(org).and_then(|n| n.parent);
+        while let Some(p) = cur {
+            depth += 1;
+            if depth > self.tree.len() {
+                break;
+            }
+            cur = self.tree.get(p).and_then(|n| n.parent);
+        }
+        depth
+    }
+
+    /// The decision-log records in seq order.
+    pub fn records(&self) -> impl Iterator<Item = &DecisionLogRecord> {
+        self.log.values()
+    }
+}

@@ -1,0 +1,240 @@
+//! The read-only queries approval answers over the same request/reply as
+//! its commands (answered `accepted` with the result and no events):
+//! `worklist.v1` (what an authority may decide now, with the quota meter),
+//! `audit_decisions.v1` (the decision log, paged) and `verify_log.v1` (the
+//! chain and signatures checked against the key registry).
+
+use std::collections::BTreeSet;
+
+use gradeflow_approval_domain::{max_excellent, ratio_bp, GroupCounts};
+use gradeflow_proto::{Actor, CycleId, DossierState, ErrorCode, OrgId, Rejection, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::model::{ApprovalModel, Pending};
+
+/// Kind of the worklist query.
+pub const WORKLIST: &str = "worklist.v1";
+/// Kind of the decision-log query.
+pub const AUDIT_DECISIONS: &str = "audit_decisions.v1";
+/// Kind of the log verification query.
+pub const VERIFY_LOG: &str = "verify_log.v1";
+
+/// Most worklist entries returned when no limit is asked.
+const WORKLIST_DEFAULT_LIMIT: usize = 500;
+/// Most worklist entries returned at all.
+const WORKLIST_MAX_LIMIT: usize = 5_000;
+/// Records per page of the decision log when no limit is asked.
+const AUDIT_DEFAULT_LIMIT: usize = 100;
+/// Most records per page.
+const AUDIT_MAX_LIMIT: usize = 1_000;
+
+/// `worklist.v1`: the appraised dossiers an authority may decide.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorklistQuery {
+    /// Only this cycle.
+    #[serde(default)]
+    pub cycle: Option<CycleId>,
+    /// The subtree to list (default: the org of the caller's role); the
+    /// caller's role must cover it.
+    #[serde(default)]
+    pub org: Option<OrgId>,
+    /// Most entries (default 500, at most 5000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `audit_decisions.v1`: a page of the decision log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditDecisionsQuery {
+    /// Only this cycle.
+    #[serde(default)]
+    pub cycle: Option<CycleId>,
+    /// Records after this seq (0: from the start).
+    #[serde(default)]
+    pub after: u64,
+    /// Most records (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+/// `verify_log.v1`: no parameters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyLogQuery {}
+
+/// Reads a query's payload; `null` means all defaults.
+pub fn query_payload<T: serde::de::DeserializeOwned + Default>(
+    kind: &str,
+    payload: &Value,
+) -> Result<T, Rejection> {
+    if payload.is_null() {
+        return Ok(T::default());
+    }
+    serde_json::from_value(payload.clone()).map_err(|e| {
+        ErrorCode::InvalidInput
+            .reject(
+                format!("invalid {kind} payload: {e}"),
+                format!("Tham số truy vấn không hợp lệ: {e}"),
+            )
+            .with_details(json!({"kind": kind}))
+    })
+}
+
+/// Auditors and central staff read the decision log.
+pub fn authorize_audit(actor: &Actor) -> Result<(), Rejection> {
+    if matches!(actor.role, Role::Auditor | Role::Central | Role::System) {
+        Ok(())
+    } else {
+        Err(ErrorCode::OutOfScope
+            .reject(
+                format!("the role {:?} may not read the decision log", actor.role),
+                "Vai trò của người dùng không được phép xem nhật ký quyết định",
+            )
+            .with_details(json!({"needed_role": ["auditor", "central"]})))
+    }
+}
+
+/// The worklist: appraised dossiers whose deciding org lies in the scope,
+/// each with its readiness (`waiting_for`: for a collective, the member
+/// dossiers and child units still open), and the quota meter of every
+/// authority and group in the scope (`excellent`, `good`, `max_excellent`,
+/// counting current grades).
+pub fn worklist(
+    model: &ApprovalModel,
+    actor: &Actor,
+    query: &WorklistQuery,
+) -> Result<Value, Rejection> {
+    let scope = query.org.unwrap_or(actor.org);
+    model.tree.authorize(actor, Role::Authority, scope)?;
+    let limit = query
+        .limit
+        .unwrap_or(WORKLIST_DEFAULT_LIMIT)
+        .clamp(1, WORKLIST_MAX_LIMIT);
+    let mut due: Vec<_> = model
+        .dossiers
+        .iter()
+        .filter(|(_, d)| d.state == DossierState::Appraised)
+        .filter(|(_, d)| query.cycle.is_none_or(|c| c == d.cycle))
+        .filter(|(_, d)| model.tree.is_within(d.deciding_org, scope))
+        .collect();
+    due.sort_by(|a, b| {
+        (
+            a.1.deciding_org,
+            a.1.org,
+            a.1.kind == gradeflow_proto::SubjectKind::Collective,
+            a.0,
+        )
+            .cmp(&(
+                b.1.deciding_org,
+                b.1.org,
+                b.1.kind == gradeflow_proto::SubjectKind::Collective,
+                b.0,
+            ))
+    });
+    let total = due.len();
+    let none = Pending::default();
+    let mut meters: BTreeSet<(CycleId, OrgId, String)> = due
+        .iter()
+        .map(|(_, d)| (d.cycle, d.deciding_org, d.quota_group.clone()))
+        .collect();
+    meters.extend(
+        model
+            .counts
+            .keys()
+            .filter(|(c, a, _)| {
+                query.cycle.is_none_or(|q| q == *c) && model.tree.is_within(*a, scope)
+            })
+            .cloned(),
+    );
+    let entries: Vec<Value> = due
+        .into_iter()
+        .take(limit)
+        .map(|(id, d)| {
+            let waiting_for = match d.kind {
+                gradeflow_proto::SubjectKind::Collective => {
+                    model.waiting_for(d.cycle, d.org, &none)
+                }
+                gradeflow_proto::SubjectKind::Individual => Vec::new(),
+            };
+            json!({
+                "dossier": id,
+                "subject": d.subject,
+                "name": d.name,
+                "cycle": d.cycle,
+                "org": d.org,
+                "deciding_org": d.deciding_org,
+                "kind": d.kind,
+                "category": d.category,
+                "leader": d.leader,
+                "quota_group": d.quota_group,
+                "recommended_grade": d.recommended_grade,
+                "score": d.score,
+                "ready": waiting_for.is_empty(),
+                "waiting_for": waiting_for,
+            })
+        })
+        .collect();
+    let quota: Vec<Value> = meters
+        .into_iter()
+        .map(|(cycle, authority, group)| {
+            let counts: GroupCounts = model
+                .counts
+                .get(&(cycle, authority, group.clone()))
+                .copied()
+                .unwrap_or_default();
+            let settings = model.cycles.get(&cycle).map(|c| c.quota).unwrap_or_default();
+            json!({
+                "cycle": cycle,
+                "authority": authority,
+                "group": group,
+                "excellent": counts.excellent,
+                "good": counts.good,
+                "max_excellent": max_excellent(ratio_bp(settings.ratio), counts.good, settings.rounding),
+            })
+        })
+        .collect();
+    Ok(json!({"dossiers": entries, "total": total, "quota": quota}))
+}
+
+/// A page of the decision log: records after `after`, of `cycle` when
+/// given, whose authority lies in the caller's scope (everything for a
+/// role at the root), in seq order; `next_after` is the seq to ask after
+/// for the next page (`null` at the end).
+pub fn audit_decisions(
+    model: &ApprovalModel,
+    actor: &Actor,
+    query: &AuditDecisionsQuery,
+) -> Result<Value, Rejection> {
+    authorize_audit(actor)?;
+    let limit = query
+        .limit
+        .unwrap_or(AUDIT_DEFAULT_LIMIT)
+        .clamp(1, AUDIT_MAX_LIMIT);
+    let in_scope =
+        |authority: OrgId| actor.role == Role::System || model.tree.is_within(authority, actor.org);
+    let mut page = Vec::new();
+    let mut more = false;
+    for record in model
+        .log
+        .range(query.after.saturating_add(1)..)
+        .map(|(_, r)| r)
+    {
+        if query.cycle.is_some_and(|c| c != record.cycle) || !in_scope(record.authority) {
+            continue;
+        }
+        if page.len() == limit {
+            more = true;
+            break;
+        }
+        page.push(record);
+    }
+    let next_after = if more {
+        page.last().map(|r| r.seq)
+    } else {
+        None
+    };
+    Ok(json!({"records": page, "next_after": next_after}))
+}
