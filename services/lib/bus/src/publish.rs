@@ -29,13 +29,23 @@ pub enum PublishEventError {
         #[source]
         source: serde_json::Error,
     },
-    /// The server did not take or did not acknowledge the message.
+    /// The client could not hand the message to the server.
     #[error("publishing event {event_id} on `{subject}`")]
     Publish {
         /// The event's id.
         event_id: String,
         /// The subject it was published on.
         subject: String,
+        /// What went wrong.
+        #[source]
+        source: jetstream::context::PublishError,
+    },
+    /// The server did not acknowledge the message (refused it, timed out, or
+    /// the connection broke). It may or may not be in the stream.
+    #[error("event {event_id} was not acknowledged by the stream")]
+    Unacknowledged {
+        /// The event's id.
+        event_id: String,
         /// What went wrong.
         #[source]
         source: jetstream::context::PublishError,
@@ -113,13 +123,9 @@ pub async fn publish_event(
     envelope: &Envelope,
 ) -> Result<PublishAck, PublishEventError> {
     let msg = OutgoingEvent::new(names, service, province, envelope)?;
-    let (event_id, subject) = (msg.event_id.clone(), msg.subject.clone());
+    let event_id = msg.event_id.clone();
     msg.send(js)
         .await?
         .await
-        .map_err(|source| PublishEventError::Publish {
-            event_id,
-            subject,
-            source,
-        })
+        .map_err(|source| PublishEventError::Unacknowledged { event_id, source })
 }

@@ -9,5 +9,9 @@ mod support;
 
 #[path = "bus/commands.rs"]
 mod commands;
+#[path = "bus/consumer.rs"]
+mod consumer;
+#[path = "bus/relay.rs"]
+mod relay;
 #[path = "bus/streams.rs"]
 mod streams;

@@ -9,14 +9,16 @@ use std::{
     time::Duration,
 };
 
-use gradeflow_bus::{command::MALFORMED_COMMAND, send_command, CommandError, CommandServer};
+use gradeflow_bus::{
+    command::MALFORMED_COMMAND, send_command, CommandError, CommandInbox, CommandServer, Effects,
+};
 use gradeflow_proto::{
     Actor, CommandEnvelope, CommandId, CommandReply, EventId, OrgId, Rejection, Role,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::Bus;
+use crate::support::{new_event, sqlite_store, Bus};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -246,4 +248,111 @@ async fn a_slow_command_does_not_block_others_and_shutdown_answers_it() {
         CommandReply::Accepted { result, .. } => assert_eq!(result, serde_json::json!("slow")),
         other => panic!("expected the slow command's answer, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_retried_command_gets_its_first_reply_and_changes_nothing() {
+    let bus = Bus::new().await;
+    let (store, db) = sqlite_store().await;
+    let inbox = CommandInbox::new(store.clone(), "submission");
+    assert_eq!(inbox.consumer(), "cmd:submission");
+
+    // A handler in the documented shape: the inbox first, then decide and
+    // commit with the inbox record.
+    let handler = {
+        let inbox = inbox.clone();
+        move |cmd: CommandEnvelope| {
+            let inbox = inbox.clone();
+            async move {
+                if let Some(first) = inbox.previous_reply(cmd.command_id).await.unwrap() {
+                    return first;
+                }
+                if cmd.kind == "no.v1" {
+                    let refusal = Rejection::new("wrong_state", "no", "không");
+                    return inbox.reject(cmd.command_id, refusal).await.unwrap();
+                }
+                let event = new_event(
+                    "submission",
+                    "dossier-1",
+                    "opened.v1",
+                    serde_json::json!({}),
+                );
+                let effects = Effects::events(vec![event]);
+                inbox
+                    .commit(
+                        cmd.command_id,
+                        effects,
+                        serde_json::json!({"dossier": "d1"}),
+                    )
+                    .await
+                    .unwrap()
+            }
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let server = CommandServer::bind(&bus.client, &bus.names, "submission", Arc::new(handler))
+        .await
+        .unwrap();
+    let served = tokio::spawn(server.run(shutdown.clone()));
+
+    let cmd = command("ok.v1");
+    let first = send_command(&bus.client, &bus.names, "submission", &cmd, TIMEOUT)
+        .await
+        .unwrap();
+    let again = send_command(&bus.client, &bus.names, "submission", &cmd, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert!(matches!(&first, CommandReply::Accepted { event_ids, .. } if event_ids.len() == 1));
+    assert_eq!(
+        store.load_stream("dossier-1").await.unwrap().len(),
+        1,
+        "applied once"
+    );
+
+    let refused = command("no.v1");
+    let first = send_command(&bus.client, &bus.names, "submission", &refused, TIMEOUT)
+        .await
+        .unwrap();
+    let again = send_command(&bus.client, &bus.names, "submission", &refused, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert!(matches!(first, CommandReply::Rejected(_)));
+
+    // Two copies racing past the lookup: the store answers the second with
+    // the first reply, and nothing more is written.
+    let racing = CommandId::new();
+    let one = inbox
+        .commit(
+            racing,
+            Effects::events(vec![new_event(
+                "submission",
+                "dossier-2",
+                "opened.v1",
+                serde_json::json!({}),
+            )]),
+            serde_json::json!(1),
+        )
+        .await
+        .unwrap();
+    let two = inbox
+        .commit(
+            racing,
+            Effects::events(vec![new_event(
+                "submission",
+                "dossier-2",
+                "opened.v1",
+                serde_json::json!({}),
+            )]),
+            serde_json::json!(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(one, two);
+    assert_eq!(store.load_stream("dossier-2").await.unwrap().len(), 1);
+
+    shutdown.cancel();
+    served.await.unwrap();
+    db.cleanup(store).await;
 }

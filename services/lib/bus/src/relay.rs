@@ -1,0 +1,455 @@
+//! The outbox relay: moves a service's committed events from its SQL store
+//! (the system of record) to `<prefix>_EVENTS` (the transport), in position
+//! order, exactly once per event id in the stream.
+//!
+//! How it keeps that promise:
+//!
+//! * **Pipelined publishing.** Up to [`RelayConfig::window`] publishes are in
+//!   flight at once: each is handed to the client without waiting, and the
+//!   acknowledgments are awaited in position order. One connection keeps the
+//!   send order, so the stream receives events in position order.
+//! * **Recorded progress.** After acknowledgments it records the last
+//!   position up to which *every* event is acknowledged
+//!   (`Store::set_outbox_position`, monotonic). A crash between a publish and
+//!   that record only means some events are published again on restart; the
+//!   stream drops them by `Nats-Msg-Id` (= event id) inside its duplicate
+//!   window.
+//! * **Restart tail.** A NATS server can acknowledge a message and lose it
+//!   on power loss before its next fsync (`sync_interval`, 2 min by default).
+//!   So every start re-publishes the recent tail before the recorded
+//!   position: at most [`RelayConfig::tail_events`] events, recorded within
+//!   [`RelayConfig::tail_max_age`]. The age bound must stay below the
+//!   stream's duplicate window: then whatever the stream still has is
+//!   absorbed by dedup, and nothing is stored twice.
+//! * **No polling latency.** When caught up it sleeps on the store's
+//!   `committed()` watch and wakes on the next commit. A slow fallback poll
+//!   ([`RelayConfig::idle_poll`]) covers commits made by another process
+//!   sharing the same database.
+//! * **Outages.** Store or NATS errors are retried with exponential backoff,
+//!   from the last acknowledged position.
+
+use std::{collections::VecDeque, time::Duration};
+
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use gradeflow_eventstore::{Store, StoreError, StoredEvent};
+use gradeflow_proto::Names;
+use tokio_util::sync::CancellationToken;
+
+use crate::publish::{OutgoingEvent, PublishEventError};
+
+/// How the relay paces itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Publishes in flight at most (pipelining window).
+    pub window: usize,
+    /// Events read from the store per query.
+    pub read_batch: usize,
+    /// At most this many events before the recorded position are re-published
+    /// on every start.
+    pub tail_events: usize,
+    /// Only tail events recorded within this age are re-published; `None`
+    /// re-publishes the whole `tail_events` (safer against loss, but events
+    /// older than the stream's duplicate window would be stored twice). Keep
+    /// it below the stream's duplicate window.
+    pub tail_max_age: Option<Duration>,
+    /// Fallback poll while idle, for commits by other processes.
+    pub idle_poll: Duration,
+    /// First retry delay after a failure.
+    pub retry_min: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            window: 512,
+            read_batch: 1000,
+            tail_events: 1000,
+            // The default duplicate window is 15 min (`StreamSettings`).
+            tail_max_age: Some(Duration::from_secs(10 * 60)),
+            idle_poll: Duration::from_secs(1),
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why one relay pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Reading events or recording progress failed.
+    #[error("outbox relay `{publisher}`: event store")]
+    Store {
+        /// The relay's publisher name.
+        publisher: String,
+        /// What went wrong.
+        #[source]
+        source: StoreError,
+    },
+    /// NATS did not take or did not acknowledge an event.
+    #[error("outbox relay `{publisher}`: publishing")]
+    Publish {
+        /// The relay's publisher name.
+        publisher: String,
+        /// What went wrong.
+        #[source]
+        source: PublishEventError,
+    },
+}
+
+/// The outbox relay of one store. Run one per service process; several
+/// replicas of a service may run theirs at once (they publish the same events,
+/// which the stream deduplicates, and the recorded position only moves
+/// forward).
+#[derive(Debug, Clone)]
+pub struct Relay {
+    store: Store,
+    js: jetstream::Context,
+    names: Names,
+    publisher: String,
+    config: RelayConfig,
+}
+
+/// A publish awaiting its acknowledgment.
+struct InFlight {
+    position: i64,
+    event_id: String,
+    ack: Option<PublishAckFuture>,
+}
+
+/// Where a pass got to: everything up to `acked` is acknowledged by the
+/// stream; `error` says why it stopped early, if it did.
+struct Pass {
+    acked: i64,
+    error: Option<RelayError>,
+}
+
+impl Relay {
+    /// A relay publishing `store`'s events under `names`, recording its
+    /// progress as `publisher` (e.g. the service name).
+    pub fn new(
+        store: Store,
+        js: jetstream::Context,
+        names: Names,
+        publisher: impl Into<String>,
+    ) -> Self {
+        Self {
+            store,
+            js,
+            names,
+            publisher: publisher.into(),
+            config: RelayConfig::default(),
+        }
+    }
+
+    /// The same relay with `config`.
+    pub fn with_config(mut self, config: RelayConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The name its progress is recorded under.
+    pub fn publisher(&self) -> &str {
+        &self.publisher
+    }
+
+    /// Runs until `shutdown`: re-publishes the restart tail, then every event
+    /// committed since the recorded position, then each new commit as it
+    /// happens. Failures are logged and retried with backoff; on shutdown it
+    /// stops reading, awaits the acknowledgments in flight, records its
+    /// position and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.config.retry_min, self.config.retry_max);
+        // Where the previous run got to. Everything after `tail_start` is
+        // published again; what is at or before `recorded` only if recent.
+        let recorded = loop {
+            match self.store.outbox_position(&self.publisher).await {
+                Ok(p) => break p,
+                Err(source) => {
+                    let err = self.store_error(source);
+                    tracing::warn!(error = %err, "bus.relay.position_unreadable");
+                    if !sleep_or_shutdown(backoff.next(), &shutdown).await {
+                        return;
+                    }
+                }
+            }
+        };
+        let tail = i64::try_from(self.config.tail_events).unwrap_or(i64::MAX);
+        let mut position = recorded.saturating_sub(tail).max(0);
+        tracing::info!(publisher = %self.publisher, recorded, tail_from = position, "bus.relay.started");
+        let mut committed = self.store.committed();
+        loop {
+            let pass = self.pass(position, recorded, &shutdown).await;
+            position = pass.acked;
+            if let Some(err) = pass.error {
+                tracing::warn!(error = %err, position, "bus.relay.failed");
+                if !sleep_or_shutdown(backoff.next(), &shutdown).await {
+                    return;
+                }
+                continue;
+            }
+            backoff.reset();
+            if shutdown.is_cancelled() {
+                return;
+            }
+            // Caught up: sleep until the writer commits past `position`.
+            // (The watch guard is dropped inside the future: it must not be
+            // held across an await.)
+            let wait = async { committed.wait_for(|&c| c > position).await.is_ok() };
+            let woken = tokio::select! {
+                () = shutdown.cancelled() => return,
+                woken = tokio::time::timeout(self.config.idle_poll, wait) => woken,
+            };
+            if let Ok(false) = woken {
+                // The store's writer is gone (store closed); fall back to
+                // the slow poll instead of spinning on a closed channel.
+                if !sleep_or_shutdown(self.config.idle_poll, &shutdown).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Publishes every event committed after the recorded position (no
+    /// restart tail) and records the new position; returns it. For tests and
+    /// tools that want a one-shot relay.
+    pub async fn drain(&self) -> Result<i64, RelayError> {
+        let recorded = self
+            .store
+            .outbox_position(&self.publisher)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let pass = self
+            .pass(recorded, recorded, &CancellationToken::new())
+            .await;
+        match pass.error {
+            Some(err) => Err(err),
+            None => Ok(pass.acked),
+        }
+    }
+
+    /// Re-publishes the restart tail before the recorded position, as on
+    /// start (the stream deduplicates what it still has); returns how many
+    /// events were sent.
+    pub async fn republish_tail(&self) -> Result<usize, RelayError> {
+        let recorded = self
+            .store
+            .outbox_position(&self.publisher)
+            .await
+            .map_err(|e| self.store_error(e))?;
+        let tail = i64::try_from(self.config.tail_events).unwrap_or(i64::MAX);
+        let from = recorded.saturating_sub(tail).max(0);
+        let cutoff = self.tail_cutoff();
+        let mut sent = 0;
+        let mut after = from;
+        while after < recorded {
+            let page = self
+                .store
+                .read_from(after, self.config.read_batch)
+                .await
+                .map_err(|e| self.store_error(e))?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            let mut acks = Vec::new();
+            for event in page.iter().filter(|e| e.position <= recorded) {
+                if cutoff.is_some_and(|c| event.recorded_at < c) {
+                    continue;
+                }
+                acks.push((event.event_id.to_string(), self.send(event).await?));
+            }
+            for (event_id, ack) in acks {
+                ack.await
+                    .map_err(|source| self.unacknowledged(event_id, source))?;
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// One pass: publishes the events after `after`, pipelined, until the
+    /// store has no more (or shutdown), and records the acknowledged
+    /// position. Events at or before `tail_until` belong to the restart tail
+    /// and are skipped when older than `tail_max_age`.
+    async fn pass(&self, after: i64, tail_until: i64, shutdown: &CancellationToken) -> Pass {
+        let cutoff = self.tail_cutoff();
+        let window = self.config.window.max(1);
+        // In position order; `ack` is `None` for a skipped tail event, which
+        // counts as acknowledged when it reaches the front.
+        let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(window);
+        let mut acked = after;
+        let mut read = after;
+        // Positions at or below what was recorded need no new record.
+        let mut saved = after.max(tail_until);
+        let mut error = None;
+
+        'reading: while !shutdown.is_cancelled() {
+            let page = match self.store.read_from(read, self.config.read_batch).await {
+                Ok(page) => page,
+                Err(e) => {
+                    error = Some(self.store_error(e));
+                    break;
+                }
+            };
+            let Some(last) = page.last() else { break };
+            read = last.position;
+            for event in &page {
+                let skip =
+                    event.position <= tail_until && cutoff.is_some_and(|c| event.recorded_at < c);
+                let ack = if skip {
+                    None
+                } else {
+                    match self.send(event).await {
+                        Ok(ack) => Some(ack),
+                        Err(e) => {
+                            error = Some(e);
+                            break 'reading;
+                        }
+                    }
+                };
+                inflight.push_back(InFlight {
+                    position: event.position,
+                    event_id: event.event_id.to_string(),
+                    ack,
+                });
+                // Window full: wait for the oldest acknowledgment before
+                // sending more.
+                while inflight.len() >= window {
+                    if let Err(e) = self.settle_front(&mut inflight, &mut acked).await {
+                        error = Some(e);
+                        break 'reading;
+                    }
+                }
+            }
+            // Record progress once per page, so a crash costs at most a page
+            // and the tail of re-publishes.
+            if let Err(e) = self.save(acked, &mut saved).await {
+                error = Some(e);
+                break;
+            }
+        }
+        // Await what is still in flight, in order, unless a publish already
+        // failed: after a failure nothing later counts as contiguous.
+        if error.is_none() {
+            while !inflight.is_empty() {
+                if let Err(e) = self.settle_front(&mut inflight, &mut acked).await {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.save(acked, &mut saved).await {
+            error.get_or_insert(e);
+        }
+        Pass { acked, error }
+    }
+
+    /// Awaits the oldest in-flight acknowledgment and advances `acked`.
+    async fn settle_front(
+        &self,
+        inflight: &mut VecDeque<InFlight>,
+        acked: &mut i64,
+    ) -> Result<(), RelayError> {
+        if let Some(front) = inflight.pop_front() {
+            if let Some(ack) = front.ack {
+                ack.await
+                    .map_err(|source| self.unacknowledged(front.event_id, source))?;
+            }
+            *acked = front.position;
+        }
+        Ok(())
+    }
+
+    /// Records `acked` if it moved past what was last recorded.
+    async fn save(&self, acked: i64, saved: &mut i64) -> Result<(), RelayError> {
+        if acked > *saved {
+            self.store
+                .set_outbox_position(&self.publisher, acked)
+                .await
+                .map_err(|e| self.store_error(e))?;
+            *saved = acked;
+        }
+        Ok(())
+    }
+
+    /// Hands one event to the client; returns its acknowledgment future.
+    async fn send(&self, event: &StoredEvent) -> Result<PublishAckFuture, RelayError> {
+        let msg = OutgoingEvent::new(
+            &self.names,
+            &event.metadata.service,
+            event.metadata.province.as_deref(),
+            &event.envelope(),
+        )
+        .map_err(|source| RelayError::Publish {
+            publisher: self.publisher.clone(),
+            source,
+        })?;
+        msg.send(&self.js)
+            .await
+            .map_err(|source| RelayError::Publish {
+                publisher: self.publisher.clone(),
+                source,
+            })
+    }
+
+    fn tail_cutoff(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.config
+            .tail_max_age
+            .and_then(|age| chrono::Duration::from_std(age).ok())
+            .map(|age| chrono::Utc::now() - age)
+    }
+
+    fn store_error(&self, source: StoreError) -> RelayError {
+        RelayError::Store {
+            publisher: self.publisher.clone(),
+            source,
+        }
+    }
+
+    fn unacknowledged(
+        &self,
+        event_id: String,
+        source: jetstream::context::PublishError,
+    ) -> RelayError {
+        RelayError::Publish {
+            publisher: self.publisher.clone(),
+            source: PublishEventError::Unacknowledged { event_id, source },
+        }
+    }
+}
+
+/// Exponential backoff between `min` and `max`.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    pub(crate) fn next(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// Sleeps for `d` unless shut down first; `false` when shut down.
+pub(crate) async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(d) => true,
+    }
+}
