@@ -277,3 +277,79 @@ pub fn record_meeting(
         result: json!({ "state": state }),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use gradeflow_proto::{Grade, Score, TaskCounts};
+
+    fn review(score: Option<(f64, f64)>, tasks: TaskCounts) -> SubmitSelfReview {
+        SubmitSelfReview {
+            dossier: DossierId::new(),
+            score: score.map(|(general, tasks)| Score { general, tasks }),
+            proposed_grade: Grade::Good,
+            tasks,
+            shortcomings_fixed: true,
+            report: String::new(),
+        }
+    }
+
+    fn all_on_time() -> TaskCounts {
+        TaskCounts {
+            total: 4,
+            on_time: 4,
+            ..TaskCounts::default()
+        }
+    }
+
+    fn refused_field(r: Result<(), Rejection>) -> String {
+        r.unwrap_err().details["field"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_366_self_review_needs_a_score_within_the_sheet() {
+        let rb = RulebookId::Qd366_2025;
+        assert!(validate_self_review(rb, &review(Some((30.0, 70.0)), all_on_time())).is_ok());
+        assert!(validate_self_review(rb, &review(Some((0.0, 0.0)), all_on_time())).is_ok());
+        let missing = validate_self_review(rb, &review(None, all_on_time()));
+        assert_eq!(refused_field(missing), "score");
+        let general = validate_self_review(rb, &review(Some((30.5, 10.0)), all_on_time()));
+        assert_eq!(refused_field(general), "score.general");
+        let tasks = validate_self_review(rb, &review(Some((10.0, 70.1)), all_on_time()));
+        assert_eq!(refused_field(tasks), "score.tasks");
+    }
+
+    #[test]
+    fn the_older_rulebooks_need_no_score_but_refuse_one_out_of_range() {
+        let rb = RulebookId::Qd124_2023;
+        assert!(validate_self_review(rb, &review(None, all_on_time())).is_ok());
+        let bad = validate_self_review(rb, &review(Some((-1.0, 10.0)), all_on_time()));
+        assert_eq!(refused_field(bad), "score.general");
+    }
+
+    #[test]
+    fn task_counts_must_add_up() {
+        let counts = TaskCounts {
+            total: 4,
+            on_time: 2,
+            late: 1,
+            ..TaskCounts::default()
+        };
+        let r = validate_self_review(RulebookId::Qd366_2025, &review(Some((20.0, 50.0)), counts));
+        assert_eq!(refused_field(r), "tasks");
+    }
+
+    #[test]
+    fn a_collective_keeps_its_subject_id_across_cycles_but_gets_a_dossier_per_cycle() {
+        let org = OrgId::new();
+        let (a, b) = (CycleId::new(), CycleId::new());
+        assert_eq!(collective_subject_id(org), collective_subject_id(org));
+        assert_eq!(collective_dossier_id(a, org), collective_dossier_id(a, org));
+        assert_ne!(collective_dossier_id(a, org), collective_dossier_id(b, org));
+        assert_ne!(
+            collective_dossier_id(a, org),
+            collective_dossier_id(a, OrgId::new())
+        );
+    }
+}
