@@ -153,6 +153,7 @@ impl<H: CommandHandler> CommandServer<H> {
                             tracing::warn!(error = %err, subject = %self.subject, "bus.command.drain_failed");
                             break;
                         }
+                        round_trip(&self.client).await;
                         draining = true;
                         continue;
                     }
@@ -180,6 +181,21 @@ impl<H: CommandHandler> CommandServer<H> {
     }
 }
 
+/// One round trip to the server after a subscription's UNSUB. The server
+/// handles a connection's operations in order, so its answer (here "no
+/// responders" from an inbox nobody listens on) comes after every request it
+/// routed to the subscription before the UNSUB. Reading that answer is also
+/// what makes async-nats 0.42 close the drained subscription; without it the
+/// subscription lingers until the idle connection next wakes (seconds).
+async fn round_trip(client: &Client) {
+    let request = async_nats::Request::new().timeout(Some(Duration::from_secs(2)));
+    match client.send_request(client.new_inbox(), request).await {
+        Ok(_) => {}
+        Err(err) if err.kind() == RequestErrorKind::NoResponders => {}
+        Err(err) => tracing::debug!(error = %err, "bus.command.drain_round_trip_failed"),
+    }
+}
+
 /// Serves `service`'s commands with `handler` until `shutdown`, with at most
 /// [`DEFAULT_MAX_IN_FLIGHT`] handlers at once. Returns once the in-flight
 /// requests are answered. Use [`CommandServer`] to know when the subscription
@@ -199,6 +215,7 @@ pub async fn serve_commands<H: CommandHandler>(
 }
 
 /// Handles one request and publishes the reply.
+#[tracing::instrument(name = "bus.command.handle", skip_all, fields(subject = %msg.subject))]
 async fn answer<H: CommandHandler>(client: &Client, handler: &H, msg: async_nats::Message) {
     let Some(reply_to) = msg.reply.clone() else {
         // Published, not requested: nobody waits for an answer, and a

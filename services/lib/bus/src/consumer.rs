@@ -393,6 +393,8 @@ impl<H: EventHandler> EventConsumer<H> {
                 .expires(self.config.fetch_expiry)
                 .messages();
             let batch = tokio::select! {
+                // Anything the server sends to an abandoned pull request is
+                // redelivered after the ack wait.
                 () = shutdown.cancelled() => break,
                 batch = request => batch,
             };
@@ -442,7 +444,8 @@ impl<H: EventHandler> EventConsumer<H> {
                         tracing::debug!(error = %err, "bus.consumer.progress_failed");
                     }
                 }
-                self.process(msg).await?;
+                let handled = self.process(msg).await?;
+                tracing::trace!(?handled, durable = %self.durable, "bus.consumer.handled");
             }
         }
         Ok(())
