@@ -5,8 +5,9 @@
 //! # Layout of the key directory (e.g. `<data_dir>/keys/`, mode 0700)
 //!
 //! * `<org-uuid>.pem` — the authority's private key, PKCS#8 PEM
-//!   (`-----BEGIN PRIVATE KEY-----`), file mode 0600, created with
-//!   `O_EXCL` so two processes starting at once cannot both create one.
+//!   (`-----BEGIN PRIVATE KEY-----`), file mode 0600, written to a temporary
+//!   file and hard-linked into place, so it appears whole or not at all and
+//!   two processes creating it at once end up sharing one key.
 //! * `registry.json` — the public registry an auditor needs, nothing
 //!   secret: `{"<key_id>": {"public_key": "<base64 of the 32 raw bytes>",
 //!   "org": "<org uuid>", "created_at": "<RFC 3339>"}}`, pretty-printed,
@@ -16,10 +17,13 @@
 //! SHA-256(public key)>`, e.g. `0190a7c4-5be01f9e`: it names the org for a
 //! human and the key for a machine.
 //!
-//! A key is created the first time an authority signs. Opening the ring
-//! re-registers any private key the registry lacks (a crash between the two
-//! writes, or two processes racing on the registry), so the registry always
-//! ends up listing every key that ever signed.
+//! A key is created the first time an authority signs. Opening the ring,
+//! and every read of the public keys, catches up with the directory
+//! ([`KeyRing::refresh`]): keys other processes (replicas sharing the data
+//! dir) created are picked up, and any private key the registry lacks (a
+//! crash between the two writes, or two processes racing on the registry)
+//! is registered again, so the registry ends up listing every key that ever
+//! signed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -206,7 +210,7 @@ impl KeyRing {
                 }),
             }),
         };
-        ring.register_orphans()?;
+        ring.refresh()?;
         Ok(ring)
     }
 
@@ -229,9 +233,24 @@ impl KeyRing {
         self.inner.dir.join(format!("{org}.pem"))
     }
 
-    /// Registers every `<org>.pem` the registry does not list yet.
-    fn register_orphans(&self) -> Result<(), KeyError> {
+    /// Catches up with the key directory: merges the registry file as it is
+    /// now (keys other processes created), loads every `<org>.pem`, and
+    /// registers any the registry lacks. Two processes rewriting the
+    /// registry at the same moment can drop one's entry; the next refresh
+    /// by either puts it back, because the private key file is the truth.
+    pub fn refresh(&self) -> Result<(), KeyError> {
         let dir = &self.inner.dir;
+        let on_disk = read_registry_file(dir)?;
+        let missing_on_disk = {
+            let mut state = self.state();
+            for (id, entry) in &on_disk {
+                state
+                    .registry
+                    .entry(id.clone())
+                    .or_insert_with(|| entry.clone());
+            }
+            state.registry.keys().any(|id| !on_disk.contains_key(id))
+        };
         for entry in fs::read_dir(dir).map_err(io(dir))? {
             let entry = entry.map_err(io(dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -242,6 +261,14 @@ impl KeyRing {
                 continue;
             };
             self.key_id(org)?;
+        }
+        if missing_on_disk {
+            let state = self.state();
+            let mut registry = read_registry_file(dir)?;
+            for (id, entry) in &state.registry {
+                registry.entry(id.clone()).or_insert_with(|| entry.clone());
+            }
+            write_registry_file(dir, &registry)?;
         }
         Ok(())
     }
@@ -257,9 +284,13 @@ impl KeyRing {
         let verifying = key.verifying_key();
         let key_id = key_id_for(org, &verifying);
         if !state.registry.contains_key(&key_id) {
-            // Re-read before writing, so an entry another process added in
-            // the meantime is kept.
+            // Re-read before writing and keep what we knew, so an entry
+            // another process added in the meantime (or one a racing writer
+            // dropped) is kept.
             let mut registry = read_registry_file(&self.inner.dir)?;
+            for (id, entry) in &state.registry {
+                registry.entry(id.clone()).or_insert_with(|| entry.clone());
+            }
             registry.insert(
                 key_id.clone(),
                 RegistryEntry {
@@ -295,14 +326,27 @@ impl KeyRing {
                 path: path.clone(),
                 detail: e.to_string(),
             })?;
-        match create_private_file(&path) {
-            Ok(mut file) => {
-                file.write_all(pem.as_bytes()).map_err(io(&path))?;
-                file.sync_all().map_err(io(&path))?;
-                Ok(key)
-            }
-            // Another process created it first: use theirs, so one org never
-            // has two keys.
+        // Written whole to a private temporary file first, then linked into
+        // place: `link` fails if the name exists, so the key file appears
+        // complete or not at all, and two processes creating a key at once
+        // end up with one (the loser reads the winner's).
+        let temp = self
+            .inner
+            .dir
+            .join(format!(".{org}.pem.{}", uuid::Uuid::new_v4().simple()));
+        let written = create_private_file(&temp).and_then(|mut file| {
+            file.write_all(pem.as_bytes())?;
+            file.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(io(&temp)(e));
+        }
+        let linked = fs::hard_link(&temp, &path);
+        // The temporary name is never needed again, whatever happened.
+        let _ = fs::remove_file(&temp);
+        match linked {
+            Ok(()) => Ok(key),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let pem = fs::read_to_string(&path).map_err(io(&path))?;
                 decode_pem(&path, &pem)
@@ -326,9 +370,14 @@ impl KeyRing {
         Ok((key_id, BASE64.encode(signature.to_bytes())))
     }
 
-    /// Every registered public key by key id (entries that do not decode
-    /// are left out; [`KeyRing::trusted_keys`] reports them).
+    /// Every registered public key by key id, after a [`KeyRing::refresh`]
+    /// (entries that do not decode are left out; [`KeyRing::trusted_keys`]
+    /// reports them).
     pub fn public_keys(&self) -> BTreeMap<String, VerifyingKey> {
+        if let Err(error) = self.refresh() {
+            // What is known already is still right; say why it may be short.
+            tracing::warn!(%error, "key registry: cannot catch up with the key directory");
+        }
         self.state()
             .registry
             .iter()
@@ -336,9 +385,10 @@ impl KeyRing {
             .collect()
     }
 
-    /// Every registered key with the org it was issued to, for
-    /// [`crate::record::verify_chain`].
+    /// Every registered key with the org it was issued to, after a
+    /// [`KeyRing::refresh`], for [`crate::record::verify_chain`].
     pub fn trusted_keys(&self) -> Result<BTreeMap<String, TrustedKey>, KeyError> {
+        self.refresh()?;
         trusted(&self.state().registry)
     }
 
@@ -458,6 +508,22 @@ mod tests {
         assert_eq!(parsed[&key_id].org, Some(org));
         // The same org keeps its key.
         assert_eq!(ring.key_id(org).unwrap(), key_id);
+    }
+
+    #[test]
+    fn a_ring_sees_keys_another_process_created_and_restores_a_dropped_entry() {
+        let a = KeyRing::ephemeral().unwrap();
+        let b = KeyRing::open(a.dir()).unwrap();
+        let first = a.key_id(OrgId(uuid::Uuid::from_u128(1))).unwrap();
+        let second = b.key_id(OrgId(uuid::Uuid::from_u128(2))).unwrap();
+        assert!(a.public_keys().contains_key(&second));
+        // A racing writer dropped `first` from the file: the next read of
+        // the keys by either ring puts it back.
+        let mut on_disk = read_registry_file(a.dir()).unwrap();
+        on_disk.remove(&first);
+        write_registry_file(a.dir(), &on_disk).unwrap();
+        assert!(b.trusted_keys().unwrap().contains_key(&first));
+        assert!(read_registry_file(a.dir()).unwrap().contains_key(&first));
     }
 
     #[test]

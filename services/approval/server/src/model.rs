@@ -27,7 +27,7 @@ use gradeflow_proto::{
 };
 use gradeflow_service::{Model, OrgTree};
 
-use crate::record::{audit_record, GENESIS_HASH};
+use crate::record::{audit_record, DECISION_LOG_STREAM, GENESIS_HASH};
 
 /// A review cycle as approval needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +146,9 @@ pub struct ApprovalModel {
     pub dossiers: HashMap<DossierId, DossierInfo>,
     /// Units by cycle and org.
     pub units: HashMap<UnitKey, Unit>,
+    /// Per cycle, the orgs taking part: those with a dossier in their
+    /// subtree (the same rule submission's upward flow uses).
+    pub participating: HashMap<CycleId, HashSet<OrgId>>,
     /// Decision documents by id.
     pub decisions: HashMap<DecisionId, DecisionInfo>,
     /// The decision log by seq.
@@ -156,7 +159,7 @@ pub struct ApprovalModel {
     pub log_version: u64,
     /// Excellent and good counts of current grades per cycle, authority and
     /// quota group (a superseded grade no longer counts; its revision does).
-    pub counts: HashMap<(CycleId, OrgId, String), GroupCounts>,
+    pub counts: HashMap<(CycleId, OrgId), BTreeMap<String, GroupCounts>>,
     /// Dossiers holding a grade, per cycle.
     pub graded: HashMap<CycleId, u64>,
     /// Units whose completion was recorded.
@@ -192,6 +195,11 @@ fn bump(counts: &mut GroupCounts, grade: Grade, up: bool) {
 
 impl Model for ApprovalModel {
     fn apply(&mut self, event: &StoredEvent) {
+        if event.stream == DECISION_LOG_STREAM {
+            // The next seq follows the stream's version even should a record
+            // not parse (verification then names the gap).
+            self.log_version = event.version;
+        }
         if self.tree.apply(&event.kind, &event.payload) {
             return;
         }
@@ -295,6 +303,7 @@ impl Model for ApprovalModel {
 
 impl ApprovalModel {
     fn register(&mut self, e: SubjectRegistered) {
+        self.mark_participating(e.cycle, e.org);
         let unit = self.units.entry((e.cycle, e.org)).or_default();
         match e.kind {
             SubjectKind::Individual => {
@@ -332,6 +341,32 @@ impl ApprovalModel {
         );
     }
 
+    /// Marks `org` and its ancestors as taking part in `cycle`; stops at
+    /// the first one already marked (its ancestors are marked too).
+    fn mark_participating(&mut self, cycle: CycleId, org: OrgId) {
+        let set = self.participating.entry(cycle).or_default();
+        let mut cur = Some(org);
+        // Bounded by the tree's size, so a corrupt parent cycle cannot hang.
+        for _ in 0..=self.tree.len() {
+            let Some(c) = cur else { break };
+            if !set.insert(c) {
+                break;
+            }
+            cur = self.tree.get(c).and_then(|o| o.parent);
+        }
+    }
+
+    /// Whether `org` takes part in `cycle`, counting pending registrations.
+    fn participates(&self, cycle: CycleId, org: OrgId, pending: &Pending) -> bool {
+        self.participating
+            .get(&cycle)
+            .is_some_and(|p| p.contains(&org))
+            || pending
+                .registered
+                .iter()
+                .any(|(_, c, o, _)| *c == cycle && self.tree.is_within(*o, org))
+    }
+
     fn grade_decided(&mut self, e: &GradeDecided) {
         if let Some(d) = self.dossiers.get_mut(&e.dossier) {
             d.state = DossierState::Decided;
@@ -342,11 +377,11 @@ impl ApprovalModel {
                 authority: e.authority,
             });
         }
-        let counts = self
-            .counts
-            .entry((e.cycle, e.authority, e.quota_group.clone()))
-            .or_default();
-        bump(counts, e.grade, true);
+        bump(
+            self.group_counts(e.cycle, e.authority, &e.quota_group),
+            e.grade,
+            true,
+        );
         let graded = self.graded.entry(e.cycle).or_default();
         *graded = graded.saturating_add(1);
     }
@@ -369,20 +404,27 @@ impl ApprovalModel {
         });
         // The superseded grade stops counting towards the quota; the new one
         // counts instead.
-        let old = self
-            .counts
-            .entry((e.cycle, previous_authority, group.clone()))
-            .or_default();
-        bump(old, e.previous_grade, false);
-        let new = self
-            .counts
-            .entry((e.cycle, e.authority, group))
-            .or_default();
-        bump(new, e.grade, true);
+        bump(
+            self.group_counts(e.cycle, previous_authority, &group),
+            e.previous_grade,
+            false,
+        );
+        bump(
+            self.group_counts(e.cycle, e.authority, &group),
+            e.grade,
+            true,
+        );
+    }
+
+    fn group_counts(&mut self, cycle: CycleId, authority: OrgId, group: &str) -> &mut GroupCounts {
+        self.counts
+            .entry((cycle, authority))
+            .or_default()
+            .entry(group.to_owned())
+            .or_default()
     }
 
     fn log_record(&mut self, event: &StoredEvent) {
-        self.log_version = event.version;
         if let Some(record) = audit_record(event) {
             self.log_head.clone_from(&record.hash);
             self.log.insert(record.seq, record);
@@ -402,10 +444,9 @@ impl ApprovalModel {
     /// `cycle`, per quota group.
     pub fn earlier(&self, cycle: CycleId, authority: OrgId) -> BTreeMap<String, GroupCounts> {
         self.counts
-            .iter()
-            .filter(|((c, a, _), _)| *c == cycle && *a == authority)
-            .map(|((_, _, g), counts)| (g.clone(), *counts))
-            .collect()
+            .get(&(cycle, authority))
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn is_settled(&self, dossier: DossierId, pending: &Pending) -> bool {
@@ -436,8 +477,9 @@ impl ApprovalModel {
     }
 
     /// The child units of `org` in `cycle`: its children in the tree that
-    /// take part in the cycle (have a dossier). A child with no dossier at
-    /// all is not waited for: nothing of it can ever be decided.
+    /// take part in the cycle (a dossier somewhere in their subtree, as
+    /// submission's upward flow counts them). A child with no dossier below
+    /// it is not waited for: nothing of it can ever be decided.
     fn child_units(&self, cycle: CycleId, org: OrgId, pending: &Pending) -> Vec<OrgId> {
         self.tree
             .get(org)
@@ -445,7 +487,7 @@ impl ApprovalModel {
                 node.children
                     .iter()
                     .copied()
-                    .filter(|c| self.unit((cycle, *c), pending).is_some())
+                    .filter(|c| self.participates(cycle, *c, pending))
                     .collect()
             })
             .unwrap_or_default()

@@ -140,15 +140,11 @@ pub fn worklist(
         .iter()
         .map(|(_, d)| (d.cycle, d.deciding_org, d.quota_group.clone()))
         .collect();
-    meters.extend(
-        model
-            .counts
-            .keys()
-            .filter(|(c, a, _)| {
-                query.cycle.is_none_or(|q| q == *c) && model.tree.is_within(*a, scope)
-            })
-            .cloned(),
-    );
+    for ((cycle, authority), groups) in &model.counts {
+        if query.cycle.is_none_or(|q| q == *cycle) && model.tree.is_within(*authority, scope) {
+            meters.extend(groups.keys().map(|g| (*cycle, *authority, g.clone())));
+        }
+    }
     let entries: Vec<Value> = due
         .into_iter()
         .take(limit)
@@ -182,7 +178,8 @@ pub fn worklist(
         .map(|(cycle, authority, group)| {
             let counts: GroupCounts = model
                 .counts
-                .get(&(cycle, authority, group.clone()))
+                .get(&(cycle, authority))
+                .and_then(|groups| groups.get(&group))
                 .copied()
                 .unwrap_or_default();
             let settings = model.cycles.get(&cycle).map(|c| c.quota).unwrap_or_default();

@@ -1147,3 +1147,77 @@ async fn the_queries_list_the_worklist_with_readiness_and_quota_page_the_log_and
     assert_eq!(report["head"], json!(log[4].hash));
     assert_eq!(report["problems"], json!([]));
 }
+
+#[tokio::test]
+async fn a_regrade_is_checked_against_the_quota_with_the_superseded_grade_replaced() {
+    let w = World::sqlite().await;
+    let members = &w.c01_members[..5];
+    w.appraise(members).await;
+    let grades: Vec<BatchGrade> = members.iter().map(|d| grade(*d, Grade::Good)).collect();
+    accepted(w.decide(w.d01, grades).await);
+    let first = w.approval.decision_log().await.unwrap()[0].clone();
+
+    // Good → excellent leaves 4 good: floor(0.8) = 0 excellent allowed. Had
+    // the old good still counted, 5 good would allow it.
+    let mut up = grade(first.dossier, Grade::Excellent);
+    up.supersedes = Some(first.seq);
+    up.reason = Some("Khiếu nại".into());
+    let refusal = rejected(w.regrade(w.d01, vec![up]).await);
+    assert_eq!(
+        refusal.details["violations"],
+        json!([{"rule": "quota", "group": "individuals", "excellent": 1, "good": 4,
+                "max_excellent": 0, "ratio": 0.2}])
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_deciding_at_once_on_one_postgres_store_keep_one_gap_free_signed_chain() {
+    let pg = gradeflow_testkit::fresh_pg().await.unwrap();
+    let store = Store::connect(&pg.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let keys = KeyRing::ephemeral().unwrap();
+    let w = World::given(store.clone(), keys.clone()).await;
+    w.appraise(&w.c01_members).await;
+    w.appraise(&w.c02_members).await;
+    // A second process: its own store handle (writer) and engine, the same
+    // database and key directory.
+    let other_store = Store::connect(&pg.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let other = Approval::open(other_store.clone(), KeyRing::open(keys.dir()).unwrap())
+        .await
+        .unwrap();
+
+    let one = w.batch(
+        w.d01,
+        w.c01_members
+            .iter()
+            .map(|d| grade(*d, Grade::Good))
+            .collect(),
+    );
+    let two = w.batch(
+        w.d01,
+        w.c02_members
+            .iter()
+            .map(|d| grade(*d, Grade::Good))
+            .collect(),
+    );
+    let (a, b) = tokio::join!(
+        w.approval
+            .handle_command(w.command(&authority(w.d01), &one)),
+        other.handle_command(w.command(&authority(w.d01), &two)),
+    );
+    accepted(a);
+    accepted(b);
+
+    let log = assert_log_verifies(&w).await;
+    assert_eq!(
+        log.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=9).collect::<Vec<u64>>()
+    );
+    assert_eq!(other.decision_log().await.unwrap(), log);
+    store.close().await;
+    other_store.close().await;
+    pg.drop_db().await.unwrap();
+}
