@@ -459,11 +459,16 @@ async fn shutdown_finishes_the_message_in_hand_then_returns() {
     // It was committed and acked; the rest were released, not handled.
     assert_eq!(effects_of(&store, ids[0]).await, 1);
     assert_eq!(handler.calls(ids[1]) + handler.calls(ids[2]), 0);
-    let info = consumer_info(&bus, &durable).await.unwrap();
-    assert_eq!(
-        info.ack_floor.stream_sequence, 1,
-        "the first message is acked"
-    );
+    // The server applies acks asynchronously: wait for the floor to move.
+    eventually(
+        Duration::from_secs(5),
+        "the first message to be acked",
+        || async {
+            let info = consumer_info(&bus, &durable).await?;
+            (info.ack_floor.stream_sequence == 1).then_some(())
+        },
+    )
+    .await;
     bus.cleanup().await;
     db.cleanup(store).await;
 }
