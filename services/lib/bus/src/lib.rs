@@ -31,6 +31,6 @@ pub use consumer::{
     HandlerError,
 };
 pub use publish::{publish_event, OutgoingEvent, PublishEventError};
-pub use relay::{Relay, RelayConfig, RelayError};
+pub use relay::{Mapper, Relay, RelayConfig, RelayError};
 pub use streams::{ensure_streams, EnsureStreamsError, StreamSettings};
 pub use trace::TraceContext;

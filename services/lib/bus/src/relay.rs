@@ -98,17 +98,49 @@ pub enum RelayError {
     },
 }
 
+/// Turns a stored event into the message to publish, or `None` to skip it
+/// (it then counts as published). The default publishes every event as its
+/// envelope on its event subject.
+pub type Mapper = std::sync::Arc<
+    dyn Fn(&Names, &StoredEvent) -> Result<Option<OutgoingEvent>, PublishEventError> + Send + Sync,
+>;
+
+/// The default mapping: the event's envelope on
+/// `<prefix>.evt.<service>.<province|_>.<kind>`.
+fn envelope_message(
+    names: &Names,
+    event: &StoredEvent,
+) -> Result<Option<OutgoingEvent>, PublishEventError> {
+    OutgoingEvent::new(
+        names,
+        &event.metadata.service,
+        event.metadata.province.as_deref(),
+        &event.envelope(),
+    )
+    .map(Some)
+}
+
 /// The outbox relay of one store. Run one per service process; several
 /// replicas of a service may run theirs at once (they publish the same events,
 /// which the stream deduplicates, and the recorded position only moves
 /// forward).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Relay {
     store: Store,
     js: jetstream::Context,
     names: Names,
     publisher: String,
     config: RelayConfig,
+    mapper: Mapper,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("publisher", &self.publisher)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A publish awaiting its acknowledgment.
@@ -140,7 +172,32 @@ impl Relay {
             names,
             publisher: publisher.into(),
             config: RelayConfig::default(),
+            mapper: std::sync::Arc::new(envelope_message),
         }
+    }
+
+    /// The same relay publishing only the events recorded by `service`
+    /// (`metadata.service`): a service's store also holds copies of the
+    /// events it observed from others, which came from the stream and must
+    /// not be published again under its name.
+    pub fn only_service(mut self, service: &str) -> Self {
+        let service = service.to_owned();
+        self.mapper = std::sync::Arc::new(move |names: &Names, event: &StoredEvent| {
+            if event.metadata.service == service {
+                envelope_message(names, event)
+            } else {
+                Ok(None)
+            }
+        });
+        self
+    }
+
+    /// The same relay with its own mapping from stored events to messages
+    /// (e.g. the decision log mirrored to the audit stream). The mapping must
+    /// give each message a stable `Nats-Msg-Id`, so re-publishes deduplicate.
+    pub fn with_mapper(mut self, mapper: Mapper) -> Self {
+        self.mapper = mapper;
+        self
     }
 
     /// The same relay with `config`.
@@ -256,7 +313,9 @@ impl Relay {
                 if cutoff.is_some_and(|c| event.recorded_at < c) {
                     continue;
                 }
-                acks.push((event.event_id.to_string(), self.send(event).await?));
+                if let Some(ack) = self.send(event).await? {
+                    acks.push((event.event_id.to_string(), ack));
+                }
             }
             for (event_id, ack) in acks {
                 ack.await
@@ -300,7 +359,7 @@ impl Relay {
                     None
                 } else {
                     match self.send(event).await {
-                        Ok(ack) => Some(ack),
+                        Ok(ack) => ack,
                         Err(e) => {
                             error = Some(e);
                             break 'reading;
@@ -372,20 +431,19 @@ impl Relay {
         Ok(())
     }
 
-    /// Hands one event to the client; returns its acknowledgment future.
-    async fn send(&self, event: &StoredEvent) -> Result<PublishAckFuture, RelayError> {
-        let msg = OutgoingEvent::new(
-            &self.names,
-            &event.metadata.service,
-            event.metadata.province.as_deref(),
-            &event.envelope(),
-        )
-        .map_err(|source| RelayError::Publish {
+    /// Hands one event's message to the client; returns its acknowledgment
+    /// future, or `None` when the mapping skips the event.
+    async fn send(&self, event: &StoredEvent) -> Result<Option<PublishAckFuture>, RelayError> {
+        let msg = (self.mapper)(&self.names, event).map_err(|source| RelayError::Publish {
             publisher: self.publisher.clone(),
             source,
         })?;
+        let Some(msg) = msg else {
+            return Ok(None);
+        };
         msg.send(&self.js)
             .await
+            .map(Some)
             .map_err(|source| RelayError::Publish {
                 publisher: self.publisher.clone(),
                 source,

@@ -19,6 +19,7 @@
 //! store's inbox in the same transaction as the events, and a retry gets the
 //! stored reply without deciding again.
 
+pub mod runtime;
 pub mod tree;
 pub mod workflow;
 

@@ -444,3 +444,46 @@ async fn the_relay_rides_out_a_nats_restart() {
     );
     db.cleanup(store).await;
 }
+
+#[tokio::test]
+async fn a_relay_for_one_service_skips_the_copies_of_observed_events() {
+    let bus = Bus::new().await;
+    ensure_streams(&bus.js, &bus.names, &StreamSettings::default())
+        .await
+        .unwrap();
+    let (store, db) = sqlite_store().await;
+    // Own events interleaved with copies of other services' events.
+    let events = (0..6)
+        .map(|n| {
+            let service = if n % 2 == 0 { "approval" } else { "submission" };
+            new_event(
+                service,
+                "s",
+                "thing_happened.v1",
+                serde_json::json!({"n": n}),
+            )
+        })
+        .collect();
+    store.append(AppendRequest::new(events)).await.unwrap();
+    let relay = Relay::new(store.clone(), bus.js.clone(), bus.names.clone(), "approval")
+        .only_service("approval");
+    // Every position counts as handled, published or skipped.
+    assert_eq!(relay.drain().await.unwrap(), 6);
+    assert_eq!(stream_len(&bus.js, &bus.names.events_stream()).await, 3);
+    let published = read_all(
+        &bus.js,
+        &bus.names.events_stream(),
+        &bus.names.events_filter(),
+    )
+    .await;
+    let ns: Vec<u64> = published
+        .iter()
+        .map(|m| {
+            let e: Envelope = serde_json::from_slice(&m.payload).unwrap();
+            e.payload["n"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(ns, vec![0, 2, 4]);
+    bus.cleanup().await;
+    db.cleanup(store).await;
+}

@@ -1,0 +1,120 @@
+//! Wires a [`Workflow`] to NATS: the command server (request/reply in the
+//! service's queue group), the consumer that records observed events through
+//! the inbox, and the outbox relay that publishes the service's own events.
+//! Every service process — `gradeflow up` runs all of them in one — starts
+//! its services through [`spawn`].
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use gradeflow_bus::{
+    CommandServer, ConsumerConfig, Effects, EventConsumer, EventHandler, HandlerError, Relay,
+};
+use gradeflow_eventstore::Store;
+use gradeflow_proto::{Envelope, Names};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{ExecuteError, Workflow};
+
+/// Adapts a workflow's `observe` to the consumer loop's handler.
+struct Observer<W>(Arc<W>);
+
+impl<W: Workflow> EventHandler for Observer<W> {
+    async fn handle(&self, event: &Envelope) -> Result<Effects, HandlerError> {
+        match self.0.observe(event).await {
+            Ok((checks, events)) => Ok(Effects { checks, events }),
+            // The service's rules refuse to record the event: it will never
+            // fit, so it goes to the dead letters with the reason.
+            Err(ExecuteError::Rejected(r)) => Err(HandlerError::Permanent(format!(
+                "{}: {}",
+                r.code, r.message
+            ))),
+            Err(e) => Err(HandlerError::Transient(e.to_string())),
+        }
+    }
+}
+
+/// Adapts a workflow's `handle_command` to the command server.
+struct Commands<W>(Arc<W>);
+
+impl<W: Workflow> gradeflow_bus::CommandHandler for Commands<W> {
+    async fn handle(&self, command: gradeflow_proto::CommandEnvelope) -> gradeflow_proto::CommandReply {
+        self.0.handle_command(command).await
+    }
+}
+
+/// What [`spawn`] needs for one service.
+pub struct Wiring {
+    /// The NATS connection.
+    pub client: async_nats::Client,
+    /// Names under the deployment's prefix.
+    pub names: Names,
+    /// The service's store.
+    pub store: Store,
+    /// Kinds the workflow observes (its consumer skips the others).
+    pub observed: Vec<String>,
+}
+
+/// Starts the relay, the consumer and the command server of `workflow`;
+/// they stop when `shutdown` is cancelled. Returns once the command server
+/// is subscribed, so a command sent afterwards finds a responder.
+pub async fn spawn<W: Workflow>(
+    workflow: Arc<W>,
+    wiring: Wiring,
+    shutdown: CancellationToken,
+) -> Result<Vec<JoinHandle<()>>, SpawnError> {
+    let service = workflow.service();
+    let js = jetstream::new(wiring.client.clone());
+    let mut tasks = Vec::new();
+
+    // The relay publishes only the service's own events: the copies of
+    // observed events in its store came from the stream in the first place.
+    let relay = Relay::new(wiring.store.clone(), js, wiring.names.clone(), service)
+        .only_service(service);
+    tasks.push(tokio::spawn(relay.run(shutdown.clone())));
+
+    let config = ConsumerConfig::new(service, wiring.names.events_filter())
+        .kinds(wiring.observed.iter().cloned());
+    let consumer = EventConsumer::new(
+        wiring.store.clone(),
+        wiring.client.clone(),
+        wiring.names.clone(),
+        config,
+        Arc::new(Observer(Arc::clone(&workflow))),
+    );
+    // Create the durable now, so events published from here on are kept for
+    // it even before its loop fetches.
+    consumer
+        .ensure()
+        .await
+        .map_err(|e| SpawnError::Consumer(e.to_string()))?;
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = consumer.run(stop).await {
+            tracing::error!(error = %e, "service.consumer.stopped");
+        }
+    }));
+
+    let server = CommandServer::bind(
+        &wiring.client,
+        &wiring.names,
+        service,
+        Arc::new(Commands(workflow)),
+    )
+    .await
+    .map_err(|e| SpawnError::Commands(e.to_string()))?;
+    tasks.push(tokio::spawn(server.run(shutdown)));
+    Ok(tasks)
+}
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The durable consumer could not be created.
+    #[error("creating the service's consumer: {0}")]
+    Consumer(String),
+    /// The command subscription failed.
+    #[error("subscribing to the service's commands: {0}")]
+    Commands(String),
+}
