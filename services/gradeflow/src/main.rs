@@ -1,12 +1,15 @@
 //! The `gradeflow` command line: one binary for every tool and service.
 //! `main` only parses the command line and dispatches to the module that
-//! does the work (`rules` for `gradeflow rules …`); it decides nothing.
+//! does the work (`rules` for `gradeflow rules …`, `serve` for `up` and the
+//! single services); it decides nothing.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod rules;
+mod serve;
 
 /// gradeflow: annual review, evaluation and quality grading.
 #[derive(Debug, Parser)]
@@ -18,6 +21,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every service in one process, on the embedded default (SQLite under
+    /// the data dir; NATS started there when none listens).
+    Up(serve::UpArgs),
+    /// The submission service alone.
+    Submission(serve::ServeArgs),
+    /// The appraisal service alone.
+    Appraisal(serve::ServeArgs),
+    /// The approval service alone.
+    Approval(serve::ServeArgs),
     /// Pure rule checks of the grading rulebooks; no server needed.
     #[command(subcommand)]
     Rules(rules::RulesCmd),
@@ -26,5 +38,9 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Rules(cmd) => rules::run(cmd),
+        Command::Up(args) => serve::up(args),
+        Command::Submission(args) => serve::one(serve::ServiceName::Submission, args),
+        Command::Appraisal(args) => serve::one(serve::ServiceName::Appraisal, args),
+        Command::Approval(args) => serve::one(serve::ServiceName::Approval, args),
     }
 }

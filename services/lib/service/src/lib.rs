@@ -19,6 +19,7 @@
 //! store's inbox in the same transaction as the events, and a retry gets the
 //! stored reply without deciding again.
 
+pub mod client;
 pub mod runtime;
 pub mod tree;
 pub mod workflow;
@@ -36,8 +37,8 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 pub use tree::{OrgNode, OrgTree};
-pub use workflow::{payload, reply, Observed, Workflow};
 use uuid::Uuid;
+pub use workflow::{payload, reply, Observed, Workflow};
 
 /// A service's in-memory working state, folded from its store.
 pub trait Model: Default + Send + Sync + 'static {
@@ -353,11 +354,7 @@ impl<M: Model> Engine<M> {
     /// message cannot be copied twice) together with this service's
     /// reactions to it. The caller (the consumer loop) appends it with its
     /// inbox entry; on a version conflict it calls this again.
-    pub async fn observe<F>(
-        &self,
-        envelope: &Envelope,
-        react: F,
-    ) -> Result<Observed, ExecuteError>
+    pub async fn observe<F>(&self, envelope: &Envelope, react: F) -> Result<Observed, ExecuteError>
     where
         F: FnOnce(&M, &Envelope) -> Result<Decision, Rejection>,
     {

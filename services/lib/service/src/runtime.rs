@@ -39,7 +39,10 @@ impl<W: Workflow> EventHandler for Observer<W> {
 struct Commands<W>(Arc<W>);
 
 impl<W: Workflow> gradeflow_bus::CommandHandler for Commands<W> {
-    async fn handle(&self, command: gradeflow_proto::CommandEnvelope) -> gradeflow_proto::CommandReply {
+    async fn handle(
+        &self,
+        command: gradeflow_proto::CommandEnvelope,
+    ) -> gradeflow_proto::CommandReply {
         self.0.handle_command(command).await
     }
 }
@@ -70,8 +73,8 @@ pub async fn spawn<W: Workflow>(
 
     // The relay publishes only the service's own events: the copies of
     // observed events in its store came from the stream in the first place.
-    let relay = Relay::new(wiring.store.clone(), js, wiring.names.clone(), service)
-        .only_service(service);
+    let relay =
+        Relay::new(wiring.store.clone(), js, wiring.names.clone(), service).only_service(service);
     tasks.push(tokio::spawn(relay.run(shutdown.clone())));
 
     let config = ConsumerConfig::new(service, wiring.names.events_filter())

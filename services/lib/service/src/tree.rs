@@ -190,7 +190,10 @@ impl OrgTree {
         if !self.is_within(target, actor.org) {
             return Err(ErrorCode::OutOfScope
                 .reject(
-                    format!("org {target} lies outside the caller's scope ({})", actor.org),
+                    format!(
+                        "org {target} lies outside the caller's scope ({})",
+                        actor.org
+                    ),
                     "Tổ chức nằm ngoài phạm vi được phân quyền",
                 )
                 .with_details(serde_json::json!({"org": target, "scope": actor.org})));
@@ -208,11 +211,13 @@ mod tests {
     fn reg(tree: &mut OrgTree, id: u128, code: &str, tier: &str, parent: Option<u128>) -> OrgId {
         let org = OrgId(uuid::Uuid::from_u128(id));
         let parent = parent.map(|p| OrgId(uuid::Uuid::from_u128(p)));
-        let province = parent.and_then(|p| tree.province_for_child_of(p)).or_else(|| {
-            parent
-                .filter(|p| tree.get(*p).is_some_and(|o| o.parent.is_none()))
-                .map(|_| code.to_owned())
-        });
+        let province = parent
+            .and_then(|p| tree.province_for_child_of(p))
+            .or_else(|| {
+                parent
+                    .filter(|p| tree.get(*p).is_some_and(|o| o.parent.is_none()))
+                    .map(|_| code.to_owned())
+            });
         let e = OrgRegistered {
             org,
             code: code.into(),

@@ -62,7 +62,9 @@ fn tick_up_to(limit: u64) -> impl Fn(&Ticks) -> Result<Decision, gradeflow_proto
 
 async fn store() -> (gradeflow_testkit::SqliteFile, Store) {
     let file = gradeflow_testkit::fresh_sqlite().unwrap();
-    let store = Store::connect(&file.url, StoreOptions::default()).await.unwrap();
+    let store = Store::connect(&file.url, StoreOptions::default())
+        .await
+        .unwrap();
     (file, store)
 }
 
@@ -71,7 +73,10 @@ async fn a_decision_commits_its_events_with_the_callers_metadata() {
     let (_f, store) = store().await;
     let engine: Engine<Ticks> = Engine::open(store.clone(), "submission").await.unwrap();
     let c = ctx();
-    let out = engine.execute(&c, Some("cmd-1"), tick_up_to(10)).await.unwrap();
+    let out = engine
+        .execute(&c, Some("cmd-1"), tick_up_to(10))
+        .await
+        .unwrap();
     let Outcome::Applied { events, result } = out else {
         panic!("not applied")
     };
@@ -87,9 +92,15 @@ async fn a_decision_commits_its_events_with_the_callers_metadata() {
 async fn a_retried_command_id_gets_the_first_reply_and_appends_nothing() {
     let (_f, store) = store().await;
     let engine: Engine<Ticks> = Engine::open(store.clone(), "submission").await.unwrap();
-    engine.execute(&ctx(), Some("cmd-1"), tick_up_to(10)).await.unwrap();
+    engine
+        .execute(&ctx(), Some("cmd-1"), tick_up_to(10))
+        .await
+        .unwrap();
     let head = store.head().await.unwrap();
-    let again = engine.execute(&ctx(), Some("cmd-1"), tick_up_to(10)).await.unwrap();
+    let again = engine
+        .execute(&ctx(), Some("cmd-1"), tick_up_to(10))
+        .await
+        .unwrap();
     match again {
         Outcome::Duplicate { reply } => assert_eq!(reply, Some(json!({"n": 1}))),
         other => panic!("expected a duplicate, got {other:?}"),
@@ -101,12 +112,19 @@ async fn a_retried_command_id_gets_the_first_reply_and_appends_nothing() {
 async fn a_refusal_changes_nothing() {
     let (_f, store) = store().await;
     let engine: Engine<Ticks> = Engine::open(store.clone(), "submission").await.unwrap();
-    let err = engine.execute(&ctx(), Some("c"), tick_up_to(0)).await.unwrap_err();
+    let err = engine
+        .execute(&ctx(), Some("c"), tick_up_to(0))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ExecuteError::Rejected(r) if r.code == "wrong_state"));
     assert_eq!(store.head().await.unwrap(), None);
     // A refused command id is not remembered: once the state allows it, the
     // same id may succeed.
-    assert!(store.inbox_lookup("cmd:submission", "c").await.unwrap().is_none());
+    assert!(store
+        .inbox_lookup("cmd:submission", "c")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -120,7 +138,8 @@ async fn two_replicas_on_one_store_never_both_win_and_respect_the_limit() {
     for i in 0..40 {
         let e = if i % 2 == 0 { a.clone() } else { b.clone() };
         tasks.push(tokio::spawn(async move {
-            e.execute(&ctx(), Some(&format!("c{i}")), tick_up_to(25)).await
+            e.execute(&ctx(), Some(&format!("c{i}")), tick_up_to(25))
+                .await
         }));
     }
     let mut applied = 0;
@@ -134,8 +153,15 @@ async fn two_replicas_on_one_store_never_both_win_and_respect_the_limit() {
     assert_eq!(applied, 25);
     let events = store.load_stream("counter").await.unwrap();
     assert_eq!(events.len(), 25);
-    let ns: Vec<u64> = events.iter().map(|e| e.payload["n"].as_u64().unwrap()).collect();
-    assert_eq!(ns, (1..=25).collect::<Vec<_>>(), "each decision saw the latest state");
+    let ns: Vec<u64> = events
+        .iter()
+        .map(|e| e.payload["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ns,
+        (1..=25).collect::<Vec<_>>(),
+        "each decision saw the latest state"
+    );
     assert_eq!(b.read(|m| m.ticks["counter"]).await.unwrap(), 25);
 }
 
@@ -168,12 +194,21 @@ async fn an_observed_event_is_copied_once_and_a_reopened_engine_folds_the_same()
         assert!(matches!(out, AppendOutcome::Appended(_)));
     }
     let copies = store.load_stream("dossier-x").await.unwrap();
-    assert_eq!(copies.len(), 1, "the copy's id is deterministic, so a redelivery adds nothing");
-    assert_eq!(copies[0].metadata.causation_id, Some(original.event_id.as_uuid()));
+    assert_eq!(
+        copies.len(),
+        1,
+        "the copy's id is deterministic, so a redelivery adds nothing"
+    );
+    assert_eq!(
+        copies[0].metadata.causation_id,
+        Some(original.event_id.as_uuid())
+    );
     assert_eq!(engine.read(|m| m.observed).await.unwrap(), 1);
     drop(engine);
     store.close().await;
-    let reopened = Store::connect(&file.url, StoreOptions::default()).await.unwrap();
+    let reopened = Store::connect(&file.url, StoreOptions::default())
+        .await
+        .unwrap();
     let again: Engine<Ticks> = Engine::open(reopened, "approval").await.unwrap();
     assert_eq!(again.read(|m| m.observed).await.unwrap(), 1);
 }
