@@ -77,8 +77,12 @@ pub async fn spawn<W: Workflow>(
         Relay::new(wiring.store.clone(), js, wiring.names.clone(), service).only_service(service);
     tasks.push(tokio::spawn(relay.run(shutdown.clone())));
 
-    let config = ConsumerConfig::new(service, wiring.names.events_filter())
+    let mut config = ConsumerConfig::new(service, wiring.names.events_filter())
         .kinds(wiring.observed.iter().cloned());
+    // A message held by a process that died comes back after the ack wait:
+    // short enough that a crashed replica's work resumes promptly, long
+    // enough for any handler (the loop also extends it with +WPI).
+    config.ack_wait = std::time::Duration::from_secs(10);
     let consumer = EventConsumer::new(
         wiring.store.clone(),
         wiring.client.clone(),
