@@ -161,7 +161,11 @@ pub struct SelfReviewSubmitted {
     #[serde(default)]
     pub resubmission: bool,
 }
-event!(SelfReviewSubmitted, "self_review_submitted.v1", "submission");
+event!(
+    SelfReviewSubmitted,
+    "self_review_submitted.v1",
+    "submission"
+);
 
 /// The review meeting was held.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

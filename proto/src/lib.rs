@@ -17,7 +17,9 @@ pub mod tier;
 pub use codes::ErrorCode;
 pub use envelope::{Actor, CommandEnvelope, CommandReply, Envelope, Metadata, Rejection, Role};
 pub use grade::Grade;
-pub use ids::{CommandId, CorrelationId, CycleId, DecisionId, DossierId, EventId, OrgId, SubjectId};
+pub use ids::{
+    CommandId, CorrelationId, CycleId, DecisionId, DossierId, EventId, OrgId, SubjectId,
+};
 pub use model::*;
 pub use names::Names;
 pub use tier::{Tier, Tiers};

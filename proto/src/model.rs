@@ -177,7 +177,9 @@ impl SubjectStatus {
 }
 
 /// The states of a dossier. See the state machine in the submission domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DossierState {
     /// Registered, nothing filed yet.
@@ -315,7 +317,9 @@ impl TaskCounts {
 }
 
 /// The level of a disciplinary measure, mildest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DisciplineLevel {
     /// Khiển trách.

@@ -5,7 +5,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The name of one tier, e.g. `cell` or `province`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(transparent)]
 pub struct Tier(pub String);
 
@@ -123,10 +125,16 @@ mod tests {
     fn presets_run_from_cell_to_central() {
         let card = Tiers::card();
         assert_eq!(card.root(), Some(&Tier::new("central")));
-        assert_eq!(card.below(&Tier::new("province")), Some(&Tier::new("district")));
+        assert_eq!(
+            card.below(&Tier::new("province")),
+            Some(&Tier::new("district"))
+        );
         assert_eq!(card.below(&Tier::new("cell")), None);
         let vn = Tiers::vn2025();
-        assert_eq!(vn.below(&Tier::new("province")), Some(&Tier::new("commune")));
+        assert_eq!(
+            vn.below(&Tier::new("province")),
+            Some(&Tier::new("commune"))
+        );
         assert!(vn.validate().is_ok());
     }
 
@@ -142,7 +150,10 @@ mod tests {
 
     #[test]
     fn bad_tier_lists_are_refused_by_name() {
-        assert_eq!(Tiers(vec![Tier::new("x")]).validate(), Err(TiersError::TooFew));
+        assert_eq!(
+            Tiers(vec![Tier::new("x")]).validate(),
+            Err(TiersError::TooFew)
+        );
         assert_eq!(
             Tiers(vec![Tier::new("a"), Tier::new("a")]).validate(),
             Err(TiersError::Duplicate("a".into()))

@@ -131,8 +131,14 @@ fn samples() -> Vec<(&'static str, Value)> {
                     rulebook: RulebookId::Qd366_2025,
                     tiers: Tiers::card(),
                     deadlines: BTreeMap::from([
-                        (Tier::new("cell"), NaiveDate::from_ymd_opt(2026, 12, 15).unwrap()),
-                        (Tier::new("central"), NaiveDate::from_ymd_opt(2027, 2, 1).unwrap()),
+                        (
+                            Tier::new("cell"),
+                            NaiveDate::from_ymd_opt(2026, 12, 15).unwrap(),
+                        ),
+                        (
+                            Tier::new("central"),
+                            NaiveDate::from_ymd_opt(2027, 2, 1).unwrap(),
+                        ),
                     ]),
                     quota: QuotaSettings::default(),
                     root: OrgId(id(1)),
@@ -350,18 +356,32 @@ fn checked_in_schemas_are_exactly_what_the_code_generates() {
             let entry = entry.unwrap();
             if entry.path().extension().is_some_and(|x| x == "json") {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                present.push(if sub.is_empty() { name } else { format!("{sub}/{name}") });
+                present.push(if sub.is_empty() {
+                    name
+                } else {
+                    format!("{sub}/{name}")
+                });
             }
         }
     }
-    let stale: Vec<_> = present.iter().filter(|f| !expected_files.contains(*f)).collect();
-    assert!(stale.is_empty(), "schemas with no message behind them: {stale:?}");
+    let stale: Vec<_> = present
+        .iter()
+        .filter(|f| !expected_files.contains(*f))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "schemas with no message behind them: {stale:?}"
+    );
 }
 
 #[test]
 fn every_event_kind_has_a_schema_and_a_sample() {
     let kinds: Vec<&str> = samples().iter().map(|(k, _)| *k).collect();
-    assert_eq!(kinds, e::EVENT_KINDS, "samples must cover every event kind, in order");
+    assert_eq!(
+        kinds,
+        e::EVENT_KINDS,
+        "samples must cover every event kind, in order"
+    );
     let schema_kinds: Vec<String> = schema::all().into_iter().map(|s| s.kind).collect();
     for k in e::EVENT_KINDS {
         assert!(schema_kinds.iter().any(|s| s == k), "no schema for {k}");
@@ -421,8 +441,14 @@ fn frozen_snapshots_still_round_trip_and_validate_against_their_schemas() {
             "{kind}: the type no longer reads and writes its frozen shape"
         );
         let validator = jsonschema::validator_for(&schemas[kind]).unwrap();
-        let errors: Vec<String> = validator.iter_errors(&frozen).map(|e| e.to_string()).collect();
-        assert!(errors.is_empty(), "{kind} snapshot breaks its schema: {errors:?}");
+        let errors: Vec<String> = validator
+            .iter_errors(&frozen)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{kind} snapshot breaks its schema: {errors:?}"
+        );
     }
 }
 
@@ -439,12 +465,18 @@ fn a_schema_rejects_an_event_of_another_kind_or_a_missing_field() {
     let validator = jsonschema::validator_for(&schemas[e::GradeDecided::KIND]).unwrap();
     assert!(validator.is_valid(&decided));
     decided["kind"] = "grade_revised.v1".into();
-    assert!(!validator.is_valid(&decided), "kind is pinned by the schema");
+    assert!(
+        !validator.is_valid(&decided),
+        "kind is pinned by the schema"
+    );
     decided["kind"] = e::GradeDecided::KIND.into();
     decided["payload"]["grade"] = "outstanding".into();
     assert!(!validator.is_valid(&decided), "an unknown grade is refused");
     decided["payload"]["grade"] = "good".into();
-    decided["payload"].as_object_mut().unwrap().remove("dossier");
+    decided["payload"]
+        .as_object_mut()
+        .unwrap()
+        .remove("dossier");
     assert!(!validator.is_valid(&decided), "a missing field is refused");
 }
 

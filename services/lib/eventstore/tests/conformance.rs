@@ -1126,13 +1126,23 @@ mod raw_baselines {
     #[tokio::test]
     async fn sqlite_raw_baselines_insert_and_read_the_requested_rows() {
         let f = gradeflow_testkit::fresh_sqlite().unwrap();
-        check(Store::connect(&f.url, StoreOptions::default()).await.unwrap()).await;
+        check(
+            Store::connect(&f.url, StoreOptions::default())
+                .await
+                .unwrap(),
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn postgres_raw_baselines_insert_and_read_the_requested_rows() {
         let db = gradeflow_testkit::fresh_pg().await.unwrap();
-        check(Store::connect(&db.url, StoreOptions::default()).await.unwrap()).await;
+        check(
+            Store::connect(&db.url, StoreOptions::default())
+                .await
+                .unwrap(),
+        )
+        .await;
         db.drop_db().await.ok();
     }
 }
