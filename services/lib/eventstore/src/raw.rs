@@ -4,6 +4,9 @@
 //! store's figures beside these, measured in the same run on the same server,
 //! so a figure is read as a ratio of the hardware's limit and not in a void.
 //!
+//! It also has the two chores of that benchmark that need SQL: naming the
+//! database server, and dropping the scratch PostgreSQL schema afterwards.
+//!
 //! Nothing here is used by the product's own path.
 
 use std::time::{Duration, Instant};
@@ -34,6 +37,15 @@ fn db_err(e: sqlx::Error) -> StoreError {
     StoreError::Database(std::sync::Arc::new(e))
 }
 
+/// The prefix of the scratch schemas [`Store::drop_bench_schema`] may drop.
+pub const BENCH_SCHEMA_PREFIX: &str = "bench_";
+
+/// Whether `schema` is a benchmark scratch schema: [`BENCH_SCHEMA_PREFIX`]
+/// followed by at least one character.
+fn is_bench_schema(schema: &str) -> bool {
+    schema.len() > BENCH_SCHEMA_PREFIX.len() && schema.starts_with(BENCH_SCHEMA_PREFIX)
+}
+
 impl Store {
     /// Inserts `rows` rows shaped like events (the same columns, with
     /// `payload_bytes` of payload) into a scratch table, `batch` rows per
@@ -47,7 +59,10 @@ impl Store {
     ) -> Result<RawRate, StoreError> {
         let pool: &Pool = self.pool();
         let batch = batch.clamp(1, 3_000);
-        let payload = format!("{{\"p\":\"{}\"}}", "x".repeat(payload_bytes.saturating_sub(8)));
+        let payload = format!(
+            "{{\"p\":\"{}\"}}",
+            "x".repeat(payload_bytes.saturating_sub(8))
+        );
         let create = "CREATE TABLE IF NOT EXISTS bench_raw (position BIGINT PRIMARY KEY, \
                       stream TEXT NOT NULL, version BIGINT NOT NULL, event_id TEXT NOT NULL UNIQUE, \
                       kind TEXT NOT NULL, payload TEXT NOT NULL, metadata TEXT NOT NULL, \
@@ -126,5 +141,77 @@ impl Store {
             rows,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// The database server and its version, for benchmark reports:
+    /// `SQLite 3.x.y` or `PostgreSQL <server_version>`.
+    pub async fn raw_server_version(&self) -> Result<String, StoreError> {
+        match self.pool() {
+            Pool::Sqlite(p) => {
+                let v: String = sqlx::query_scalar("SELECT sqlite_version()")
+                    .fetch_one(p)
+                    .await
+                    .map_err(db_err)?;
+                Ok(format!("SQLite {v}"))
+            }
+            Pool::Postgres(p) => {
+                let v: String = sqlx::query_scalar("SHOW server_version")
+                    .fetch_one(p)
+                    .await
+                    .map_err(db_err)?;
+                Ok(format!("PostgreSQL {v}"))
+            }
+        }
+    }
+
+    /// PostgreSQL: drops this store's schema with everything in it, but only
+    /// a benchmark scratch schema (named `bench_…`); any other schema is left
+    /// alone. Returns whether a schema was dropped. SQLite: nothing to drop
+    /// (the benchmark deletes its scratch file); returns `false`.
+    ///
+    /// The store is useless afterwards: call [`Store::close`] next.
+    pub async fn drop_bench_schema(&self) -> Result<bool, StoreError> {
+        let Pool::Postgres(p) = self.pool() else {
+            return Ok(false);
+        };
+        // The schema the pool's search_path points at (set at connect from
+        // `StoreOptions::schema`); `public` when none was given.
+        let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(p)
+            .await
+            .map_err(db_err)?;
+        let Some(schema) = schema.filter(|s| is_bench_schema(s)) else {
+            return Ok(false);
+        };
+        // The name came through the store's schema validation (plain
+        // lowercase identifier), so quoting it is enough. DROP SCHEMA does
+        // not fire the events table's UPDATE/DELETE/TRUNCATE triggers.
+        sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(p)
+            .await
+            .map_err(db_err)?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_schemas_named_bench_something_count_as_scratch() {
+        for yes in ["bench_1a2b", "bench_x"] {
+            assert!(is_bench_schema(yes), "{yes}");
+        }
+        for no in [
+            "public",
+            "bench_",
+            "bench",
+            "approval",
+            "submission_bench_1",
+            "xbench_1",
+        ] {
+            assert!(!is_bench_schema(no), "{no}");
+        }
     }
 }
