@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod rules;
 mod serve;
@@ -33,11 +34,15 @@ enum Command {
     /// Pure rule checks of the grading rulebooks; no server needed.
     #[command(subcommand)]
     Rules(rules::RulesCmd),
+    /// Benchmarks on the real databases and NATS server (not tests).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Rules(cmd) => rules::run(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
         Command::Up(args) => serve::up(args),
         Command::Submission(args) => serve::one(serve::ServiceName::Submission, args),
         Command::Appraisal(args) => serve::one(serve::ServiceName::Appraisal, args),
