@@ -35,12 +35,18 @@ wait_for_port() {
     return 1
 }
 
+# Installs the nats-server package when it is missing, without starting it
+# (`gradeflow up` starts one under its data dir when nothing listens).
+ensure_nats_binary() {
+    command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || apt_install nats-server
+}
+
 ensure_nats() {
     if listening 4222; then
         log "NATS already listening on 127.0.0.1:4222"
         return
     fi
-    command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || apt_install nats-server
+    ensure_nats_binary
     local bin
     bin=$(command -v nats-server || echo /usr/sbin/nats-server)
     local store=/var/lib/nats-server
@@ -96,8 +102,9 @@ ensure_test_tools() {
 
 case "${1:-all}" in
     nats) ensure_nats ;;
+    nats-binary) ensure_nats_binary ;;
     postgres) ensure_postgres ;;
     tools) ensure_test_tools ;;
     all) ensure_nats; ensure_postgres; ensure_test_tools ;;
-    *) log "usage: $0 [all|nats|postgres|tools]"; exit 2 ;;
+    *) log "usage: $0 [all|nats|nats-binary|postgres|tools]"; exit 2 ;;
 esac
