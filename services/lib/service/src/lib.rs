@@ -21,6 +21,7 @@
 
 pub mod client;
 pub mod runtime;
+pub mod trace;
 pub mod tree;
 pub mod workflow;
 
@@ -71,6 +72,10 @@ pub struct Emit {
     pub payload: Value,
     /// Province code for the subject's routing token.
     pub province: Option<String>,
+    /// The event's own `traceparent`, overriding the context's (`None`: the
+    /// trace of the command or event that caused it). Set through
+    /// [`Emit::in_trace`] for an event about a dossier.
+    pub traceparent: Option<String>,
 }
 
 impl Emit {
@@ -82,7 +87,18 @@ impl Emit {
             // Serialising plain data structs cannot fail.
             payload: serde_json::to_value(event).unwrap_or(Value::Null),
             province,
+            traceparent: None,
         }
+    }
+
+    /// The event, stamped in the dossier's trace `trace` (a `traceparent`)
+    /// with a fresh span id ([`trace::child_of`]); with `None` (the dossier
+    /// has no trace yet) it keeps the trace of its cause.
+    pub fn in_trace(mut self, trace: Option<&str>) -> Self {
+        if let Some(trace) = trace {
+            self.traceparent = Some(trace::child_of(trace));
+        }
+        self
     }
 }
 
@@ -231,14 +247,14 @@ impl<M: Model> Engine<M> {
         self.inner.tracked.lock().await.position
     }
 
-    fn metadata(&self, ctx: &Context, province: Option<String>) -> Metadata {
+    fn metadata(&self, ctx: &Context, emit: &Emit) -> Metadata {
         Metadata {
             actor: ctx.actor.clone(),
             correlation_id: ctx.correlation_id,
             causation_id: ctx.causation_id,
-            traceparent: ctx.traceparent.clone(),
+            traceparent: emit.traceparent.clone().or_else(|| ctx.traceparent.clone()),
             service: self.inner.service.clone(),
-            province,
+            province: emit.province.clone(),
         }
     }
 
@@ -276,7 +292,7 @@ impl<M: Model> Engine<M> {
                 stream: e.stream.clone(),
                 kind: e.kind.clone(),
                 payload: e.payload.clone(),
-                metadata: self.metadata(ctx, e.province.clone()),
+                metadata: self.metadata(ctx, e),
             })
             .collect();
         AppendRequest {

@@ -3,6 +3,10 @@
 //! the inbox, and the outbox relay that publishes the service's own events.
 //! Every service process — `gradeflow up` runs all of them in one — starts
 //! its services through [`spawn`].
+//!
+//! Each command runs in a `service.command` span and each observed event in a
+//! `service.observe` span, both children of the caller's span named by the
+//! incoming `traceparent`, so a service's work continues the caller's trace.
 
 use std::sync::Arc;
 
@@ -14,6 +18,7 @@ use gradeflow_eventstore::Store;
 use gradeflow_proto::{Envelope, Names};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{ExecuteError, Workflow};
 
@@ -22,7 +27,13 @@ struct Observer<W>(Arc<W>);
 
 impl<W: Workflow> EventHandler for Observer<W> {
     async fn handle(&self, event: &Envelope) -> Result<Effects, HandlerError> {
-        match self.0.observe(event).await {
+        let span = tracing::info_span!(
+            "service.observe",
+            kind = %event.kind,
+            event_id = %event.event_id
+        );
+        continue_trace(&span, event.traceparent.as_deref());
+        match self.0.observe(event).instrument(span).await {
             Ok((checks, events)) => Ok(Effects { checks, events }),
             // The service's rules refuse to record the event: it will never
             // fit, so it goes to the dead letters with the reason.
@@ -43,7 +54,24 @@ impl<W: Workflow> gradeflow_bus::CommandHandler for Commands<W> {
         &self,
         command: gradeflow_proto::CommandEnvelope,
     ) -> gradeflow_proto::CommandReply {
-        self.0.handle_command(command).await
+        let span = tracing::info_span!(
+            "service.command",
+            kind = %command.kind,
+            command_id = %command.command_id
+        );
+        continue_trace(&span, command.traceparent.as_deref());
+        self.0.handle_command(command).instrument(span).await
+    }
+}
+
+/// Makes `span` a child of the caller's span named by `traceparent`, before
+/// it is entered. Without one (or with a malformed one) the span starts its
+/// own trace.
+fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(traceparent) = traceparent {
+        if let Err(e) = gradeflow_kit::trace::set_parent(span, traceparent) {
+            tracing::debug!(parent: span, error = %e, traceparent, "service.trace.malformed");
+        }
     }
 }
 

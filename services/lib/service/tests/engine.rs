@@ -53,6 +53,7 @@ fn tick_up_to(limit: u64) -> impl Fn(&Ticks) -> Result<Decision, gradeflow_proto
                 kind: "tick.v1".into(),
                 payload: json!({"n": n + 1}),
                 province: None,
+                traceparent: None,
             }],
             reads: vec![],
             result: json!({"n": n + 1}),
@@ -86,6 +87,40 @@ async fn a_decision_commits_its_events_with_the_callers_metadata() {
     assert_eq!(events[0].metadata.service, "submission");
     assert_eq!(events[0].metadata.traceparent, c.traceparent);
     assert_eq!(engine.read(|m| m.ticks["counter"]).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn an_event_in_a_dossiers_trace_carries_it_instead_of_the_callers() {
+    let (_f, store) = store().await;
+    let engine: Engine<Ticks> = Engine::open(store.clone(), "submission").await.unwrap();
+    let dossier_trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let decide = |_: &Ticks| {
+        let tick = |n: u64| Emit {
+            stream: format!("counter-{n}"),
+            kind: "tick.v1".into(),
+            payload: json!({"n": n}),
+            province: None,
+            traceparent: None,
+        };
+        Ok(Decision {
+            events: vec![
+                tick(1).in_trace(Some(dossier_trace)),
+                tick(2).in_trace(None),
+            ],
+            reads: vec![],
+            result: json!({}),
+        })
+    };
+    let c = ctx();
+    let Outcome::Applied { events, .. } = engine.execute(&c, None, decide).await.unwrap() else {
+        panic!("not applied")
+    };
+    let traced = events[0].metadata.traceparent.as_deref().unwrap();
+    assert!(traced.starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
+    assert!(gradeflow_service::trace::valid(Some(traced)).is_some());
+    assert_ne!(traced, dossier_trace, "a fresh span id");
+    // Without a dossier trace, the event keeps the caller's.
+    assert_eq!(events[1].metadata.traceparent, c.traceparent);
 }
 
 #[tokio::test]
