@@ -103,7 +103,8 @@ pub fn appraise(
             input.dossier.stream(),
             &event,
             model.orgs.province_of(d.registered.org),
-        )],
+        )
+        .in_trace(d.trace.as_deref())],
         reads: Vec::new(),
         result: json!({ "state": state, "warnings": warnings }),
     })
@@ -138,7 +139,8 @@ pub fn return_dossier(
             input.dossier.stream(),
             &event,
             model.orgs.province_of(d.registered.org),
-        )],
+        )
+        .in_trace(d.trace.as_deref())],
         reads: Vec::new(),
         result: json!({ "state": state }),
     })

@@ -18,7 +18,7 @@ use gradeflow_proto::events::{
     MeetingRecorded, SelfReviewSubmitted, SubjectRegistered,
 };
 use gradeflow_proto::{Actor, CycleId, DossierId, DossierState, Grade, OrgId};
-use gradeflow_service::{Model, OrgTree};
+use gradeflow_service::{trace, Model, OrgTree};
 use serde::de::DeserializeOwned;
 
 /// A quota group: (deciding org, cycle, group name).
@@ -52,6 +52,10 @@ pub struct AppraisalDossier {
     pub returns: Vec<Stamped<DossierReturned>>,
     /// The grade in force, once decided.
     pub decided: Option<Grade>,
+    /// The dossier's trace: the `traceparent` of its first self-review
+    /// (`gradeflow_service::trace`), which this service's events about it
+    /// continue.
+    pub trace: Option<String>,
 }
 
 impl AppraisalDossier {
@@ -147,14 +151,19 @@ impl Model for AppraisalModel {
                         appraisal: None,
                         returns: Vec::new(),
                         decided: None,
+                        trace: None,
                     },
                 );
             }
         } else if kind == SelfReviewSubmitted::KIND {
             if let Some(e) = parse::<SelfReviewSubmitted>(event) {
+                let traceparent = event.metadata.traceparent.as_deref();
                 self.update(e.dossier, |d| {
                     d.state = DossierState::Submitted;
                     d.self_review = Some(e);
+                    if d.trace.is_none() {
+                        d.trace = trace::valid(traceparent).map(str::to_owned);
+                    }
                 });
             }
         } else if kind == MeetingRecorded::KIND {

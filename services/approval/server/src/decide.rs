@@ -447,8 +447,8 @@ where
             "key_id": record.key_id,
         }));
         let group = drafted.group().to_owned();
-        match (command.kind, &c.dossier.current) {
-            (DecisionKind::Regrade, Some(current)) => events.push(Emit::new(
+        let grade = match (command.kind, &c.dossier.current) {
+            (DecisionKind::Regrade, Some(current)) => Emit::new(
                 DECISION_LOG_STREAM,
                 &GradeRevised {
                     decision: input.decision,
@@ -465,8 +465,8 @@ where
                     override_reason: record.override_reason.clone(),
                 },
                 province.clone(),
-            )),
-            _ => events.push(Emit::new(
+            ),
+            _ => Emit::new(
                 DECISION_LOG_STREAM,
                 &GradeDecided {
                     decision: input.decision,
@@ -482,8 +482,10 @@ where
                     number: Some(command.number.clone()),
                 },
                 province.clone(),
-            )),
-        }
+            ),
+        };
+        // Each grade continues its dossier's trace.
+        events.push(grade.in_trace(c.dossier.trace.as_deref()));
     }
 
     if command.kind == DecisionKind::Decide {

@@ -25,7 +25,7 @@ use gradeflow_proto::{
     Category, CycleId, DecisionId, DossierId, DossierState, Facts, Grade, OrgId, QuotaSettings,
     RulebookId, Score, SubjectId, SubjectKind, SubjectStatus, TaskCounts, Tiers,
 };
-use gradeflow_service::{Model, OrgTree};
+use gradeflow_service::{trace, Model, OrgTree};
 
 use crate::record::{audit_record, DECISION_LOG_STREAM, GENESIS_HASH};
 
@@ -96,6 +96,9 @@ pub struct DossierInfo {
     pub opened: bool,
     /// The grade it holds, once decided.
     pub current: Option<CurrentGrade>,
+    /// The dossier's trace: the `traceparent` of its first self-review
+    /// (`gradeflow_service::trace`), which its grades continue.
+    pub trace: Option<String>,
 }
 
 /// A decision document as recorded.
@@ -227,6 +230,10 @@ impl Model for ApprovalModel {
                     d.score = e.score;
                     d.tasks = Some(e.tasks);
                     d.shortcomings_fixed = e.shortcomings_fixed;
+                    if d.trace.is_none() {
+                        d.trace =
+                            trace::valid(event.metadata.traceparent.as_deref()).map(str::to_owned);
+                    }
                     if e.resubmission {
                         // A re-filed dossier will be appraised afresh; the
                         // old appraisal's facts no longer stand.
@@ -337,6 +344,7 @@ impl ApprovalModel {
                 recommended_grade: None,
                 opened: false,
                 current: None,
+                trace: None,
             },
         );
     }

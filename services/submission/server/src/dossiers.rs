@@ -13,7 +13,7 @@ use gradeflow_proto::{
     Actor, Category, CycleId, DossierId, DossierState, ErrorCode, OrgId, Rejection, Role,
     RulebookId, SubjectId, SubjectKind,
 };
-use gradeflow_service::{Decision, Emit};
+use gradeflow_service::{trace, Decision, Emit};
 use gradeflow_submission_domain::{initial_state, transition, Action};
 use serde_json::json;
 
@@ -170,11 +170,14 @@ pub fn register_subject(
     })
 }
 
-/// Files the self-review, or files it again after a return.
+/// Files the self-review, or files it again after a return. The first one
+/// starts the dossier's trace: the command's `traceparent`, or a new trace
+/// when it carried none; a re-filed one continues the dossier's trace.
 pub fn submit_self_review(
     model: &SubmissionModel,
     actor: &Actor,
     input: &SubmitSelfReview,
+    traceparent: Option<&str>,
 ) -> Result<Decision, Rejection> {
     let d = dossier(model, input.dossier)?;
     model
@@ -196,12 +199,23 @@ pub fn submit_self_review(
         report: input.report.clone(),
         resubmission: d.state == DossierState::Returned,
     };
+    let emit = Emit::new(
+        input.dossier.stream(),
+        &event,
+        model.orgs.province_of(d.registered.org),
+    );
+    let emit = match (&d.trace, trace::valid(traceparent)) {
+        (Some(dossier), _) => emit.in_trace(Some(dossier)),
+        // The command's own trace, as the context stamps it.
+        (None, Some(_)) => emit,
+        // No trace to continue: the dossier's starts here.
+        (None, None) => Emit {
+            traceparent: Some(trace::new_root()),
+            ..emit
+        },
+    };
     Ok(Decision {
-        events: vec![Emit::new(
-            input.dossier.stream(),
-            &event,
-            model.orgs.province_of(d.registered.org),
-        )],
+        events: vec![emit],
         reads: Vec::new(),
         result: json!({ "state": state }),
     })
@@ -272,7 +286,8 @@ pub fn record_meeting(
             input.dossier.stream(),
             &event,
             model.orgs.province_of(d.registered.org),
-        )],
+        )
+        .in_trace(d.trace.as_deref())],
         reads: Vec::new(),
         result: json!({ "state": state }),
     })

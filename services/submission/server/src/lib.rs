@@ -205,8 +205,10 @@ impl Submission {
             Err(r) => return CommandReply::Rejected(r),
         };
         tracing::Span::current().record("dossier_id", display(input.dossier));
-        self.run(cmd, |m| dossiers::submit_self_review(m, &cmd.actor, &input))
-            .await
+        self.run(cmd, |m| {
+            dossiers::submit_self_review(m, &cmd.actor, &input, cmd.traceparent.as_deref())
+        })
+        .await
     }
 
     #[tracing::instrument(name = "submission.dossier.meeting", skip_all, fields(command_id = %cmd.command_id, dossier_id = Empty))]

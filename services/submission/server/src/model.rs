@@ -22,7 +22,7 @@ use gradeflow_proto::events::{
     UnitCompleted,
 };
 use gradeflow_proto::{Actor, CycleId, DossierId, DossierState, EventId, OrgId};
-use gradeflow_service::{Model, OrgTree};
+use gradeflow_service::{trace, Model, OrgTree};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -99,6 +99,9 @@ pub struct DossierRecord {
     pub opened_for_decision: Option<DateTime<Utc>>,
     /// Every step, oldest first.
     pub history: Vec<HistoryEntry>,
+    /// The dossier's trace: the `traceparent` of its first self-review
+    /// (`gradeflow_service::trace`); every later event about it continues it.
+    pub trace: Option<String>,
 }
 
 /// The submission service's model.
@@ -195,6 +198,7 @@ impl SubmissionModel {
             decision: None,
             opened_for_decision: None,
             history: Vec::new(),
+            trace: None,
         };
         let details = details(&[
             ("subject", json!(record.registered.subject)),
@@ -230,6 +234,9 @@ impl SubmissionModel {
                 return;
             };
             d.state = DossierState::Submitted;
+            if d.trace.is_none() {
+                d.trace = trace::valid(event.metadata.traceparent.as_deref()).map(str::to_owned);
+            }
             let details = details(&[
                 ("proposed_grade", json!(e.proposed_grade)),
                 ("resubmission", json!(e.resubmission)),

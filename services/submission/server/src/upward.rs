@@ -124,4 +124,10 @@ fn opened(model: &SubmissionModel, cycle: CycleId, org: OrgId, dossier: DossierI
         },
         model.orgs.province_of(org),
     )
+    .in_trace(
+        model
+            .dossiers
+            .get(&dossier)
+            .and_then(|d| d.trace.as_deref()),
+    )
 }
