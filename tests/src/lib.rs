@@ -216,6 +216,19 @@ impl Driver {
         kind: &str,
         payload: Value,
     ) -> anyhow::Result<Value> {
+        self.call_traced(actor, service, kind, payload, None).await
+    }
+
+    /// [`Driver::eventually`], with the W3C `traceparent` the command
+    /// carries (`None`: none, as `eventually` sends it).
+    pub async fn call_traced(
+        &self,
+        actor: &Actor,
+        service: &str,
+        kind: &str,
+        payload: Value,
+        traceparent: Option<&str>,
+    ) -> anyhow::Result<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         // One command id across retries: a retry after a lost reply is
         // answered with the first reply, never applied twice.
@@ -223,7 +236,14 @@ impl Driver {
         loop {
             let last = match self
                 .client
-                .call(service, kind, actor, payload.clone(), id, None)
+                .call(
+                    service,
+                    kind,
+                    actor,
+                    payload.clone(),
+                    id,
+                    traceparent.map(str::to_owned),
+                )
                 .await
             {
                 Ok(v) => return Ok(v),
