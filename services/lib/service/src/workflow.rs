@@ -66,8 +66,18 @@ fn unavailable() -> Rejection {
 }
 
 /// Reads a command's payload into its typed form, or a refusal naming what
-/// is wrong with it.
+/// is wrong with it. The payload must be a JSON object: serde would also
+/// read a struct from an array of its fields in order, which no client is
+/// meant to send and which would slip past `deny_unknown_fields`.
 pub fn payload<T: serde::de::DeserializeOwned>(command: &CommandEnvelope) -> Result<T, Rejection> {
+    if !command.payload.is_object() {
+        return Err(ErrorCode::InvalidInput
+            .reject(
+                format!("invalid {} payload: expected a JSON object", command.kind),
+                "Dữ liệu không hợp lệ: phải là một đối tượng JSON",
+            )
+            .with_details(serde_json::json!({"kind": command.kind})));
+    }
     serde_json::from_value(command.payload.clone()).map_err(|e| {
         ErrorCode::InvalidInput
             .reject(
