@@ -1,0 +1,156 @@
+//! `gradeflow-progress`: the progress service (`docs/architecture.md`
+//! § Services) — a read model of every event of the flow, answering the
+//! progress tree, reports (with the Mẫu 04 dossier list) and a version for
+//! live updates.
+//!
+//! The service is a [`Workflow`] on the `gradeflow-service` runtime. It
+//! observes every event kind ([`EVENT_KINDS`]); the consumer copies each
+//! into the service's own store, and the [`Engine`] folds the store into a
+//! [`ProgressModel`] — so the model is disposable: reopening the service on
+//! its store replays it to the same state. It emits no events and reacts
+//! to none. Its commands are read-only queries ([`queries`]), answered
+//! `accepted` with a `result`:
+//!
+//! | kind | payload | result |
+//! | --- | --- | --- |
+//! | `progress.v1` | `{cycle, org?, depth?}` | a [`ProgressNode`] |
+//! | `report.v1` | `{cycle, org?, offset?, limit?}` | a [`Report`] page |
+//! | `progress_version.v1` | `{cycle?}` | `{"position", "cycle"?, "cycle_position"?}` |
+//!
+//! The portal renders reports for people with [`report_csv`] and
+//! [`report_xlsx`], and streams live progress by polling
+//! `progress_version.v1` ([`changes`] explains why it polls).
+
+// A `Rejection` is the value every refusal travels as (code, two messages,
+// details), built once per refused query and returned straight to the
+// caller; boxing it would only add an allocation to every refusal path.
+#![allow(clippy::result_large_err)]
+
+pub mod changes;
+pub mod counters;
+pub mod export;
+pub mod model;
+pub mod queries;
+pub mod refusals;
+pub mod report;
+
+use std::sync::Arc;
+
+use chrono::{NaiveDate, Utc};
+use gradeflow_eventstore::{ExpectedVersion, NewEvent, Store, StoreError};
+use gradeflow_proto::events::EVENT_KINDS;
+use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode, Rejection};
+use gradeflow_service::{reply, Decision, Engine, ExecuteError, Workflow};
+use serde_json::{json, Value};
+
+pub use changes::touched;
+pub use export::{report_csv, report_xlsx, ExportError};
+pub use model::ProgressModel;
+pub use queries::ProgressNode;
+pub use report::Report;
+
+/// The service name: the `<service>` token of its subjects.
+pub const SERVICE: &str = "progress";
+
+/// What recording an observed event appends: version checks and events
+/// (only the copy: progress reacts to nothing).
+pub type ObservedAppend = (Vec<(String, ExpectedVersion)>, Vec<NewEvent>);
+
+/// The clock the queries read "today" from (UTC), for overdue units.
+pub type Today = Arc<dyn Fn() -> NaiveDate + Send + Sync>;
+
+/// The progress service.
+#[derive(Clone)]
+pub struct Progress {
+    engine: Engine<ProgressModel>,
+    today: Today,
+}
+
+impl Progress {
+    /// Opens the service over `store`, replaying the store.
+    pub async fn open(store: Store) -> Result<Self, StoreError> {
+        Ok(Self {
+            engine: Engine::open(store, SERVICE).await?,
+            today: Arc::new(|| Utc::now().date_naive()),
+        })
+    }
+
+    /// The same service reading "today" from `today` (tests, replays as
+    /// of a date).
+    pub fn with_today(mut self, today: Today) -> Self {
+        self.today = today;
+        self
+    }
+
+    /// The engine (its store, for the consumer loop; its model, for
+    /// in-process readers).
+    pub fn engine(&self) -> &Engine<ProgressModel> {
+        &self.engine
+    }
+
+    /// The kinds the consumer must deliver: every event kind.
+    pub fn observed_kinds() -> Vec<String> {
+        EVENT_KINDS.iter().map(|k| (*k).to_owned()).collect()
+    }
+
+    #[tracing::instrument(name = "progress.query", skip_all, fields(kind = %cmd.kind))]
+    async fn answer_query(&self, cmd: &CommandEnvelope) -> CommandReply {
+        let query = match queries::Query::parse(cmd) {
+            Ok(q) => q,
+            Err(r) => return CommandReply::Rejected(r),
+        };
+        let today = (self.today)();
+        let answer = self
+            .engine
+            .read(|m| query.answer(m, &cmd.actor, today))
+            .await;
+        answered(answer)
+    }
+}
+
+fn answered(answer: Result<Result<Value, Rejection>, StoreError>) -> CommandReply {
+    match answer {
+        Ok(Ok(result)) => CommandReply::Accepted {
+            event_ids: Vec::new(),
+            result,
+        },
+        Ok(Err(rejection)) => {
+            tracing::info!(code = %rejection.code, "query refused");
+            CommandReply::Rejected(rejection)
+        }
+        Err(e) => reply(Err(ExecuteError::Store(e))),
+    }
+}
+
+impl Workflow for Progress {
+    fn service(&self) -> &'static str {
+        SERVICE
+    }
+
+    async fn handle_command(&self, command: CommandEnvelope) -> CommandReply {
+        let cmd = &command;
+        match cmd.kind.as_str() {
+            kind if queries::KINDS.contains(&kind) => self.answer_query(cmd).await,
+            kind => CommandReply::Rejected(
+                ErrorCode::InvalidInput
+                    .reject(
+                        format!("the progress service has no command `{kind}`"),
+                        "Dịch vụ theo dõi tiến độ không hỗ trợ lệnh này",
+                    )
+                    .with_details(json!({ "kind": kind })),
+            ),
+        }
+    }
+
+    fn observes(&self, kind: &str) -> bool {
+        EVENT_KINDS.contains(&kind)
+    }
+
+    async fn observe(&self, envelope: &Envelope) -> Result<ObservedAppend, ExecuteError> {
+        // Progress only records what it observes; it reacts to nothing, so
+        // the append carries no version checks and never conflicts.
+        self.engine
+            .observe(envelope, |_, _| Ok(Decision::default()))
+            .await
+    }
+}

@@ -1,0 +1,536 @@
+//! [`ProgressModel`]: the progress service's read model, folded from its own
+//! store — which holds only copies of the events of every other service
+//! (`docs/architecture.md` § Inside a workflow service), so the model is
+//! disposable and rebuilt by replay.
+//!
+//! It keeps the organisation tree, the cycles, one [`DossierRecord`] per
+//! dossier, the completed units, and per (cycle, org) the aggregated
+//! [`Counters`] of the org's whole subtree, shifted along the ancestor path
+//! on every change of a dossier (see `counters`).
+//!
+//! **Order.** The consumer records events in stream order, but a dossier's
+//! events come from three services; should one arrive before the dossier's
+//! registration (a nak'ed and redelivered registration, or replicas sharing
+//! the durable), it is parked and applied right after the registration.
+//! Parking happens in store order, so a replay parks and releases exactly
+//! the same way and the rebuilt model is the same.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use gradeflow_approval_domain::{ratio_bp, GroupCounts};
+use gradeflow_eventstore::StoredEvent;
+use gradeflow_proto::events::{
+    CollectiveDossierOpened, CycleCompleted, CycleOpened, DecisionRecorded, DossierAppraised,
+    DossierReturned, Event, GradeDecided, GradeRevised, MeetingRecorded, OrgMoved, OrgsMerged,
+    SelfReviewSubmitted, SubjectRegistered, UnitCompleted,
+};
+use gradeflow_proto::{CycleId, DecisionId, DossierId, DossierState, Grade, OrgId};
+use gradeflow_service::{Model, OrgNode, OrgTree};
+use serde::de::DeserializeOwned;
+
+use crate::counters::{Contribution, Counters, QuotaRule, Segment};
+
+/// A cycle as progress knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CycleInfo {
+    /// The cycle as opened.
+    pub opened: CycleOpened,
+    /// When Central's own decision completed it.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Its quota rule.
+    pub rule: QuotaRule,
+}
+
+impl CycleInfo {
+    /// The deadline of `org`'s tier.
+    pub fn deadline_of(&self, org: &OrgNode) -> Option<NaiveDate> {
+        self.opened.deadlines.get(&org.tier).copied()
+    }
+}
+
+/// Everything progress knows about one dossier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DossierRecord {
+    /// The registration (org, deciding org, kind, category, leader,
+    /// status, quota group, name).
+    pub registered: SubjectRegistered,
+    /// Its current state.
+    pub state: DossierState,
+    /// The grade in force once decided (the new one after a re-grade).
+    pub grade: Option<Grade>,
+    /// The grade a re-grade superseded.
+    pub previous_grade: Option<Grade>,
+    /// The decision document of the grade in force.
+    pub decision: Option<DecisionId>,
+    /// That document's number, once known.
+    pub decision_number: Option<String>,
+    /// The re-grading reason.
+    pub regrade_reason: Option<String>,
+    /// How often it was returned for rework.
+    pub returns: u32,
+    /// For a collective: opened for decision (all it waited for is
+    /// settled).
+    pub ready: bool,
+}
+
+impl DossierRecord {
+    /// What the dossier adds to the counters of its ancestors.
+    pub fn contribution(&self) -> Contribution {
+        let r = &self.registered;
+        let graded = matches!(self.state, DossierState::Decided | DossierState::Regraded);
+        Contribution {
+            state: self.state,
+            status: r.status,
+            grade: self.grade.filter(|_| graded),
+            segments: Segment::of(r.kind, r.category, r.leader),
+            authority: r.deciding_org,
+            group: r.quota_group.clone(),
+        }
+    }
+}
+
+/// The progress read model.
+#[derive(Debug, Default)]
+pub struct ProgressModel {
+    /// The organisation tree.
+    pub orgs: OrgTree,
+    /// Cycles by id.
+    pub cycles: HashMap<CycleId, CycleInfo>,
+    /// Dossiers by id.
+    pub dossiers: HashMap<DossierId, DossierRecord>,
+    /// Subtree counters per (cycle, org).
+    counters: HashMap<(CycleId, OrgId), Counters>,
+    /// Per (cycle, authority): the excellent and good it decided, per quota
+    /// group (the groups an org decides itself).
+    authorities: HashMap<(CycleId, OrgId), std::collections::BTreeMap<String, GroupCounts>>,
+    /// The dossiers of each (cycle, org) itself, in registration order.
+    units: HashMap<(CycleId, OrgId), Vec<DossierId>>,
+    /// Units whose completion approval announced.
+    completed: HashSet<(CycleId, OrgId)>,
+    /// Decision document numbers.
+    decisions: HashMap<DecisionId, String>,
+    /// Orgs merged into each org (their own dossiers are listed there).
+    merged_from: HashMap<OrgId, Vec<OrgId>>,
+    /// Events about dossiers not registered yet, in store order.
+    orphans: HashMap<DossierId, Vec<StoredEvent>>,
+    /// The last position folded.
+    position: i64,
+    /// The last position of a registry event (they change every cycle's
+    /// answers: names, shape).
+    registry_position: i64,
+    /// The last position that changed each cycle's answers.
+    cycle_positions: HashMap<CycleId, i64>,
+}
+
+fn parse<E: Event + DeserializeOwned>(event: &StoredEvent) -> Option<E> {
+    match serde_json::from_value::<E>(event.payload.clone()) {
+        Ok(e) => Some(e),
+        Err(error) => {
+            tracing::warn!(
+                kind = %event.kind,
+                position = event.position,
+                %error,
+                "skipping an event whose payload does not parse"
+            );
+            None
+        }
+    }
+}
+
+/// The dossier an event of a dossier's life is about, if it is one.
+fn dossier_of(event: &StoredEvent) -> Option<DossierId> {
+    const KINDS: [&str; 7] = [
+        SelfReviewSubmitted::KIND,
+        MeetingRecorded::KIND,
+        DossierAppraised::KIND,
+        DossierReturned::KIND,
+        GradeDecided::KIND,
+        GradeRevised::KIND,
+        CollectiveDossierOpened::KIND,
+    ];
+    if !KINDS.contains(&event.kind.as_str()) {
+        return None;
+    }
+    event
+        .payload
+        .get("dossier")
+        .and_then(|d| serde_json::from_value(d.clone()).ok())
+}
+
+impl Model for ProgressModel {
+    fn apply(&mut self, event: &StoredEvent) {
+        self.position = event.position;
+        let kind = event.kind.as_str();
+        if kind == OrgMoved::KIND || kind == OrgsMerged::KIND {
+            self.reshape(event);
+            self.registry_position = event.position;
+            return;
+        }
+        if self.orgs.apply(kind, &event.payload) {
+            self.registry_position = event.position;
+            return;
+        }
+        if let Some(dossier) = dossier_of(event) {
+            if !self.dossiers.contains_key(&dossier) {
+                self.orphans.entry(dossier).or_default().push(event.clone());
+                return;
+            }
+            self.apply_to_dossier(event);
+            return;
+        }
+        if kind == CycleOpened::KIND {
+            if let Some(e) = parse::<CycleOpened>(event) {
+                let rule = QuotaRule {
+                    ratio_bp: ratio_bp(e.quota.ratio),
+                    rounding: e.quota.rounding,
+                };
+                self.touch(e.cycle);
+                self.cycles.insert(
+                    e.cycle,
+                    CycleInfo {
+                        opened: e,
+                        completed_at: None,
+                        rule,
+                    },
+                );
+            }
+        } else if kind == SubjectRegistered::KIND {
+            if let Some(e) = parse::<SubjectRegistered>(event) {
+                self.register(e);
+            }
+        } else if kind == DecisionRecorded::KIND {
+            if let Some(e) = parse::<DecisionRecorded>(event) {
+                // The grades may have been folded first: give them the number.
+                for id in &e.dossiers {
+                    if let Some(d) = self.dossiers.get_mut(id) {
+                        if d.decision == Some(e.decision) && d.decision_number.is_none() {
+                            d.decision_number = Some(e.number.clone());
+                        }
+                    }
+                }
+                self.decisions.insert(e.decision, e.number);
+                self.touch(e.cycle);
+            }
+        } else if kind == UnitCompleted::KIND {
+            if let Some(e) = parse::<UnitCompleted>(event) {
+                self.completed.insert((e.cycle, e.org));
+                self.touch(e.cycle);
+            }
+        } else if kind == CycleCompleted::KIND {
+            if let Some(e) = parse::<CycleCompleted>(event) {
+                if let Some(c) = self.cycles.get_mut(&e.cycle) {
+                    c.completed_at = Some(e.completed_at);
+                }
+                self.touch(e.cycle);
+            }
+        }
+    }
+}
+
+impl ProgressModel {
+    /// The last store position folded into the model.
+    pub fn position(&self) -> i64 {
+        self.position
+    }
+
+    /// The last store position that changed an answer about `cycle` (its
+    /// own events, or a registry event, which may rename or reshape any
+    /// cycle's tree).
+    pub fn cycle_position(&self, cycle: CycleId) -> i64 {
+        self.cycle_positions
+            .get(&cycle)
+            .copied()
+            .unwrap_or_default()
+            .max(self.registry_position)
+    }
+
+    /// The subtree counters of `org` in `cycle` (empty when nothing was
+    /// registered below it).
+    pub fn counters(&self, cycle: CycleId, org: OrgId) -> Option<&Counters> {
+        self.counters.get(&(cycle, org))
+    }
+
+    /// The excellent and good `authority` decided in `cycle`, per quota
+    /// group.
+    pub fn decided_by(
+        &self,
+        cycle: CycleId,
+        authority: OrgId,
+    ) -> Option<&std::collections::BTreeMap<String, GroupCounts>> {
+        self.authorities.get(&(cycle, authority))
+    }
+
+    /// The dossiers registered at `org` itself (members, or the collective
+    /// of the org), in registration order.
+    pub fn own_dossiers(&self, cycle: CycleId, org: OrgId) -> &[DossierId] {
+        self.units
+            .get(&(cycle, org))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// The orgs merged into `org`.
+    pub fn merged_into(&self, org: OrgId) -> &[OrgId] {
+        self.merged_from
+            .get(&org)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// Whether approval announced `org` complete in `cycle` (or, for the
+    /// cycle's root, the cycle complete).
+    pub fn unit_completed(&self, cycle: CycleId, org: OrgId) -> bool {
+        self.completed.contains(&(cycle, org))
+            || self
+                .cycles
+                .get(&cycle)
+                .is_some_and(|c| c.completed_at.is_some() && c.opened.root == org)
+    }
+
+    /// `org` and its ancestors up to the root, nearest first; a merged org
+    /// stands for the org it was merged into.
+    pub fn path(&self, org: OrgId) -> Vec<OrgId> {
+        let mut out = Vec::new();
+        let mut cur = Some(org);
+        // Bounded by the tree's size (plus merge hops), so a corrupt loop
+        // cannot hang the fold.
+        for _ in 0..=(2 * self.orgs.len() + 1) {
+            let Some(c) = cur else { break };
+            let Some(node) = self.orgs.get(c) else {
+                // Unknown org: count it where it is, alone.
+                if out.is_empty() {
+                    out.push(c);
+                }
+                break;
+            };
+            if let Some(into) = node.merged_into {
+                cur = Some(into);
+                continue;
+            }
+            if out.contains(&c) {
+                break;
+            }
+            out.push(c);
+            cur = node.parent;
+        }
+        out
+    }
+
+    fn touch(&mut self, cycle: CycleId) {
+        self.cycle_positions.insert(cycle, self.position);
+    }
+
+    fn rule(&self, cycle: CycleId) -> QuotaRule {
+        self.cycles
+            .get(&cycle)
+            .map(|c| c.rule)
+            .unwrap_or(QuotaRule {
+                ratio_bp: ratio_bp(0.2),
+                rounding: Default::default(),
+            })
+    }
+
+    fn register(&mut self, e: SubjectRegistered) {
+        let dossier = e.dossier;
+        if self.dossiers.contains_key(&dossier) {
+            // A second registration of the same dossier changes nothing.
+            return;
+        }
+        let (cycle, org) = (e.cycle, e.org);
+        let record = DossierRecord {
+            state: e.state,
+            registered: e,
+            grade: None,
+            previous_grade: None,
+            decision: None,
+            decision_number: None,
+            regrade_reason: None,
+            returns: 0,
+            ready: false,
+        };
+        let c = record.contribution();
+        self.dossiers.insert(dossier, record);
+        self.units.entry((cycle, org)).or_default().push(dossier);
+        self.shift(cycle, org, &c, 1);
+        self.touch(cycle);
+        if let Some(parked) = self.orphans.remove(&dossier) {
+            for event in &parked {
+                self.apply_to_dossier(event);
+            }
+        }
+    }
+
+    /// Folds one event of a registered dossier's life.
+    fn apply_to_dossier(&mut self, event: &StoredEvent) {
+        let kind = event.kind.as_str();
+        if kind == SelfReviewSubmitted::KIND {
+            if let Some(e) = parse::<SelfReviewSubmitted>(event) {
+                self.update(e.dossier, |d| d.state = DossierState::Submitted);
+            }
+        } else if kind == MeetingRecorded::KIND {
+            if let Some(e) = parse::<MeetingRecorded>(event) {
+                self.update(e.dossier, |d| d.state = DossierState::Reviewed);
+            }
+        } else if kind == DossierAppraised::KIND {
+            if let Some(e) = parse::<DossierAppraised>(event) {
+                self.update(e.dossier, |d| d.state = DossierState::Appraised);
+            }
+        } else if kind == DossierReturned::KIND {
+            if let Some(e) = parse::<DossierReturned>(event) {
+                self.update(e.dossier, |d| {
+                    d.state = DossierState::Returned;
+                    d.returns += 1;
+                });
+            }
+        } else if kind == GradeDecided::KIND {
+            if let Some(e) = parse::<GradeDecided>(event) {
+                let number = e
+                    .number
+                    .clone()
+                    .or_else(|| self.decisions.get(&e.decision).cloned());
+                self.update(e.dossier, |d| {
+                    d.state = DossierState::Decided;
+                    d.grade = Some(e.grade);
+                    d.decision = Some(e.decision);
+                    d.decision_number = number;
+                });
+            }
+        } else if kind == GradeRevised::KIND {
+            if let Some(e) = parse::<GradeRevised>(event) {
+                let number = e
+                    .number
+                    .clone()
+                    .or_else(|| self.decisions.get(&e.decision).cloned());
+                self.update(e.dossier, |d| {
+                    d.state = DossierState::Regraded;
+                    d.previous_grade = Some(e.previous_grade);
+                    d.grade = Some(e.grade);
+                    d.decision = Some(e.decision);
+                    d.decision_number = number;
+                    d.regrade_reason = Some(e.reason);
+                });
+            }
+        } else if kind == CollectiveDossierOpened::KIND {
+            if let Some(e) = parse::<CollectiveDossierOpened>(event) {
+                self.update(e.dossier, |d| d.ready = true);
+            }
+        }
+    }
+
+    /// Changes one dossier and shifts the difference of its contribution
+    /// along its ancestor path.
+    fn update(&mut self, dossier: DossierId, change: impl FnOnce(&mut DossierRecord)) {
+        let Some(d) = self.dossiers.get_mut(&dossier) else {
+            return;
+        };
+        let before = d.contribution();
+        change(d);
+        let after = d.contribution();
+        let (cycle, org) = (d.registered.cycle, d.registered.org);
+        self.touch(cycle);
+        if before != after {
+            self.shift(cycle, org, &before, -1);
+            self.shift(cycle, org, &after, 1);
+        }
+    }
+
+    /// Adds or removes one dossier's contribution on every org of the path
+    /// of `org`, and in its authority's tally.
+    fn shift(&mut self, cycle: CycleId, org: OrgId, c: &Contribution, sign: i64) {
+        let rule = self.rule(cycle);
+        for node in self.path(org) {
+            self.counters
+                .entry((cycle, node))
+                .or_default()
+                .apply(c, sign, rule);
+        }
+        let slot = match c.grade {
+            Some(Grade::Excellent) | Some(Grade::Good) => self
+                .authorities
+                .entry((cycle, c.authority))
+                .or_default()
+                .entry(c.group.clone())
+                .or_default(),
+            _ => return,
+        };
+        let n = if c.grade == Some(Grade::Excellent) {
+            &mut slot.excellent
+        } else {
+            &mut slot.good
+        };
+        *n = n.saturating_add_signed(sign);
+    }
+
+    /// Folds a move or a merge: the tree changes, and the counters of each
+    /// moved subtree leave its old ancestors and join its new ones.
+    fn reshape(&mut self, event: &StoredEvent) {
+        // (org, its counters' old homes): the ancestors above it before.
+        let mut moved: Vec<(OrgId, Vec<OrgId>)> = Vec::new();
+        let mut merged: Vec<(OrgId, Vec<OrgId>, OrgId)> = Vec::new();
+        if event.kind == OrgMoved::KIND {
+            if let Some(e) = parse::<OrgMoved>(event) {
+                moved.push((e.org, self.ancestors(e.org)));
+            }
+        } else if let Some(e) = parse::<OrgsMerged>(event) {
+            for child in &e.children_moved {
+                moved.push((*child, self.ancestors(*child)));
+            }
+            for from in &e.from {
+                let mut homes = vec![*from];
+                homes.extend(self.ancestors(*from));
+                merged.push((*from, homes, e.into));
+                self.merged_from.entry(e.into).or_default().push(*from);
+            }
+        }
+        self.orgs.apply(&event.kind, &event.payload);
+        let cycles: Vec<CycleId> = self.cycles.keys().copied().collect();
+        for cycle in cycles {
+            let rule = self.rule(cycle);
+            for (org, old) in &moved {
+                let Some(c) = self.counters.get(&(cycle, *org)).cloned() else {
+                    continue;
+                };
+                let new = self.ancestors(*org);
+                self.transfer(cycle, &c, old, &new, rule);
+            }
+            // What is left at a merged org (its own dossiers, and children
+            // the merge did not list) now counts at the org it joined.
+            for (from, old, into) in &merged {
+                let Some(c) = self.counters.get(&(cycle, *from)).cloned() else {
+                    continue;
+                };
+                let new = self.path(*into);
+                self.transfer(cycle, &c, old, &new, rule);
+            }
+            self.touch(cycle);
+        }
+    }
+
+    fn ancestors(&self, org: OrgId) -> Vec<OrgId> {
+        let parent = self.orgs.get(org).and_then(|o| o.parent);
+        parent.map(|p| self.path(p)).unwrap_or_default()
+    }
+
+    fn transfer(
+        &mut self,
+        cycle: CycleId,
+        c: &Counters,
+        from: &[OrgId],
+        to: &[OrgId],
+        rule: QuotaRule,
+    ) {
+        for node in from {
+            self.counters
+                .entry((cycle, *node))
+                .or_default()
+                .merge(c, -1, rule);
+        }
+        for node in to {
+            self.counters
+                .entry((cycle, *node))
+                .or_default()
+                .merge(c, 1, rule);
+        }
+    }
+}
