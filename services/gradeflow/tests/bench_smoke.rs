@@ -11,13 +11,14 @@ use std::process::Command;
 
 /// The figures every database's table has, in order, with how many raw
 /// baselines each is printed beside.
-const FIGURES: [(&str, usize); 6] = [
+const FIGURES: [(&str, usize); 7] = [
     ("append, 1 caller", 2),
     ("append, 16 callers", 1),
     ("append, 256 callers", 1),
     ("append, 100 events per request", 2),
     ("publish through the relay", 1),
-    ("consume through the inbox", 2),
+    ("consume through the inbox, 1 loop", 2),
+    ("consume through the inbox, 16 loops", 2),
 ];
 
 /// A number as printed (`12,345`).

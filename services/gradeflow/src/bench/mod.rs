@@ -195,12 +195,22 @@ async fn section(
     let appends = appends::measure(store, events, payload_bytes).await?;
     let mut rows = appends.rows;
     rows.push(transport::publish(store, js, names, appends.appended).await?);
-    rows.push(transport::consume(store, client, names, events as u64, appends.raw_single).await?);
+    let (consume_rows, consume_commits) = transport::consume(
+        store,
+        client,
+        names,
+        events as u64,
+        appends.raw_single,
+        appends.raw_batched,
+    )
+    .await?;
+    rows.extend(consume_rows);
     let notes = vec![format!(
         "writer, requests per transaction: {}",
         appends
             .group_commit
             .iter()
+            .chain(&consume_commits)
             .map(|(figure, n)| format!("{} {n:.1}", figure.trim_start_matches("append, ")))
             .collect::<Vec<_>>()
             .join("; ")

@@ -6,6 +6,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use gradeflow_eventstore::WriterStats;
+
 /// Events handled in a wall time.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
@@ -66,6 +68,19 @@ pub struct Section {
     pub notes: Vec<String>,
 }
 
+/// Requests the store's writer committed per transaction between two
+/// snapshots of its counters (0 when it committed none): how much group
+/// commit a figure got.
+pub fn requests_per_transaction(before: WriterStats, after: WriterStats) -> f64 {
+    let batches = after.batches.saturating_sub(before.batches);
+    let requests = after.requests.saturating_sub(before.requests);
+    if batches == 0 {
+        0.0
+    } else {
+        requests as f64 / batches as f64
+    }
+}
+
 /// `1234567.8` → `1,234,568`: whole events per second with thousands
 /// separators (commas, so the columns stay split by spaces).
 pub fn format_rate(per_second: f64) -> String {
@@ -114,7 +129,7 @@ const HEADINGS: [&str; 6] = [
     "raw baseline",
 ];
 /// Width of the `figure` column.
-const FIGURE_WIDTH: usize = 32;
+const FIGURE_WIDTH: usize = 38;
 /// Width of the four number columns.
 const NUMBER_WIDTH: usize = 13;
 /// Width of the ratio column.
@@ -189,6 +204,22 @@ mod tests {
         let raw = rate(20_000, 1_000);
         assert_eq!(store.share_of(&raw), Some(0.25));
         assert_eq!(store.share_of(&rate(0, 1_000)), None);
+    }
+
+    #[test]
+    fn requests_per_transaction_come_from_the_writer_counters() {
+        let before = WriterStats {
+            batches: 10,
+            requests: 10,
+            events: 10,
+        };
+        let after = WriterStats {
+            batches: 12,
+            requests: 30,
+            events: 30,
+        };
+        assert_eq!(requests_per_transaction(before, after), 10.0);
+        assert_eq!(requests_per_transaction(after, after), 0.0);
     }
 
     #[test]

@@ -6,14 +6,17 @@
 //!   `Nats-Msg-Id`, acks awaited in order, position recorded) beside a bare
 //!   pipelined publish of as many messages of the same size with
 //!   `Nats-Msg-Id`: all handed to the client first, then every ack awaited.
-//! * **consume** — an [`EventConsumer`] with a no-op handler, so each message
-//!   costs an inbox insert (its own store transaction) and an ack, timed
-//!   until the inbox holds the N-th event; beside a bare pull consumer that
+//! * **consume** — [`EventConsumer`] loops with a no-op handler, so each
+//!   message costs an inbox insert and an ack, timed until the inbox holds N
+//!   rows: one loop (each message its own store transaction), and
+//!   [`SHARED_LOOPS`] loops sharing one durable as replicas would (their
+//!   appends can share a transaction); beside a bare pull consumer that
 //!   fetches the same number of messages and acks each.
 //!
 //! The raw side talks to async-nats directly: it is the floor under
 //! `gradeflow-bus`, so it must not go through it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,9 +35,10 @@ use gradeflow_bus::{
 };
 use gradeflow_eventstore::Store;
 use gradeflow_proto::{Envelope, Names};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::report::{Baseline, Rate, Row};
+use super::report::{requests_per_transaction, Baseline, Rate, Row};
 
 /// Messages per pull request, on both sides of the consume figure: the
 /// consumer loop's default batch.
@@ -143,32 +147,59 @@ async fn raw_publish(
     Ok(Rate::new(count, started.elapsed()))
 }
 
-/// The consume row: the consumer loop recording `count` events in the
-/// store's inbox, beside a bare pull consumer fetching and acking `count`
-/// messages of `<prefix>_RAW`. `single_row` (the database's one row per
-/// transaction rate) is printed too: the loop commits one message at a time.
+/// Consumer loops sharing one durable in the many-loops consume figure, as
+/// replicas of a service would.
+pub const SHARED_LOOPS: usize = 16;
+
+/// The consume rows: the consumer loop recording `count` events in the
+/// store's inbox, alone and as [`SHARED_LOOPS`] loops sharing one durable,
+/// beside a bare pull consumer fetching and acking `count` messages of
+/// `<prefix>_RAW`. Each also shows the database limit that binds it: one
+/// row per transaction (`single_row`) for the lone loop, which commits one
+/// message at a time; multi-row transactions (`batched`) for the shared
+/// durable, whose loops' appends the writer can group. Also returns the
+/// requests per store transaction of each.
 pub async fn consume(
     store: &Store,
     client: &async_nats::Client,
     names: &Names,
     count: u64,
     single_row: Baseline,
-) -> anyhow::Result<Row> {
+    batched: Baseline,
+) -> anyhow::Result<(Vec<Row>, Vec<(String, f64)>)> {
     eprintln!("  raw JetStream pull consume…");
-    let raw = raw_consume(client, names, count).await?;
-    eprintln!("  inbox consume…");
-    let rate = inbox_consume(store, client, names, count).await?;
-    Ok(Row {
-        figure: "consume through the inbox".into(),
-        rate,
-        baselines: vec![
-            Baseline {
-                what: format!("JetStream pull, fetch {FETCH_BATCH} + ack each"),
-                rate: raw,
-            },
-            single_row,
-        ],
-    })
+    let raw = Baseline {
+        what: format!("JetStream pull, fetch {FETCH_BATCH} + ack each"),
+        rate: raw_consume(client, names, count).await?,
+    };
+    let mut group_commit = Vec::new();
+    eprintln!("  inbox consume, 1 loop…");
+    let before = store.stats();
+    let alone = inbox_consume(store, client, names, count, 1).await?;
+    group_commit.push((
+        "consume 1 loop".to_owned(),
+        requests_per_transaction(before, store.stats()),
+    ));
+    eprintln!("  inbox consume, {SHARED_LOOPS} loops…");
+    let before = store.stats();
+    let shared = inbox_consume(store, client, names, count, SHARED_LOOPS).await?;
+    group_commit.push((
+        format!("consume {SHARED_LOOPS} loops"),
+        requests_per_transaction(before, store.stats()),
+    ));
+    let rows = vec![
+        Row {
+            figure: "consume through the inbox, 1 loop".into(),
+            rate: alone,
+            baselines: vec![raw.clone(), single_row],
+        },
+        Row {
+            figure: format!("consume through the inbox, {SHARED_LOOPS} loops"),
+            rate: shared,
+            baselines: vec![raw, batched],
+        },
+    ];
+    Ok((rows, group_commit))
 }
 
 /// A bare pull consumer on `<prefix>_RAW`, configured like the consumer
@@ -224,64 +255,69 @@ async fn raw_consume(
     Ok(Rate::new(seen, started.elapsed()))
 }
 
-/// A handler that commits nothing but the inbox record.
-struct Noop;
+/// A handler that commits nothing but the inbox record, counting the
+/// messages it saw.
+struct Noop {
+    handled: Arc<AtomicU64>,
+}
 
 impl EventHandler for Noop {
     async fn handle(&self, _event: &Envelope) -> Result<Effects, HandlerError> {
+        self.handled.fetch_add(1, Ordering::Relaxed);
         Ok(Effects::none())
     }
 }
 
-/// Runs the consumer loop over `<prefix>_EVENTS` from its start until the
-/// inbox holds the `count`-th event (the loop handles messages in stream
-/// order, one at a time, so that means all `count`), then stops it.
+/// Runs `loops` consumer loops on one new durable over `<prefix>_EVENTS`
+/// from its start, until the inbox holds `count` of its messages, then stops
+/// them. Only committed inbox rows count: the handlers' own count only says
+/// when to start asking the database (a COUNT per poll would load it during
+/// the whole run).
 async fn inbox_consume(
     store: &Store,
     client: &async_nats::Client,
     names: &Names,
     count: u64,
+    loops: usize,
 ) -> anyhow::Result<Rate> {
-    let last = store
-        .read_from(i64::try_from(count).unwrap_or(i64::MAX) - 1, 1)
-        .await
-        .context("reading the last event the consumer must record")?;
-    let last = last
-        .first()
-        .with_context(|| format!("the store has fewer than {count} events"))?
-        .event_id
-        .to_string();
-    let config = ConsumerConfig::new("bench-inbox", names.events_filter());
-    let consumer = EventConsumer::new(
-        store.clone(),
-        client.clone(),
-        names.clone(),
-        config,
-        Arc::new(Noop),
-    );
-    let durable = consumer.durable().to_owned();
+    let handled = Arc::new(AtomicU64::new(0));
     let shutdown = CancellationToken::new();
+    let name = format!("bench-inbox-{loops}");
+    let durable = names.durable(&name);
     let started = Instant::now();
-    let mut running = tokio::spawn(consumer.run(shutdown.clone()));
+    let mut running = JoinSet::new();
+    for _ in 0..loops.max(1) {
+        let consumer = EventConsumer::new(
+            store.clone(),
+            client.clone(),
+            names.clone(),
+            ConsumerConfig::new(name.as_str(), names.events_filter()),
+            Arc::new(Noop {
+                handled: handled.clone(),
+            }),
+        );
+        running.spawn(consumer.run(shutdown.clone()));
+    }
     let outcome = async {
         loop {
-            if store
-                .inbox_lookup(&durable, &last)
-                .await
-                .context("looking for the last event in the inbox")?
-                .is_some()
-            {
-                return Ok(started.elapsed());
+            if handled.load(Ordering::Relaxed) >= count {
+                let recorded = store
+                    .raw_inbox_count(&durable)
+                    .await
+                    .context("counting the consumer's inbox rows")?;
+                if recorded >= count {
+                    return Ok(started.elapsed());
+                }
             }
             anyhow::ensure!(
                 started.elapsed() < CONSUME_DEADLINE,
-                "the consumer loop did not record {count} events within {CONSUME_DEADLINE:?}"
+                "the consumer loops did not record {count} events within {CONSUME_DEADLINE:?}"
             );
             tokio::select! {
-                ended = &mut running => {
-                    let result = ended.context("the consumer loop panicked")?;
-                    result.context("the consumer loop stopped")?;
-                    anyhow::bail!("the consumer loop stopped before recording {count} events");
+                Some(ended) = running.join_next() => {
+                    let result = ended.context("a consumer loop panicked")?;
+                    result.context("a consumer loop stopped")?;
+                    anyhow::bail!("a consumer loop stopped before {count} events were recorded");
                 }
                 () = tokio::time::sleep(INBOX_POLL) => {}
             }
@@ -289,10 +325,18 @@ async fn inbox_consume(
     }
     .await;
     shutdown.cancel();
-    if !running.is_finished() {
-        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(10), running).await {
-            eprintln!("gradeflow bench: the consumer loop stopped with: {e:#}");
+    let stopping = async {
+        while let Some(ended) = running.join_next().await {
+            if let Ok(Err(e)) = ended {
+                eprintln!("gradeflow bench: a consumer loop stopped with: {e:#}");
+            }
         }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .is_err()
+    {
+        eprintln!("gradeflow bench: the consumer loops did not stop within 10 s");
     }
     Ok(Rate::new(count, outcome?))
 }

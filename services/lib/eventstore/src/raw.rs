@@ -164,6 +164,19 @@ impl Store {
         }
     }
 
+    /// How many messages `consumer` has recorded in the inbox: how far a
+    /// benchmark's consumers got, counting only what committed.
+    pub async fn raw_inbox_count(&self, consumer: &str) -> Result<u64, StoreError> {
+        let n: i64 = on_pool!(self.pool(), p, Db => {
+            sqlx::query_scalar::<Db, i64>("SELECT COUNT(*) FROM inbox WHERE consumer = $1")
+                .bind(consumer)
+                .fetch_one(p)
+                .await
+                .map_err(db_err)?
+        });
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// PostgreSQL: drops this store's schema with everything in it, but only
     /// a benchmark scratch schema (named `bench_…`); any other schema is left
     /// alone. Returns whether a schema was dropped. SQLite: nothing to drop
