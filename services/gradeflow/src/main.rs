@@ -31,6 +31,8 @@ enum Command {
     Appraisal(serve::ServeArgs),
     /// The approval service alone.
     Approval(serve::ServeArgs),
+    /// The progress service alone.
+    Progress(serve::ServeArgs),
     /// Pure rule checks of the grading rulebooks; no server needed.
     #[command(subcommand)]
     Rules(rules::RulesCmd),
@@ -47,5 +49,6 @@ fn main() -> ExitCode {
         Command::Submission(args) => serve::one(serve::ServiceName::Submission, args),
         Command::Appraisal(args) => serve::one(serve::ServiceName::Appraisal, args),
         Command::Approval(args) => serve::one(serve::ServiceName::Approval, args),
+        Command::Progress(args) => serve::one(serve::ServiceName::Progress, args),
     }
 }

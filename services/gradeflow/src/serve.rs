@@ -19,6 +19,7 @@ use gradeflow_approval_server::{audit_record, Approval, KeyRing};
 use gradeflow_bus::{ensure_streams, OutgoingEvent, Relay, StreamSettings};
 use gradeflow_eventstore::{Store, StoreOptions, StoredEvent};
 use gradeflow_kit::{Config, Health, Metrics, Overrides};
+use gradeflow_progress::Progress;
 use gradeflow_proto::{Names, Tiers};
 use gradeflow_service::runtime::{spawn, Wiring};
 use gradeflow_service::Workflow;
@@ -37,13 +38,16 @@ pub enum ServiceName {
     Appraisal,
     /// Batch decisions and the signed decision log.
     Approval,
+    /// The progress read model: trees, roll-ups, reports.
+    Progress,
 }
 
 impl ServiceName {
-    const ALL: [ServiceName; 3] = [
+    const ALL: [ServiceName; 4] = [
         ServiceName::Submission,
         ServiceName::Appraisal,
         ServiceName::Approval,
+        ServiceName::Progress,
     ];
 
     fn as_str(self) -> &'static str {
@@ -51,6 +55,7 @@ impl ServiceName {
             ServiceName::Submission => "submission",
             ServiceName::Appraisal => "appraisal",
             ServiceName::Approval => "approval",
+            ServiceName::Progress => "progress",
         }
     }
 }
@@ -209,6 +214,12 @@ async fn run(
                         .run(shutdown.clone()),
                 ));
                 t
+            }
+            ServiceName::Progress => {
+                let w = Progress::open(store.clone()).await?;
+                let kinds = Progress::observed_kinds();
+                let observed: Vec<&str> = kinds.iter().map(String::as_str).collect();
+                start(w, wiring(&observed), &shutdown).await?
             }
         };
         tasks.extend(started);
