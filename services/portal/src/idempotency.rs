@@ -177,12 +177,10 @@ impl IdempotencyStore {
             command_id,
         };
         let event = NewEvent {
-            // Name-based, so two portal replicas recording the same first use
-            // write one event.
-            event_id: gradeflow_proto::EventId(uuid::Uuid::new_v5(
-                &command_id.as_uuid(),
-                KEY_USED.as_bytes(),
-            )),
+            // A fresh id per attempt: the store answers an event id it holds
+            // already with the stored event, which would hide the version
+            // check that tells a first use from a reuse.
+            event_id: gradeflow_proto::EventId::new(),
             stream: stream.clone(),
             kind: KEY_USED.to_owned(),
             payload: json!(used),

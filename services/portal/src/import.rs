@@ -444,6 +444,9 @@ pub async fn plan(
         ));
     }
 
+    // By row, so the first problem (whose code gives the status) is the
+    // first in the file.
+    problems.sort_by_key(|p| p["row"].as_u64());
     if let Some(first) = problems.first() {
         let code = first["code"]
             .as_str()

@@ -43,12 +43,13 @@ pub mod request;
 pub mod state;
 pub mod worklist;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use gradeflow_kit::Metrics;
 use tracing::Instrument;
 
 pub use auth::{mint_token, Auth, Caller, Claims, Grant, LocalKeys};
@@ -129,7 +130,10 @@ pub fn router(state: PortalState) -> Router {
     ))
     .fallback(no_route)
     .method_not_allowed_fallback(wrong_method)
-    .layer(middleware::from_fn(trace_request))
+    .layer(middleware::from_fn_with_state(
+        state.metrics().clone(),
+        trace_request,
+    ))
 }
 
 async fn no_route(uri: Uri) -> Response {
@@ -142,8 +146,9 @@ async fn wrong_method(method: Method, uri: Uri) -> Response {
 
 /// One `portal.http` span per request, a child of the caller's span when
 /// the request carries a valid `traceparent` (so the portal's spans and the
-/// services' join the caller's trace), with the route and the status.
-async fn trace_request(req: Request, next: Next) -> Response {
+/// services' join the caller's trace), with the route and the status; and
+/// `portal_http_requests_total{route, status}`.
+async fn trace_request(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -161,6 +166,14 @@ async fn trace_request(req: Request, next: Next) -> Response {
         }
     }
     let response = next.run(req).instrument(span.clone()).await;
-    span.record("status", response.status().as_u16());
+    let status = response.status();
+    span.record("status", status.as_u16());
+    metrics
+        .counter_with(
+            "portal_http_requests_total",
+            "HTTP requests answered by the portal, by route and status.",
+            &[("route", &route), ("status", status.as_str())],
+        )
+        .inc();
     response
 }

@@ -634,6 +634,59 @@ mod tests {
         }
     }
 
+    /// A validator for the component `name`, resolving references within
+    /// the document.
+    fn validator(name: &str) -> jsonschema::Validator {
+        let doc = document();
+        let schema = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "components": doc["components"],
+            "$ref": format!("#/components/schemas/{name}"),
+        });
+        jsonschema::validator_for(&schema).unwrap()
+    }
+
+    #[test]
+    fn the_documented_bodies_accept_the_api_examples_and_refuse_bad_ones() {
+        let review = json!({"score": {"general": 28, "tasks": 65}, "proposed_grade": "good",
+            "tasks": {"total": 10, "on_time": 10, "exceeded": 3, "late": 0, "not_done": 0},
+            "shortcomings_fixed": true, "report": "…"});
+        let v = validator("SelfReviewBody");
+        assert!(v.is_valid(&review));
+        let mut great = review.clone();
+        great["proposed_grade"] = json!("great");
+        assert!(!v.is_valid(&great));
+        let mut extra = review.clone();
+        extra["mood"] = json!(1);
+        assert!(!v.is_valid(&extra));
+
+        let decide = json!({"cycle": "0190a8a4-6c4e-7d2e-9d5c-000000000001",
+            "authority": "0190a8a4-6c4e-7d2e-9d5c-000000000002", "number": "12-QĐ/HU",
+            "grades": [{"dossier": "0190a8a4-6c4e-7d2e-9d5c-000000000003", "grade": "excellent",
+                        "override_reason": null}],
+            "quota_exception": null});
+        assert!(validator("DecideBatch").is_valid(&decide));
+        let mut regrade = decide.clone();
+        regrade["kind"] = json!("regrade");
+        regrade["grades"][0]["supersedes"] = json!(4);
+        regrade["grades"][0]["reason"] = json!("…");
+        assert!(validator("DecideBatch").is_valid(&regrade));
+
+        assert!(validator("RegisterOrg")
+            .is_valid(&json!({"code": "P01", "name": "…", "tier": "province", "parent": null})));
+        assert!(
+            validator("OpenCycle").is_valid(&json!({"year": 2026, "kind": "annual",
+            "rulebook": "qd366-2025", "tiers": ["cell", "district", "province", "central"],
+            "deadlines": {"cell": "2026-12-15"}, "quota": {"ratio": 0.2, "rounding": "floor"}}))
+        );
+        assert!(
+            validator("SubjectBody").is_valid(&json!({"kind": "individual",
+            "org": "0190a8a4-6c4e-7d2e-9d5c-000000000001", "name": "…", "category": "2B",
+            "leader": false, "status": "active"}))
+        );
+        assert!(validator("Error").is_valid(&crate::ApiError::invalid("x", "y").body()));
+    }
+
     #[test]
     fn bodies_taken_from_the_path_do_not_ask_for_the_path_field() {
         let doc = document();
