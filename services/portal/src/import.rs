@@ -24,6 +24,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use futures::{StreamExt, TryStreamExt};
+
 use gradeflow_proto::commands::{Command, RegisterOrg};
 use gradeflow_proto::{Actor, CommandId, ErrorCode, OrgId, Role, Tier};
 use serde::Deserialize;
@@ -252,7 +254,6 @@ pub async fn plan(
     rows: Vec<ImportRow>,
 ) -> Result<Plan, ApiError> {
     let services = state.services();
-    let lookup = Services::portal_actor();
     let mut problems = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for (i, row) in rows.iter().enumerate() {
@@ -286,6 +287,19 @@ pub async fn plan(
         }
     }
 
+    // Everything the registry must say, asked at once: the orgs holding
+    // the file's codes and the parents named by code, and the parents named
+    // by id.
+    let mut codes: Vec<&str> = rows.iter().map(|r| r.code.trim()).collect();
+    codes.extend(
+        rows.iter()
+            .filter_map(|r| r.parent_code.as_deref().map(str::trim))
+            .filter(|c| !c.is_empty() && !index.contains_key(c)),
+    );
+    let by_code = find_codes(services, codes).await?;
+    let ids: Vec<OrgId> = rows.iter().filter_map(|r| r.parent).collect();
+    let by_id = get_orgs(services, ids).await?;
+
     // Resolve parents; remember the registered ones' tiers.
     let mut parents: Vec<Option<Parent>> = Vec::with_capacity(rows.len());
     let mut registered_tiers: HashMap<OrgId, Tier> = HashMap::new();
@@ -311,54 +325,33 @@ pub async fn plan(
             }
             (None, Some(code)) => match index.get(code) {
                 Some(&j) => Some(Parent::Row(j)),
-                None => {
-                    let found = services
-                        .query(
-                            "submission",
-                            "find_org.v1",
-                            &lookup,
-                            json!({ "code": code }),
-                            None,
-                        )
-                        .await?;
-                    match found.as_array().and_then(|a| a.first()) {
-                        Some(org) => registered(org, &mut registered_tiers).map(Parent::Registered),
-                        None => {
-                            problems.push(problem(
-                                i,
-                                ErrorCode::UnknownOrg,
-                                "parent_code",
-                                format!("no organisation has the code `{code}`, in the file or registered"),
-                            ));
-                            None
-                        }
-                    }
-                }
-            },
-            (Some(id), None) => {
-                match services
-                    .query(
-                        "submission",
-                        "get_org.v1",
-                        &lookup,
-                        json!({ "org": id }),
-                        None,
-                    )
-                    .await
-                {
-                    Ok(org) => registered(&org, &mut registered_tiers).map(Parent::Registered),
-                    Err(e) if e.code == ErrorCode::UnknownOrg.as_str() => {
+                None => match by_code.get(code).and_then(Option::as_ref) {
+                    Some(org) => registered(org, &mut registered_tiers).map(Parent::Registered),
+                    None => {
                         problems.push(problem(
                             i,
                             ErrorCode::UnknownOrg,
-                            "parent",
-                            format!("no organisation {id}"),
+                            "parent_code",
+                            format!(
+                                "no organisation has the code `{code}`, in the file or registered"
+                            ),
                         ));
                         None
                     }
-                    Err(e) => return Err(e),
+                },
+            },
+            (Some(id), None) => match by_id.get(id).and_then(Option::as_ref) {
+                Some(org) => registered(org, &mut registered_tiers).map(Parent::Registered),
+                None => {
+                    problems.push(problem(
+                        i,
+                        ErrorCode::UnknownOrg,
+                        "parent",
+                        format!("no organisation {id}"),
+                    ));
+                    None
                 }
-            }
+            },
         };
         parents.push(parent);
     }
@@ -397,16 +390,7 @@ pub async fn plan(
         if code.is_empty() {
             continue;
         }
-        let found = services
-            .query(
-                "submission",
-                "find_org.v1",
-                &lookup,
-                json!({ "code": code }),
-                None,
-            )
-            .await?;
-        let Some(org) = found.as_array().and_then(|a| a.first()) else {
+        let Some(org) = by_code.get(code).and_then(Option::as_ref) else {
             continue;
         };
         let same = org["id"] == json!(org_id_for(code))
@@ -435,7 +419,8 @@ pub async fn plan(
     // Parents first (and no cycle among the file's rows).
     let order = parents_first(&parents);
     if order.len() < rows.len() && problems.is_empty() {
-        let stuck = (0..rows.len()).find(|i| !order.contains(i)).unwrap_or(0);
+        let placed: HashSet<usize> = order.iter().copied().collect();
+        let stuck = (0..rows.len()).find(|i| !placed.contains(i)).unwrap_or(0);
         problems.push(problem(
             stuck,
             ErrorCode::InvalidInput,
@@ -497,6 +482,74 @@ pub async fn plan(
         })
         .collect();
     Ok(Plan { actor, commands })
+}
+
+/// How many registry lookups are in flight at once.
+const LOOKUPS_IN_FLIGHT: usize = 32;
+
+/// The registered org holding each code (`None`: free).
+async fn find_codes(
+    services: &Services,
+    codes: Vec<&str>,
+) -> Result<HashMap<String, Option<Value>>, ApiError> {
+    let unique: HashSet<String> = codes
+        .into_iter()
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let lookup = Services::portal_actor();
+    futures::stream::iter(unique)
+        .map(|code: String| {
+            let lookup = &lookup;
+            async move {
+                let found = services
+                    .query(
+                        "submission",
+                        "find_org.v1",
+                        lookup,
+                        json!({ "code": code }),
+                        None,
+                    )
+                    .await?;
+                let org = found.as_array().and_then(|a| a.first()).cloned();
+                Ok::<_, ApiError>((code, org))
+            }
+        })
+        .buffer_unordered(LOOKUPS_IN_FLIGHT)
+        .try_collect()
+        .await
+}
+
+/// Each org by id (`None`: no such org).
+async fn get_orgs(
+    services: &Services,
+    ids: Vec<OrgId>,
+) -> Result<HashMap<OrgId, Option<Value>>, ApiError> {
+    let unique: HashSet<OrgId> = ids.into_iter().collect();
+    let lookup = Services::portal_actor();
+    futures::stream::iter(unique)
+        .map(|id| {
+            let lookup = &lookup;
+            async move {
+                match services
+                    .query(
+                        "submission",
+                        "get_org.v1",
+                        lookup,
+                        json!({ "org": id }),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(org) => Ok((id, Some(org))),
+                    Err(e) if e.code == ErrorCode::UnknownOrg.as_str() => Ok((id, None)),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .buffer_unordered(LOOKUPS_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 /// The id of a registered org, noting its tier.

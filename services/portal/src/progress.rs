@@ -6,7 +6,8 @@
 //! caller's first grant.
 //!
 //! The live stream (Server-Sent Events) polls `progress_version.v1` — the
-//! read model's position, which moves on every event it applies — every
+//! read model's position for the cycle, which moves on every event about
+//! it — every
 //! `progress_poll` (250 ms by default), re-reads the node only when the
 //! position moved, and sends it only when the node itself changed; comments
 //! keep idle connections open through proxies.
@@ -180,8 +181,14 @@ impl Poller {
                     None,
                 )
                 .await;
+            // The cycle's own position moves only with events about the
+            // cycle; the store's position is the fallback.
             let position = match version {
-                Ok(v) => v["position"].clone(),
+                Ok(v) => v
+                    .get("cycle_position")
+                    .filter(|p| !p.is_null())
+                    .unwrap_or(&v["position"])
+                    .clone(),
                 Err(e) => {
                     if let Some(event) = self.failed(e) {
                         return event;

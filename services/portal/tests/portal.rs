@@ -319,6 +319,33 @@ impl World {
     }
 }
 
+/// POSTs `size` bytes of JSON with `Transfer-Encoding: chunked` (no
+/// `Content-Length`) over a bare connection; returns the raw answer.
+async fn chunked_post(url: &str, path: &str, token: &str, size: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    let mut sent = 0;
+    // The server may answer and close before everything is sent.
+    while sent < size {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        if conn.write_all(&framed).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let _ = conn.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, conn.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 enum Body {
     Json(Value),
     Raw(Vec<u8>, String),
@@ -1308,6 +1335,11 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() -> anyhow::Result<
         .post_raw(&sr, &submitter, big.as_bytes(), "application/json")
         .await;
     refused(&a, 413, "payload_too_large");
+
+    // Over 1 MiB without a declared length (chunked): cut off while read.
+    let chunked = chunked_post(&w.url, &sr, &submitter, 17 * 64 * 1024).await;
+    assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
+    assert!(chunked.contains("\"payload_too_large\""), "{chunked}");
 
     // Unknown and malformed ids, unknown paths and methods, a long key.
     let a = w
