@@ -128,6 +128,7 @@ pub async fn stream(
         last: None,
         first: Some(first),
         failing: false,
+        stop: state.streams_token().clone(),
     };
     let keep_alive = KeepAlive::new()
         .interval(state.config().keep_alive)
@@ -153,13 +154,19 @@ struct Poller {
     last: Option<Value>,
     first: Option<Value>,
     failing: bool,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Poller {
     fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> {
         futures::stream::unfold(self, |mut p| async move {
-            let event = p.next_event().await;
-            Some((Ok(event), p))
+            let stop = p.stop.clone();
+            tokio::select! {
+                // The portal shuts down: end the stream (the client may
+                // reconnect to another replica).
+                () = stop.cancelled() => None,
+                event = p.next_event() => Some((Ok(event), p)),
+            }
         })
     }
 

@@ -14,6 +14,7 @@ use gradeflow_kit::{Health, Metrics};
 use gradeflow_proto::{Actor, CommandId};
 use gradeflow_service::client::CommandClient;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::access::OrgDirectory;
 use crate::auth::{Auth, AuthSetupError, KeyFileError, LocalKeys};
@@ -66,6 +67,9 @@ struct Inner {
     config: PortalConfig,
     health: Health,
     metrics: Metrics,
+    /// Cancelled when the portal shuts down: ends the open progress
+    /// streams, which would otherwise hold a graceful shutdown open.
+    streams: CancellationToken,
 }
 
 impl std::fmt::Debug for PortalState {
@@ -99,6 +103,7 @@ impl PortalState {
                 config,
                 health,
                 metrics,
+                streams: CancellationToken::new(),
             }),
         }
     }
@@ -227,8 +232,32 @@ impl PortalState {
         &self.inner.idempotency
     }
 
-    /// Closes the idempotency store (commits what is queued).
+    /// Ends the open progress streams (their clients reconnect elsewhere):
+    /// call it when shutdown begins, or hand the shutdown token to
+    /// [`PortalState::end_streams_on`], so a graceful HTTP shutdown does not
+    /// wait on them forever.
+    pub fn end_streams(&self) {
+        self.inner.streams.cancel();
+    }
+
+    /// Ends the progress streams when `shutdown` is cancelled.
+    pub fn end_streams_on(&self, shutdown: CancellationToken) {
+        let streams = self.inner.streams.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            streams.cancel();
+        });
+    }
+
+    /// The token that ends the progress streams.
+    pub fn streams_token(&self) -> &CancellationToken {
+        &self.inner.streams
+    }
+
+    /// Ends the streams and closes the idempotency store (commits what is
+    /// queued).
     pub async fn close(&self) {
+        self.end_streams();
         self.inner.idempotency.store().close().await;
     }
 

@@ -1058,6 +1058,15 @@ async fn every_call_answers_with_its_status_and_shape() -> anyhow::Result<()> {
         assert!(started.elapsed() < DEADLINE);
     }
 
+    // Shutting down ends the open streams, so a graceful shutdown is not
+    // held open by them.
+    w.state.end_streams();
+    let ended = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(_)) = events.resp.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended");
+
     // Central's worklist spans all three services (C02's new member waits
     // for its self-review).
     let all = w.get("/api/v1/worklist", &central).await;
