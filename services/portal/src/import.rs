@@ -243,7 +243,14 @@ pub struct Plan {
 
 /// One problem of the file.
 fn problem(row: usize, code: ErrorCode, field: &str, message: String) -> Value {
-    json!({ "row": row + 1, "code": code.as_str(), "field": field, "message": message })
+    let message_vi = match code {
+        ErrorCode::UnknownOrg => "Không tìm thấy tổ chức cấp trên",
+        ErrorCode::DuplicateCode => "Mã tổ chức đã được sử dụng",
+        ErrorCode::BadTier => "Cấp tổ chức không phù hợp với tổ chức cấp trên",
+        _ => "Dữ liệu của dòng này không hợp lệ",
+    };
+    json!({ "row": row + 1, "code": code.as_str(), "field": field,
+            "message": message, "message_vi": message_vi })
 }
 
 /// Checks every row (see the module docs); the refusal lists every problem

@@ -122,6 +122,12 @@ pub fn router(state: PortalState) -> Router {
         .route("/api/v1/decisions", post(decisions::decide))
         .route("/api/v1/audit/decisions", get(audit::decisions))
         .route("/api/v1/audit/verify", get(audit::verify))
+        // Every call above needs a token, checked before anything else of
+        // the request (its path ids, its body) is looked at.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            request::authenticate,
+        ))
         .route("/api/v1/openapi.json", get(openapi::serve))
         .with_state(state.clone());
     api.merge(gradeflow_kit::router(

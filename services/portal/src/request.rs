@@ -40,6 +40,31 @@ pub fn incoming_traceparent(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Authenticates every API call first (401 before any other check), and
+/// hands the [`Caller`] to the handler's extractors.
+pub async fn authenticate(
+    axum::extract::State(state): axum::extract::State<PortalState>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match state.auth().authenticate(req.headers()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The caller the authentication layer found, or (outside it) the token's.
+fn caller(parts: &Parts, state: &PortalState) -> Result<Caller, ApiError> {
+    match parts.extensions.get::<Caller>() {
+        Some(caller) => Ok(caller.clone()),
+        None => state.auth().authenticate(&parts.headers),
+    }
+}
+
 /// An authenticated request without a body: the caller and the trace.
 pub struct Authed {
     /// Who calls.
@@ -55,7 +80,7 @@ impl FromRequestParts<PortalState> for Authed {
         parts: &mut Parts,
         state: &PortalState,
     ) -> Result<Self, Self::Rejection> {
-        let caller = state.auth().authenticate(&parts.headers)?;
+        let caller = caller(parts, state)?;
         Ok(Authed {
             caller,
             traceparent: traceparent(&parts.headers),
@@ -87,7 +112,7 @@ impl FromRequest<PortalState> for Posted {
 
     async fn from_request(req: Request, state: &PortalState) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
-        let caller = state.auth().authenticate(&parts.headers)?;
+        let caller = caller(&parts, state)?;
         let key = match parts.headers.get(IDEMPOTENCY_KEY) {
             None => None,
             Some(v) => {

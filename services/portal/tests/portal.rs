@@ -1305,6 +1305,16 @@ async fn bad_input_is_refused_precisely_and_changes_nothing() -> anyhow::Result<
         401,
         "unauthenticated",
     );
+    // The token is checked first, before the path's ids or the body.
+    let a = w
+        .call(Method::GET, "/api/v1/dossiers/not-a-uuid", None, None, &[])
+        .await;
+    refused(&a, 401, "unauthenticated");
+    let raw = Body::Raw(b"{".to_vec(), "application/json".into());
+    let a = w
+        .call(Method::POST, "/api/v1/decisions", None, Some(raw), &[])
+        .await;
+    refused(&a, 401, "unauthenticated");
 
     // Wrong state.
     let a = w
