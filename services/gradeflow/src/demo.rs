@@ -33,18 +33,25 @@ fn client(nats: &async_nats::Client, names: &gradeflow_proto::Names) -> CommandC
     CommandClient::new(nats.clone(), names.clone(), Duration::from_secs(10))
 }
 
-/// The id of the root org with `code`, registering it on first start. The
-/// id is derived from the code, so two processes starting at once agree.
+/// The id `gradeflow up` gives the root org with `code`: derived from the
+/// code, so two processes starting at once agree, and `gradeflow token` can
+/// name the root without asking a running service.
+pub fn root_id(code: &str) -> OrgId {
+    OrgId(uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("gradeflow-root-{code}").as_bytes(),
+    ))
+}
+
+/// The id of the root org with `code`, registering it on first start (with
+/// [`root_id`]).
 pub async fn ensure_root(
     nats: &async_nats::Client,
     names: &gradeflow_proto::Names,
     code: &str,
     tiers: &Tiers,
 ) -> anyhow::Result<OrgId> {
-    let id = OrgId(uuid::Uuid::new_v5(
-        &uuid::Uuid::NAMESPACE_OID,
-        format!("gradeflow-root-{code}").as_bytes(),
-    ));
+    let id = root_id(code);
     let c = client(nats, names);
     let found = c
         .call(

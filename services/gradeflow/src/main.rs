@@ -7,10 +7,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod bench;
 mod demo;
 mod rules;
 mod serve;
+mod token;
 
 /// gradeflow: annual review, evaluation and quality grading.
 #[derive(Debug, Parser)]
@@ -33,9 +35,15 @@ enum Command {
     Approval(serve::ServeArgs),
     /// The progress service alone.
     Progress(serve::ServeArgs),
+    /// The HTTP edge alone (REST API v1).
+    Portal(serve::ServeArgs),
+    /// Prints a bearer token for the local deployment (same data dir).
+    Token(token::TokenArgs),
     /// Pure rule checks of the grading rulebooks; no server needed.
     #[command(subcommand)]
     Rules(rules::RulesCmd),
+    /// Auditor tools on the stores and the audit stream; no service needed.
+    Audit(audit::AuditCmd),
     /// Benchmarks on the real databases and NATS server (not tests).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -44,11 +52,14 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Rules(cmd) => rules::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Up(args) => serve::up(args),
         Command::Submission(args) => serve::one(serve::ServiceName::Submission, args),
         Command::Appraisal(args) => serve::one(serve::ServiceName::Appraisal, args),
         Command::Approval(args) => serve::one(serve::ServiceName::Approval, args),
         Command::Progress(args) => serve::one(serve::ServiceName::Progress, args),
+        Command::Portal(args) => serve::portal(args),
+        Command::Token(args) => token::run(args),
     }
 }

@@ -102,6 +102,7 @@ pub fn up(args: UpArgs) -> ExitCode {
     exit(runtime().and_then(|rt| {
         rt.block_on(run(
             ServiceName::ALL.to_vec(),
+            true,
             args.serve.clone(),
             Some(args),
         ))
@@ -110,7 +111,12 @@ pub fn up(args: UpArgs) -> ExitCode {
 
 /// `gradeflow <service>`.
 pub fn one(service: ServiceName, args: ServeArgs) -> ExitCode {
-    exit(runtime().and_then(|rt| rt.block_on(run(vec![service], args, None))))
+    exit(runtime().and_then(|rt| rt.block_on(run(vec![service], false, args, None))))
+}
+
+/// `gradeflow portal`: the HTTP edge alone.
+pub fn portal(args: ServeArgs) -> ExitCode {
+    exit(runtime().and_then(|rt| rt.block_on(run(Vec::new(), true, args, None))))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -145,13 +151,14 @@ fn config(args: &ServeArgs, service_name: &str) -> anyhow::Result<Config> {
 
 async fn run(
     services: Vec<ServiceName>,
+    with_portal: bool,
     args: ServeArgs,
     up: Option<UpArgs>,
 ) -> anyhow::Result<()> {
-    let label = if services.len() == 1 {
-        format!("gradeflow-{}", services[0].as_str())
-    } else {
-        "gradeflow".to_owned()
+    let label = match (services.as_slice(), with_portal) {
+        ([one], false) => format!("gradeflow-{}", one.as_str()),
+        ([], true) => "gradeflow-portal".to_owned(),
+        _ => "gradeflow".to_owned(),
     };
     let config = config(&args, &label)?;
     let tiers = Tiers::preset(&args.tiers)
@@ -226,11 +233,42 @@ async fn run(
         health.set_ready(service.as_str(), true, "serving commands");
     }
 
-    let http = serve_http(config.http_addr, health, metrics, shutdown.clone()).await?;
+    let portal = if with_portal {
+        let portal_config = gradeflow_portal::PortalConfig {
+            tiers: tiers.clone(),
+            ..gradeflow_portal::PortalConfig::from_kit(&config)
+        }
+        .with_env_map(std::env::vars());
+        let state = gradeflow_portal::PortalState::open(
+            portal_config,
+            client.clone(),
+            health.clone(),
+            metrics.clone(),
+        )
+        .await
+        .context("starting the portal")?;
+        state.end_streams_on(shutdown.clone());
+        Some(state)
+    } else {
+        None
+    };
+    let app = match &portal {
+        Some(state) => gradeflow_portal::router(state.clone()),
+        None => gradeflow_kit::router(health, metrics),
+    };
+    let http = serve_http(config.http_addr, app, shutdown.clone()).await?;
     if let Some(up) = up {
         let root = demo::ensure_root(&client, &config.names, &up.root_code, &tiers).await?;
+        let token = gradeflow_portal::LocalKeys::open(&config.data_dir)?.mint(
+            "trung-uong",
+            &[gradeflow_portal::Grant {
+                role: gradeflow_proto::Role::Central,
+                org: root,
+            }],
+            Duration::from_secs(8 * 3600),
+        )?;
         println!("gradeflow is up");
-        println!("  http:    http://{}", http);
+        println!("  portal:  http://{http}");
         println!(
             "  nats:    {} (prefix {})",
             config.nats_url,
@@ -243,6 +281,10 @@ async fn run(
                 None => println!("  demo:    already present"),
             }
         }
+        println!("  token:   {token}");
+        println!("           (central staff at the root, 8 h; `gradeflow token` mints others)");
+    } else if services.is_empty() {
+        println!("gradeflow portal is up (http://{http})");
     } else {
         println!("gradeflow {} is up (http://{http})", services[0].as_str());
     }
@@ -257,6 +299,9 @@ async fn run(
         if tokio::time::timeout(grace, t).await.is_err() {
             tracing::warn!("gradeflow.shutdown.task_unfinished");
         }
+    }
+    if let Some(state) = portal {
+        state.close().await;
     }
     for s in stores {
         s.close().await;
@@ -403,18 +448,17 @@ fn loopback_host_port(url: &str) -> Option<(String, u16)> {
         .then(|| (host.trim_matches(['[', ']']).to_owned(), port))
 }
 
-/// Serves `/healthz`, `/readyz` and `/metrics`; returns the bound address.
+/// Serves `app` (the portal, or `/healthz`, `/readyz` and `/metrics` for a
+/// service alone) until shutdown; returns the bound address.
 async fn serve_http(
     addr: SocketAddr,
-    health: Health,
-    metrics: Metrics,
+    app: axum::Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let bound = listener.local_addr()?;
-    let app = gradeflow_kit::router(health, metrics);
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
