@@ -171,7 +171,11 @@ async fn run(
     let shutdown = gradeflow_kit::shutdown_signal();
     let (client, _embedded_nats) = nats(&config).await?;
     let js = jetstream::new(client.clone());
-    ensure_streams(&js, &config.names, &StreamSettings::default())
+    let streams = StreamSettings {
+        replicas: config.stream_replicas,
+        ..StreamSettings::default()
+    };
+    ensure_streams(&js, &config.names, &streams)
         .await
         .context("creating or checking the JetStream streams")?;
 

@@ -24,6 +24,7 @@
 //! | `GRADEFLOW_HTTP_ADDR` | [`Config::http_addr`] | `127.0.0.1:8080` |
 //! | `GRADEFLOW_LOG_FORMAT` | [`Config::log_format`] | `text` |
 //! | `GRADEFLOW_SHUTDOWN_GRACE` | [`Config::shutdown_grace`] | `20s` |
+//! | `GRADEFLOW_STREAM_REPLICAS` | [`Config::stream_replicas`] | `1` |
 //! | `RUST_LOG` | [`Config::log_filter`] | `info` |
 //! | `OTEL_SERVICE_NAME` | [`Config::service_name`] | `gradeflow` |
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` | [`Config::otlp_endpoint`] | none (no export) |
@@ -55,6 +56,9 @@ pub const ENV_HTTP_ADDR: &str = "GRADEFLOW_HTTP_ADDR";
 pub const ENV_LOG_FORMAT: &str = "GRADEFLOW_LOG_FORMAT";
 /// `GRADEFLOW_SHUTDOWN_GRACE`: drain budget on shutdown (`30`, `30s`, `500ms`, `2m`).
 pub const ENV_SHUTDOWN_GRACE: &str = "GRADEFLOW_SHUTDOWN_GRACE";
+/// `GRADEFLOW_STREAM_REPLICAS`: replicas of each JetStream stream (1 on a
+/// single server, 3 on a 3-node cluster).
+pub const ENV_STREAM_REPLICAS: &str = "GRADEFLOW_STREAM_REPLICAS";
 /// `RUST_LOG`: `tracing_subscriber::EnvFilter` directives.
 pub const ENV_RUST_LOG: &str = "RUST_LOG";
 /// `OTEL_SERVICE_NAME`: the `service.name` resource attribute.
@@ -216,6 +220,16 @@ pub enum ConfigError {
         /// The value as given.
         value: String,
     },
+    /// The stream replica count is not 1 to 5.
+    #[error(
+        "invalid stream replicas `{value}` in {origin} (expected 1 to 5; 3 on a 3-node cluster)"
+    )]
+    StreamReplicas {
+        /// Where the value came from.
+        origin: String,
+        /// The value as given.
+        value: String,
+    },
     /// A variable this crate reads holds bytes that are not UTF-8.
     #[error("environment variable {name} is not valid UTF-8")]
     NotUnicode {
@@ -278,6 +292,9 @@ pub struct Config {
     pub log_filter: String,
     /// How long shutdown may take before remaining tasks are abandoned.
     pub shutdown_grace: Duration,
+    /// Replicas of each JetStream stream (`GRADEFLOW_STREAM_REPLICAS`): 1 on
+    /// a single server, 3 on a 3-node cluster (NATS allows 1 to 5).
+    pub stream_replicas: usize,
 }
 
 impl Default for Config {
@@ -293,6 +310,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_filter: DEFAULT_LOG_FILTER.to_owned(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            stream_replicas: 1,
         }
     }
 }
@@ -315,6 +333,7 @@ impl fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("log_filter", &self.log_filter)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("stream_replicas", &self.stream_replicas)
             .finish()
     }
 }
@@ -364,6 +383,9 @@ impl Config {
         }
         if let Some((origin, v)) = get(ENV_SHUTDOWN_GRACE) {
             config.shutdown_grace = parse_duration(origin, v)?;
+        }
+        if let Some((origin, v)) = get(ENV_STREAM_REPLICAS) {
+            config.stream_replicas = parse_replicas(origin, v)?;
         }
 
         let disabled =
@@ -500,6 +522,7 @@ fn is_recognised(name: &str) -> bool {
         ENV_HTTP_ADDR,
         ENV_LOG_FORMAT,
         ENV_SHUTDOWN_GRACE,
+        ENV_STREAM_REPLICAS,
         ENV_RUST_LOG,
         ENV_OTEL_SERVICE_NAME,
         ENV_OTEL_ENDPOINT,
@@ -509,6 +532,16 @@ fn is_recognised(name: &str) -> bool {
         ENV_OTEL_SDK_DISABLED,
     ]
     .contains(&name)
+}
+
+fn parse_replicas(origin: &str, v: &str) -> Result<usize, ConfigError> {
+    match v.trim().parse::<usize>() {
+        Ok(n @ 1..=5) => Ok(n),
+        _ => Err(ConfigError::StreamReplicas {
+            origin: origin.to_owned(),
+            value: v.to_owned(),
+        }),
+    }
 }
 
 fn parse_prefix(origin: &str, v: &str) -> Result<Names, ConfigError> {
@@ -714,6 +747,13 @@ mod tests {
     }
 
     #[test]
+    fn stream_replicas_come_from_the_environment() {
+        assert_eq!(Config::default().stream_replicas, 1);
+        let c = Config::from_env_map(env(&[("GRADEFLOW_STREAM_REPLICAS", " 3 ")])).unwrap();
+        assert_eq!(c.stream_replicas, 3);
+    }
+
+    #[test]
     fn environment_overrides_defaults() {
         let c = Config::from_env_map(env(&[
             ("GRADEFLOW_PREFIX", "t_42"),
@@ -813,6 +853,9 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
             ("OTEL_SERVICE_NAME", "a\nb"),
+            ("GRADEFLOW_STREAM_REPLICAS", "0"),
+            ("GRADEFLOW_STREAM_REPLICAS", "6"),
+            ("GRADEFLOW_STREAM_REPLICAS", "three"),
         ];
         for (name, value) in cases {
             let result = Config::from_env_map(env(&[(name, value)]));
