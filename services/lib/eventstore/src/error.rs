@@ -33,6 +33,9 @@ pub enum StoreError {
         #[source]
         source: Arc<serde_json::Error>,
     },
+    /// The operation does not exist on this backend.
+    #[error("not supported on this backend: {0}")]
+    Unsupported(&'static str),
     /// A stored row cannot be read back into its type.
     #[error("stored row at position {position} is unreadable: {problem}")]
     Corrupt {
