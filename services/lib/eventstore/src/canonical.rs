@@ -15,8 +15,11 @@
 //!   `prev_hash` being 64 zeros ([`GENESIS_HASH`]).
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use gradeflow_proto::Metadata;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::model::StoredEvent;
 
 /// The `prev_hash` of the first event: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -64,13 +67,19 @@ fn write_string(s: &str, out: &mut String) {
     out.push_str(&Value::String(s.to_owned()).to_string());
 }
 
-/// The fields of one event that the hash covers, as stored.
+/// The fields of one event that the hash covers, as stored (for
+/// [`chain_hash`]; auditors recompute a hash from an export's texts with it).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct HashedFields<'a> {
+pub struct HashedFields<'a> {
+    /// Global position.
     pub position: i64,
+    /// The stream.
     pub stream: &'a str,
+    /// Version within the stream.
     pub version: i64,
+    /// The event id, as stored (lowercase hyphenated UUID).
     pub event_id: &'a str,
+    /// The versioned kind.
     pub kind: &'a str,
     /// Canonical payload text, as stored.
     pub payload: &'a str,
@@ -105,11 +114,43 @@ pub(crate) fn canonical_record(f: &HashedFields<'_>) -> String {
 }
 
 /// `sha256_hex(prev_hash || canonical_record)`.
-pub(crate) fn chain_hash(prev_hash: &str, f: &HashedFields<'_>) -> String {
+pub fn chain_hash(prev_hash: &str, f: &HashedFields<'_>) -> String {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(canonical_record(f).as_bytes());
     hex::encode(h.finalize())
+}
+
+/// The metadata text the writer stores (and hashes) for `metadata`: the
+/// canonical JSON of its serde form.
+pub fn metadata_text(metadata: &Metadata) -> String {
+    // A struct of strings, ids and options always serialises; should it
+    // ever not, `null` makes every hash over it fail loudly.
+    canonical_json(&serde_json::to_value(metadata).unwrap_or_default())
+}
+
+/// The hash of an event as read back: [`chain_hash`] over its stored payload
+/// text, the canonical text of its metadata ([`metadata_text`], what the
+/// writer stored), and its `recorded_at` in the stored form. Equal to
+/// `event.hash` for every event the store wrote; auditors use it on events
+/// they export or re-check outside the database.
+pub fn event_hash(prev_hash: &str, event: &StoredEvent) -> String {
+    let metadata = metadata_text(&event.metadata);
+    let event_id = event.event_id.to_string();
+    let recorded_at = format_timestamp(event.recorded_at);
+    chain_hash(
+        prev_hash,
+        &HashedFields {
+            position: event.position,
+            stream: &event.stream,
+            version: i64::try_from(event.version).unwrap_or(i64::MAX),
+            event_id: &event_id,
+            kind: &event.kind,
+            payload: &event.payload_text,
+            metadata: &metadata,
+            recorded_at: &recorded_at,
+        },
+    )
 }
 
 /// Truncates to the precision the store keeps (microseconds).
@@ -179,6 +220,52 @@ mod tests {
         h.update(GENESIS_HASH.as_bytes());
         h.update(canonical_json(&whole).as_bytes());
         assert_eq!(chain_hash(GENESIS_HASH, &f), hex::encode(h.finalize()));
+    }
+
+    #[test]
+    fn an_events_hash_is_recomputed_from_the_event_as_read_back() {
+        let org = "0190a7c4-0000-7000-8000-0000000000aa";
+        let corr = "0190a7c4-0000-7000-8000-0000000000bb";
+        let id = "0190a7c4-0000-7000-8000-0000000000cc";
+        let metadata: Metadata = serde_json::from_value(json!({
+            "actor": {"sub": "tran.thi.b", "role": "authority", "org": org},
+            "correlation_id": corr, "service": "approval",
+        }))
+        .unwrap();
+        let payload_text = canonical_json(&json!({"z": [1, 2], "a": "Quyết định"}));
+        let event = StoredEvent {
+            position: 3,
+            stream: "decision-log".into(),
+            version: 2,
+            event_id: id.parse().unwrap(),
+            kind: "grade_decided.v1".into(),
+            payload: serde_json::from_str(&payload_text).unwrap(),
+            payload_text,
+            metadata,
+            recorded_at: parse_timestamp("2025-01-02T03:04:05.000006Z").unwrap(),
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        };
+        // The record as the writer hashed it: every metadata field present
+        // (absent options as null), keys sorted, no whitespace.
+        let whole = json!({
+            "event_id": id, "kind": "grade_decided.v1",
+            "metadata": {"actor": {"org": org, "role": "authority", "sub": "tran.thi.b"},
+                         "causation_id": null, "correlation_id": corr, "province": null,
+                         "service": "approval", "traceparent": null},
+            "payload": {"a": "Quyết định", "z": [1, 2]},
+            "position": 3, "recorded_at": "2025-01-02T03:04:05.000006Z",
+            "stream": "decision-log", "version": 2,
+        });
+        let mut h = Sha256::new();
+        h.update(GENESIS_HASH.as_bytes());
+        h.update(canonical_json(&whole).as_bytes());
+        assert_eq!(event_hash(GENESIS_HASH, &event), hex::encode(h.finalize()));
+        // Any other prev_hash gives another hash.
+        assert_ne!(
+            event_hash(&"1".repeat(64), &event),
+            event_hash(GENESIS_HASH, &event)
+        );
     }
 
     #[test]
