@@ -371,7 +371,7 @@ fn audit_relay(store: Store, js: jetstream::Context, names: Names) -> Relay {
 /// Connects to NATS; when nothing listens at a loopback URL and `nats-server`
 /// is installed, starts one with JetStream under the data dir first.
 async fn nats(config: &Config) -> anyhow::Result<(async_nats::Client, Option<EmbeddedNats>)> {
-    match async_nats::connect(&config.nats_url).await {
+    match async_nats::connect(config.nats_servers()).await {
         Ok(c) => Ok((c, None)),
         Err(first) => {
             let Some(embedded) = EmbeddedNats::start(&config.nats_url, &config.data_dir)? else {
@@ -379,7 +379,7 @@ async fn nats(config: &Config) -> anyhow::Result<(async_nats::Client, Option<Emb
                     .with_context(|| format!("connecting to NATS at {}", config.nats_url));
             };
             for _ in 0..100 {
-                if let Ok(c) = async_nats::connect(&config.nats_url).await {
+                if let Ok(c) = async_nats::connect(config.nats_servers()).await {
                     return Ok((c, Some(embedded)));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

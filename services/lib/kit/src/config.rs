@@ -495,6 +495,18 @@ impl Config {
         }
     }
 
+    /// The NATS servers of [`Config::nats_url`], one entry per server:
+    /// async-nats takes a list, not a comma-separated string
+    /// (`async_nats::connect(config.nats_servers())`).
+    pub fn nats_servers(&self) -> Vec<String> {
+        self.nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Whether stores live in PostgreSQL (one schema per service) rather than
     /// in SQLite files.
     pub fn uses_postgres(&self) -> bool {
@@ -557,8 +569,9 @@ fn parse_nats_url(origin: &str, v: &str) -> Result<String, ConfigError> {
         value: v.to_owned(),
         reason,
     };
-    // async-nats accepts a comma-separated list of servers, with or without a
-    // scheme (`localhost:4222`); check each entry's shape, not reachability.
+    // A comma-separated list of servers (`Config::nats_servers` splits it
+    // for async-nats), each with or without a scheme (`localhost:4222`);
+    // check each entry's shape, not reachability.
     for server in v.split(',').map(str::trim) {
         if server.is_empty() {
             return Err(err("empty server entry"));
@@ -744,6 +757,19 @@ mod tests {
         assert_eq!(c.log_filter, "info");
         assert_eq!(c.service_name, "gradeflow");
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn a_server_list_is_split_for_the_client() {
+        let c = Config::from_env_map(env(&[(
+            "GRADEFLOW_NATS_URL",
+            "nats://a:4222, nats://u:p@b:4222,c:4222",
+        )]))
+        .unwrap();
+        assert_eq!(
+            c.nats_servers(),
+            ["nats://a:4222", "nats://u:p@b:4222", "c:4222"]
+        );
     }
 
     #[test]
