@@ -321,7 +321,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("prefix", &self.prefix())
-            .field("nats_url", &self.nats_url)
+            .field("nats_url", &self.nats_url_redacted())
             .field("data_dir", &self.data_dir)
             .field(
                 "database_url",
@@ -505,6 +505,29 @@ impl Config {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The user and password of the NATS servers when the URL carries them
+    /// (`nats://user:password@host:4222`, on the first server of the list):
+    /// async-nats ignores credentials in a URL, so the binary hands these to
+    /// `ConnectOptions::user_and_password`. The password is taken as written
+    /// (no percent-decoding), up to the last `@`.
+    pub fn nats_user_password(&self) -> Option<(String, String)> {
+        let first = self.nats_servers().into_iter().next()?;
+        let rest = first.split_once("://").map_or(first.as_str(), |(_, r)| r);
+        let authority = rest.split(['/', '?']).next()?;
+        let (userinfo, _host) = authority.rsplit_once('@')?;
+        let (user, password) = userinfo.split_once(':')?;
+        Some((user.to_owned(), password.to_owned()))
+    }
+
+    /// [`Config::nats_url`] with every password replaced by `***`, for logs.
+    pub fn nats_url_redacted(&self) -> String {
+        self.nats_servers()
+            .iter()
+            .map(|s| redact_url(s))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Whether stores live in PostgreSQL (one schema per service) rather than
@@ -757,6 +780,25 @@ mod tests {
         assert_eq!(c.log_filter, "info");
         assert_eq!(c.service_name, "gradeflow");
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn nats_credentials_come_from_the_url_and_stay_out_of_logs() {
+        let c = Config::from_env_map(env(&[(
+            "GRADEFLOW_NATS_URL",
+            "nats://approval:s3cr@t@n1:4222,nats://approval:s3cr@t@n2:4222",
+        )]))
+        .unwrap();
+        assert_eq!(
+            c.nats_user_password(),
+            Some(("approval".to_owned(), "s3cr@t".to_owned()))
+        );
+        assert_eq!(
+            c.nats_url_redacted(),
+            "nats://approval:***@n1:4222,nats://approval:***@n2:4222"
+        );
+        assert!(!format!("{c:?}").contains("s3cr"));
+        assert_eq!(Config::default().nats_user_password(), None);
     }
 
     #[test]
