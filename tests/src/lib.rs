@@ -352,13 +352,24 @@ where
     }
 }
 
-/// Connects to `url` (one URL or several, comma-separated), retrying for up
-/// to 10 s while the server starts.
+/// Connects to `url` (one URL or several, comma-separated, with the user
+/// and password of the first when it carries them, as `gradeflow` does),
+/// retrying for up to 10 s while the server starts.
 pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
     let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+    let credentials = servers
+        .first()
+        .and_then(|s| s.split_once("://").map(|(_, rest)| rest))
+        .and_then(|rest| rest.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(u, p)| (u.to_owned(), p.to_owned()));
     let mut last = None;
     for _ in 0..100 {
-        match async_nats::connect(servers.as_slice()).await {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some((user, password)) = &credentials {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        match options.connect(servers.as_slice()).await {
             Ok(c) => return Ok(c),
             Err(e) => last = Some(e),
         }

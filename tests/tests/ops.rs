@@ -21,14 +21,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gradeflow_eventstore::{Store, StoreOptions};
+use gradeflow_proto::Names;
 use gradeflow_proto::{Actor, Envelope, OrgId};
+use gradeflow_service::client::CommandClient;
 use serde_json::{json, Value};
 use system_tests::{
-    central, wait_for, Deployment, Driver, NatsCluster, NatsServer, PgServer, SERVICES,
+    central, connect_nats, free_port, wait_for, Deployment, Driver, NatsCluster, NatsServer,
+    PgServer, SERVICES,
 };
 
 // ------------------------------------------------------------ the cycle
@@ -54,7 +57,10 @@ struct Cycle {
 
 impl Cycle {
     async fn register(dep: &Deployment) -> Cycle {
-        let driver = Driver::new(dep);
+        Cycle::register_with(Driver::new(dep)).await
+    }
+
+    async fn register_with(driver: Driver) -> Cycle {
         let root = OrgId::new();
         let me = central(root);
         driver
@@ -423,6 +429,13 @@ async fn delete_streams(dep: &Deployment) {
     }
 }
 
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
 fn env_vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
@@ -630,4 +643,167 @@ fn copy_dir(from: &Path, to: &Path) {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
+}
+
+/// The users of `deploy/nats/accounts.conf`.
+const NATS_USERS: [&str; 6] = [
+    "portal",
+    "submission",
+    "appraisal",
+    "approval",
+    "progress",
+    "ops",
+];
+
+/// Whether the server refuses `user`'s publish on `subject`: the client is
+/// told "Permissions Violation" and a subscriber with the whole account
+/// (`ops`) receives nothing.
+async fn publish_refused(url: &str, ops: &async_nats::Client, subject: &str) -> bool {
+    use futures::StreamExt as _;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (user, password) = url
+        .trim_start_matches("nats://")
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .unwrap();
+    let client = async_nats::ConnectOptions::new()
+        .user_and_password(user.to_owned(), password.to_owned())
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(url)
+        .await
+        .unwrap();
+    let mut watcher = ops.subscribe(subject.to_owned()).await.unwrap();
+    ops.flush().await.unwrap();
+    client
+        .publish(subject.to_owned(), "{}".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(e) = rx.recv().await {
+            if e.to_lowercase().contains("permissions violation") && e.contains(subject) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    let delivered = tokio::time::timeout(Duration::from_millis(300), watcher.next())
+        .await
+        .is_ok();
+    refused && !delivered
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_deploy_nats_accounts_only_the_portal_sends_commands_and_each_service_its_own_events()
+{
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo_root().join("deploy/nats/accounts.conf"),
+        dir.path().join("accounts.conf"),
+    )
+    .unwrap();
+    let (port, http) = (free_port(), free_port());
+    let config = format!(
+        "listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n\
+         jetstream {{ store_dir: \"{}\" }}\ninclude \"accounts.conf\"\n",
+        dir.path().join("js").display()
+    );
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    let password = |user: &str| format!("{user}-{secret}");
+    let env = NATS_USERS
+        .iter()
+        .map(|u| {
+            (
+                format!("GRADEFLOW_NATS_{}_PASSWORD", u.to_uppercase()),
+                password(u),
+            )
+        })
+        .collect();
+    let server = NatsServer::start(dir.path(), "secured", port, http, &config, env).unwrap();
+    server.wait_healthy(Duration::from_secs(20)).await.unwrap();
+    let url = |user: &str| format!("nats://{user}:{}@127.0.0.1:{port}", password(user));
+
+    // The prefix the file is written for. The checks connect as `ops`; each
+    // service runs on its own user; commands come from the portal's.
+    let names = Names::new("gradeflow").unwrap();
+    let mut dep = Deployment::on(&url("ops"), None, None, names.clone(), Vec::new())
+        .await
+        .unwrap();
+    for s in SERVICES {
+        dep.service_env.insert(
+            s.to_owned(),
+            vec![("GRADEFLOW_NATS_URL".to_owned(), url(s))],
+        );
+    }
+    dep.spawn_all().await.unwrap();
+    let portal = connect_nats(&url("portal")).await.unwrap();
+    let driver = Driver {
+        client: CommandClient::new(portal.clone(), names, Duration::from_secs(15)),
+    };
+    let c = Cycle::register_with(driver).await;
+    c.file_all().await;
+    c.appraise_all().await;
+    c.decide_members().await;
+    c.decide_collectives().await;
+    let log = c.finish().await;
+    assert_eq!(log.len(), DOSSIERS);
+    check_audit_stream(&dep, &log).await;
+    check_exactly_once(&dep).await;
+    assert!(dep.all_running(), "no service exited");
+    dep.stop().await.unwrap();
+
+    // What the server refuses.
+    let ops = dep.nats.clone();
+    for (user, subject) in [
+        ("submission", "gradeflow.cmd.approval.decide_batch.v1"),
+        ("submission", "gradeflow.cmd.submission.register_org.v1"),
+        ("appraisal", "gradeflow.cmd.approval.decide_batch.v1"),
+        ("approval", "gradeflow.cmd.approval.decide_batch.v1"),
+        ("submission", "gradeflow.evt.approval._.grade_decided.v1"),
+        (
+            "appraisal",
+            "gradeflow.evt.submission.P01.self_review_submitted.v1",
+        ),
+        ("appraisal", "gradeflow.audit.forged"),
+        ("portal", "gradeflow.evt.submission._.org_registered.v1"),
+    ] {
+        assert!(
+            publish_refused(&url(user), &ops, subject).await,
+            "{user} could publish on {subject}"
+        );
+    }
+    // What it lets through: a service's own event into the stream, and a
+    // command from the portal to the service's subscription.
+    let submission = connect_nats(&url("submission")).await.unwrap();
+    let js = async_nats::jetstream::new(submission.clone());
+    js.publish("gradeflow.evt.submission._.probe.v1", "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut commands = submission
+        .subscribe("gradeflow.cmd.submission.>")
+        .await
+        .unwrap();
+    submission.flush().await.unwrap();
+    portal
+        .publish("gradeflow.cmd.submission.probe.v1", "{}".into())
+        .await
+        .unwrap();
+    portal.flush().await.unwrap();
+    use futures::StreamExt as _;
+    let got = tokio::time::timeout(Duration::from_secs(5), commands.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.subject.as_str(), "gradeflow.cmd.submission.probe.v1");
 }
