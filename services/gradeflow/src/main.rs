@@ -11,6 +11,7 @@ mod audit;
 mod bench;
 mod demo;
 mod rules;
+mod seed;
 mod serve;
 mod token;
 
@@ -39,6 +40,9 @@ enum Command {
     Portal(serve::ServeArgs),
     /// Prints a bearer token for the local deployment (same data dir).
     Token(token::TokenArgs),
+    /// Registers a synthetic hierarchy, opens a cycle and registers
+    /// subjects through the public HTTP API.
+    Seed(seed::SeedArgs),
     /// Pure rule checks of the grading rulebooks; no server needed.
     #[command(subcommand)]
     Rules(rules::RulesCmd),
@@ -61,5 +65,6 @@ fn main() -> ExitCode {
         Command::Progress(args) => serve::one(serve::ServiceName::Progress, args),
         Command::Portal(args) => serve::portal(args),
         Command::Token(args) => token::run(args),
+        Command::Seed(args) => seed::run(args),
     }
 }
