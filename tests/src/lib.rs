@@ -1,8 +1,9 @@
 //! Support for the system tests: a deployment of the real `gradeflow`
 //! binaries — each service its own process — under a fresh NATS prefix and a
 //! fresh data dir (SQLite) or PostgreSQL database, and a driver that sends
-//! commands as the portal would. Tests wait on conditions with deadlines,
-//! never on bare sleeps.
+//! commands as the portal would; and [`Up`], one `gradeflow up` process
+//! (every service and the portal) driven over HTTP as an outside caller
+//! would. Tests wait on conditions with deadlines, never on bare sleeps.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -718,5 +719,298 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         let _ = self.stop("immediate");
+    }
+}
+
+/// A running `gradeflow up`: every service and the portal in one process
+/// of the real binary, under a fresh NATS prefix and data dir (and a fresh
+/// PostgreSQL database when asked), with the portal on a free port.
+pub struct Up {
+    /// Its data dir (SQLite files, signing keys, the portal's local key).
+    pub dir: tempfile::TempDir,
+    /// Its NATS names.
+    pub names: Names,
+    /// Its PostgreSQL database, when it runs on PostgreSQL.
+    pub pg: Option<gradeflow_testkit::PgDatabase>,
+    /// The portal's base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The root organisation's id, as printed.
+    pub root: OrgId,
+    /// The central token it printed.
+    pub token: String,
+    /// A NATS connection for the checks.
+    pub nats: async_nats::Client,
+    /// The HTTP client.
+    pub http: reqwest::Client,
+    child: Option<Child>,
+}
+
+/// An HTTP answer: status, body (JSON, or the text as a JSON string),
+/// headers and the raw bytes.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The body as JSON (a string when it is not JSON).
+    pub body: Value,
+    /// The headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body's bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// A request body.
+pub enum Body {
+    /// JSON.
+    Json(Value),
+    /// Raw bytes with their content type.
+    Raw(Vec<u8>, &'static str),
+}
+
+impl Up {
+    /// Starts `gradeflow up` on a fresh prefix and data dir (and a fresh
+    /// PostgreSQL database when `postgres`), and waits until it is up.
+    pub async fn start(postgres: bool) -> anyhow::Result<Up> {
+        let pg = if postgres {
+            Some(gradeflow_testkit::fresh_pg().await?)
+        } else {
+            None
+        };
+        let mut up = Up {
+            dir: tempfile::tempdir()?,
+            names: gradeflow_testkit::fresh_names(),
+            pg,
+            url: String::new(),
+            root: OrgId::new(),
+            token: String::new(),
+            nats: gradeflow_testkit::nats().await?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+            child: None,
+        };
+        up.spawn().await?;
+        Ok(up)
+    }
+
+    /// `gradeflow <args>` with this deployment's environment.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(binary());
+        cmd.env("GRADEFLOW_PREFIX", self.names.prefix())
+            .env("GRADEFLOW_DATA_DIR", self.dir.path())
+            .env("GRADEFLOW_NATS_URL", gradeflow_testkit::nats_url())
+            .env("GRADEFLOW_HTTP_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true);
+        if let Some(pg) = &self.pg {
+            cmd.env("GRADEFLOW_DATABASE_URL", &pg.url);
+        }
+        cmd
+    }
+
+    /// Starts (or restarts, on the same data dir, prefix and database)
+    /// `gradeflow up`; reads the portal's address, the root and the token
+    /// from what it prints.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "gradeflow up is running already");
+        self.spawn().await
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut child = self
+            .command()
+            .arg("up")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting gradeflow up")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut url, mut root, mut token) = (None, None, None);
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                let line = line.trim();
+                if let Some(rest) = line.strip_prefix("portal:") {
+                    url = Some(rest.trim().to_owned());
+                } else if let Some(rest) = line.strip_prefix("root:") {
+                    root = rest.split_whitespace().next().and_then(|s| s.parse().ok());
+                } else if let Some(rest) = line.strip_prefix("token:") {
+                    token = Some(rest.trim().to_owned());
+                    break;
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .context("gradeflow up did not come up in time")??;
+        let (Some(url), Some(root), Some(token)) = (url, root, token) else {
+            anyhow::bail!("gradeflow up exited before printing its portal, root and token");
+        };
+        // Keep draining stdout so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.url = url;
+        self.root = root;
+        self.token = token;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops `gradeflow up` with SIGTERM and checks that it drained and
+    /// exited cleanly.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .context("gradeflow up did not stop on SIGTERM")??;
+        anyhow::ensure!(status.success(), "gradeflow up exited with {status}");
+        Ok(())
+    }
+
+    /// Runs `gradeflow <args>` to its end; its stdout (it must succeed).
+    pub async fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self
+            .command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("running gradeflow {}", args.join(" ")))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "gradeflow {} exited with {}: {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// A token minted by `gradeflow token` (the binary) for `role` at
+    /// `org`, with this deployment's local key.
+    pub async fn mint(&self, role: &str, org: impl std::fmt::Display) -> anyhow::Result<String> {
+        let dir = self.dir.path().display().to_string();
+        let org = org.to_string();
+        let out = self
+            .run(&[
+                "token",
+                "--role",
+                role,
+                "--org",
+                &org,
+                "--data-dir",
+                &dir,
+                "--name",
+                &format!("{role}-{org}"),
+            ])
+            .await?;
+        Ok(out.trim().to_owned())
+    }
+
+    /// One HTTP call to the portal.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Body>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Answer> {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req = match body {
+            Some(Body::Json(v)) => req.json(&v),
+            Some(Body::Raw(bytes, content_type)) => {
+                req.header("content-type", content_type).body(bytes)
+            }
+            None => req,
+        };
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {path}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await?.to_vec();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok(Answer {
+            status,
+            body,
+            headers,
+            bytes,
+        })
+    }
+
+    /// `GET path` with `token`.
+    pub async fn get(&self, path: &str, token: &str) -> anyhow::Result<Answer> {
+        self.call(reqwest::Method::GET, path, Some(token), None, &[])
+            .await
+    }
+
+    /// `POST path` with `token` and a JSON body.
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> anyhow::Result<Answer> {
+        self.call(
+            reqwest::Method::POST,
+            path,
+            Some(token),
+            Some(Body::Json(body)),
+            &[],
+        )
+        .await
+    }
+
+    /// GETs `path` until `ok` holds of the answer, for at most `within`.
+    pub async fn get_until(
+        &self,
+        path: &str,
+        token: &str,
+        within: Duration,
+        ok: impl Fn(&Answer) -> bool,
+    ) -> anyhow::Result<Answer> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let a = self.get(path, token).await?;
+            if ok(&a) {
+                return Ok(a);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "GET {path} never satisfied the condition in {within:?}; last: {} {}",
+                    a.status,
+                    a.body
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops `gradeflow up` (best effort), drops the test's streams and
+    /// database.
+    pub async fn cleanup(mut self) {
+        let _ = self.stop().await;
+        let js = async_nats::jetstream::new(self.nats.clone());
+        for s in [
+            self.names.events_stream(),
+            self.names.audit_stream(),
+            self.names.dead_letter_stream(),
+        ] {
+            let _ = js.delete_stream(&s).await;
+        }
+        if let Some(pg) = &self.pg {
+            let _ = pg.drop_db().await;
+        }
     }
 }
