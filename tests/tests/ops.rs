@@ -634,7 +634,33 @@ async fn a_backup_taken_mid_cycle_restores_onto_a_fresh_data_dir_and_the_cycle_f
     check_audit_stream(&dep, &log).await;
     check_exactly_once(&dep).await;
     dep.stop().await.unwrap();
+    audit_verify(&dep);
     delete_streams(&dep).await;
+}
+
+/// `gradeflow audit verify` on the deployment's stores and audit stream,
+/// when this build has the command.
+fn audit_verify(dep: &Deployment) {
+    let bin = system_tests::binary();
+    let has_audit = std::process::Command::new(&bin)
+        .args(["audit", "verify", "--help"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_audit {
+        return;
+    }
+    let out = std::process::Command::new(&bin)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dep.dir.path())
+        .args(["--nats-url", &dep.nats_url, "--prefix", dep.names.prefix()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gradeflow audit verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -806,4 +832,286 @@ async fn with_deploy_nats_accounts_only_the_portal_sends_commands_and_each_servi
         .unwrap()
         .unwrap();
     assert_eq!(got.subject.as_str(), "gradeflow.cmd.submission.probe.v1");
+}
+
+// ------------------------------------------------------------ deploy/
+
+/// Reads the compose file and the Kubernetes manifests with PyYAML and
+/// prints what the test checks, as JSON: every container that runs the
+/// gradeflow image, the other images, and what the manifests define and
+/// reference.
+const MANIFEST_SUMMARY: &str = r#"
+import glob, json, os, sys, yaml
+root = sys.argv[1]
+out = {"gradeflow": [], "other_images": [], "defined": {}, "referenced": []}
+compose = yaml.safe_load(open(os.path.join(root, "deploy/compose/compose.yaml")))
+for name, svc in compose["services"].items():
+    image = svc.get("image", "")
+    if image.startswith("gradeflow"):
+        ports = sorted({int(str(p).split(":")[-1]) for p in svc.get("ports", []) + svc.get("expose", [])})
+        out["gradeflow"].append({"where": "compose " + name, "image": image,
+            "args": svc.get("command", []), "env": sorted(svc.get("environment", {})),
+            "env_values": {k: str(v) for k, v in svc.get("environment", {}).items()},
+            "ports": ports, "readiness": None, "liveness": None,
+            "dockerfile": svc.get("build", {}).get("dockerfile")})
+    else:
+        out["other_images"].append(image)
+for f in sorted(glob.glob(os.path.join(root, "deploy/k8s/*.yaml"))):
+    for doc in yaml.safe_load_all(open(f)):
+        if not doc or "metadata" not in doc:
+            continue
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        keys = sorted(doc.get("data", {}) or {}) + sorted(doc.get("stringData", {}) or {})
+        out["defined"]["%s/%s" % (kind, name)] = keys
+        if kind not in ("Deployment", "StatefulSet"):
+            continue
+        spec = doc["spec"]["template"]["spec"]
+        for v in spec.get("volumes", []):
+            if "configMap" in v: out["referenced"].append("ConfigMap/" + v["configMap"]["name"])
+            if "secret" in v: out["referenced"].append("Secret/" + v["secret"]["secretName"])
+            if "persistentVolumeClaim" in v: out["referenced"].append("PersistentVolumeClaim/" + v["persistentVolumeClaim"]["claimName"])
+        for c in spec["containers"]:
+            env_from = []
+            for e in c.get("envFrom", []):
+                if "configMapRef" in e: env_from.append("ConfigMap/" + e["configMapRef"]["name"])
+                if "secretRef" in e: env_from.append("Secret/" + e["secretRef"]["name"])
+            out["referenced"].extend(env_from)
+            if not c["image"].startswith("gradeflow"):
+                out["other_images"].append(c["image"])
+                continue
+            probe = lambda p: p and [p["httpGet"]["path"], p["httpGet"]["port"]]
+            out["gradeflow"].append({"where": "k8s %s/%s" % (kind, name), "image": c["image"],
+                "args": c.get("args", []), "env": sorted(e["name"] for e in c.get("env", [])),
+                "env_from": env_from, "env_values": {},
+                "ports": [p["containerPort"] for p in c.get("ports", [])],
+                "readiness": probe(c.get("readinessProbe")), "liveness": probe(c.get("livenessProbe")),
+                "dockerfile": None})
+print(json.dumps(out))
+"#;
+
+/// A Python that has PyYAML (`scripts/services.sh tools` installs it).
+fn python_with_yaml() -> String {
+    for p in ["python3", "/usr/bin/python3"] {
+        let ok = std::process::Command::new(p)
+            .args(["-c", "import yaml"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return p.to_owned();
+        }
+    }
+    panic!("no python3 with PyYAML: run scripts/services.sh tools");
+}
+
+/// `docker compose`, else Debian's `docker-compose` (the client alone is
+/// enough for `config`).
+fn compose_command() -> Vec<String> {
+    let plugin = std::process::Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if plugin {
+        vec!["docker".into(), "compose".into()]
+    } else {
+        vec!["docker-compose".into()]
+    }
+}
+
+/// The example passwords of deploy/compose/.env.example, as variables.
+fn compose_example_env(root: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(root.join("deploy/compose/.env.example"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn deploy_manifests_are_valid_and_name_only_what_the_code_defines() {
+    let root = repo_root();
+    let example = compose_example_env(&root);
+
+    // `docker compose config` accepts the compose file.
+    let cmd = compose_command();
+    let out = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .arg("-f")
+        .arg(root.join("deploy/compose/compose.yaml"))
+        .arg("config")
+        .envs(example.iter().cloned())
+        .output()
+        .expect("docker compose (or docker-compose) is installed: scripts/services.sh tools");
+    assert!(
+        out.status.success(),
+        "{} config: {}",
+        cmd.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The NATS configurations parse (with the accounts' passwords set).
+    let nats_env: Vec<(String, String)> = NATS_USERS
+        .iter()
+        .map(|u| {
+            (
+                format!("GRADEFLOW_NATS_{}_PASSWORD", u.to_uppercase()),
+                "x".to_owned(),
+            )
+        })
+        .collect();
+    for conf in [
+        "single.conf",
+        "accounts.conf",
+        "cluster/n1.conf",
+        "cluster/n2.conf",
+        "cluster/n3.conf",
+    ] {
+        let out = std::process::Command::new(system_tests::nats_server_binary())
+            .arg("-c")
+            .arg(root.join("deploy/nats").join(conf))
+            .arg("-t")
+            .envs(nats_env.iter().cloned())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "deploy/nats/{conf}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The manifests parse, and name only what the code defines.
+    let out = std::process::Command::new(python_with_yaml())
+        .args(["-c", MANIFEST_SUMMARY])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the manifests do not parse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut variables: HashSet<&str> = gradeflow_kit::config::VARIABLES.into_iter().collect();
+    variables.extend([
+        gradeflow_portal::config::ENV_JWT_KEY_FILE,
+        gradeflow_portal::config::ENV_JWKS_FILE,
+        gradeflow_portal::config::ENV_JWT_ISSUER,
+        gradeflow_portal::config::ENV_JWT_AUDIENCE,
+        gradeflow_portal::config::ENV_JWT_LOCAL,
+    ]);
+    let help = std::process::Command::new(system_tests::binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let subcommands: HashSet<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    // The HTTP port the code listens on, as configured.
+    let defined = summary["defined"].as_object().unwrap();
+    let k8s_addr = defined["ConfigMap/gradeflow-env"].as_array().unwrap();
+    assert!(k8s_addr.contains(&json!("GRADEFLOW_HTTP_ADDR")));
+    let http_port = 8080;
+
+    let containers = summary["gradeflow"].as_array().unwrap();
+    let mut run: HashSet<String> = HashSet::new();
+    for c in containers {
+        let at = c["where"].as_str().unwrap();
+        assert_eq!(c["image"], "gradeflow:latest", "{at}");
+        let sub = c["args"][0].as_str().unwrap();
+        assert!(
+            subcommands.contains(sub),
+            "{at}: `gradeflow {sub}` does not exist"
+        );
+        run.insert(sub.to_owned());
+        for name in c["env"].as_array().unwrap() {
+            let name = name.as_str().unwrap();
+            assert!(
+                variables.contains(name),
+                "{at}: {name} is not read by gradeflow"
+            );
+        }
+        if let Some(addr) = c["env_values"]["GRADEFLOW_HTTP_ADDR"].as_str() {
+            assert!(addr.ends_with(&format!(":{http_port}")), "{at}: {addr}");
+        }
+        for source in c["env_from"].as_array().into_iter().flatten() {
+            let source = source.as_str().unwrap();
+            let keys = defined
+                .get(source)
+                .unwrap_or_else(|| panic!("{at}: {source} is not defined in deploy/k8s"));
+            for key in keys.as_array().unwrap() {
+                let key = key.as_str().unwrap();
+                assert!(
+                    variables.contains(key),
+                    "{source}: {key} is not read by gradeflow"
+                );
+            }
+        }
+        let ports: Vec<u64> = c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect();
+        assert_eq!(ports, [http_port], "{at}: the port of GRADEFLOW_HTTP_ADDR");
+        if at.starts_with("k8s") {
+            assert_eq!(c["readiness"], json!(["/readyz", http_port]), "{at}");
+            assert_eq!(c["liveness"], json!(["/healthz", http_port]), "{at}");
+        } else {
+            let dockerfile = c["dockerfile"].as_str().unwrap();
+            assert!(root.join(dockerfile).exists(), "{at}: {dockerfile}");
+        }
+    }
+    for s in ["submission", "appraisal", "approval", "progress", "portal"] {
+        assert!(run.contains(s), "deploy runs no {s}");
+    }
+    for image in summary["other_images"].as_array().unwrap() {
+        let image = image.as_str().unwrap();
+        assert!(
+            image.starts_with("nats:2.") || image.starts_with("postgres:15"),
+            "unexpected image {image}"
+        );
+    }
+    // Everything referenced is defined, except what docs/operations.md has
+    // the operator create from files (the accounts, the identity provider's
+    // keys).
+    let by_hand = ["ConfigMap/nats-accounts", "Secret/portal-jwks"];
+    for r in summary["referenced"].as_array().unwrap() {
+        let r = r.as_str().unwrap();
+        assert!(
+            defined.contains_key(r) || by_hand.contains(&r),
+            "{r} is referenced but not defined"
+        );
+    }
+    let ops = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    for r in by_hand {
+        let name = r.split('/').nth(1).unwrap();
+        assert!(
+            ops.contains(name),
+            "docs/operations.md says how to create {name}"
+        );
+    }
+    // Every file under deploy/ is referenced from docs/operations.md.
+    let mut dirs = vec![root.join("deploy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(&root).unwrap().display().to_string();
+            assert!(
+                ops.contains(&rel),
+                "docs/operations.md does not reference {rel}"
+            );
+        }
+    }
 }

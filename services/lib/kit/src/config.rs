@@ -547,26 +547,29 @@ impl Config {
     }
 }
 
+/// Every variable [`Config::from_env_map`] reads (deploy/ manifests are
+/// checked against this list).
+pub const VARIABLES: [&str; 15] = [
+    ENV_PREFIX,
+    ENV_NATS_URL,
+    ENV_DATA_DIR,
+    ENV_DATABASE_URL,
+    ENV_HTTP_ADDR,
+    ENV_LOG_FORMAT,
+    ENV_SHUTDOWN_GRACE,
+    ENV_STREAM_REPLICAS,
+    ENV_RUST_LOG,
+    ENV_OTEL_SERVICE_NAME,
+    ENV_OTEL_ENDPOINT,
+    ENV_OTEL_TRACES_ENDPOINT,
+    ENV_OTEL_PROTOCOL,
+    ENV_OTEL_TRACES_PROTOCOL,
+    ENV_OTEL_SDK_DISABLED,
+];
+
 /// Whether this crate reads `name`.
 fn is_recognised(name: &str) -> bool {
-    [
-        ENV_PREFIX,
-        ENV_NATS_URL,
-        ENV_DATA_DIR,
-        ENV_DATABASE_URL,
-        ENV_HTTP_ADDR,
-        ENV_LOG_FORMAT,
-        ENV_SHUTDOWN_GRACE,
-        ENV_STREAM_REPLICAS,
-        ENV_RUST_LOG,
-        ENV_OTEL_SERVICE_NAME,
-        ENV_OTEL_ENDPOINT,
-        ENV_OTEL_TRACES_ENDPOINT,
-        ENV_OTEL_PROTOCOL,
-        ENV_OTEL_TRACES_PROTOCOL,
-        ENV_OTEL_SDK_DISABLED,
-    ]
-    .contains(&name)
+    VARIABLES.contains(&name)
 }
 
 fn parse_replicas(origin: &str, v: &str) -> Result<usize, ConfigError> {
