@@ -19,8 +19,9 @@
 //!   the root's counts equal the dossiers' own states (each dossier read
 //!   from the services) and every node equals the sum of its children plus
 //!   its own dossiers. Then `gradeflow up` is stopped, the progress store
-//!   deleted (SQLite file, or PostgreSQL schema) and with it its durable
-//!   consumer, and after a restart the rebuilt tree equals the one before.
+//!   deleted (SQLite file, or PostgreSQL schema), and after a restart — the
+//!   service finds its store empty and replays the stream from its start —
+//!   the rebuilt tree equals the one before.
 //!
 //! Waits are conditions with deadlines, never bare sleeps.
 
@@ -1038,8 +1039,9 @@ async fn boards_at_once(postgres: bool) -> anyhow::Result<()> {
     assert_eq!(again.body, tree.body, "the tree kept changing");
     assert_eq!(check_sums(&tree.body, &own), 1 + 2 + 4 + 12);
 
-    // Rebuilt from scratch: stop, delete the progress store and its
-    // durable consumer, start again on the same data dir and prefix.
+    // Rebuilt from scratch: stop, delete the progress store (only the store:
+    // the service itself must notice that its durable consumer is stale),
+    // start again on the same data dir and prefix.
     up.stop().await?;
     match &up.pg {
         None => {
@@ -1059,9 +1061,6 @@ async fn boards_at_once(postgres: bool) -> anyhow::Result<()> {
             conn.close().await?;
         }
     }
-    let js = async_nats::jetstream::new(up.nats.clone());
-    js.delete_consumer_from_stream(up.names.durable("progress"), up.names.events_stream())
-        .await?;
     up.restart().await?;
     let rebuilt = up
         .get_until(&tree_path, &up.token, DEADLINE, |a| {

@@ -101,9 +101,16 @@ pub async fn spawn<W: Workflow>(
 
     // The relay publishes only the service's own events: the copies of
     // observed events in its store came from the stream in the first place.
-    let relay =
-        Relay::new(wiring.store.clone(), js, wiring.names.clone(), service).only_service(service);
+    let relay = Relay::new(
+        wiring.store.clone(),
+        js.clone(),
+        wiring.names.clone(),
+        service,
+    )
+    .only_service(service);
     tasks.push(tokio::spawn(relay.run(shutdown.clone())));
+
+    forget_stale_durable(&js, &wiring, service).await?;
 
     let mut config = ConsumerConfig::new(service, wiring.names.events_filter())
         .kinds(wiring.observed.iter().cloned());
@@ -141,6 +148,55 @@ pub async fn spawn<W: Workflow>(
     .map_err(|e| SpawnError::Commands(e.to_string()))?;
     tasks.push(tokio::spawn(server.run(shutdown)));
     Ok(tasks)
+}
+
+/// A durable consumer remembers what it delivered; the service's store
+/// remembers what it applied (its inbox). When the store is empty — a new
+/// store, or a read model deleted to be rebuilt — but the durable already
+/// delivered messages, those messages were applied to a store that no longer
+/// exists: the durable is deleted so it is created anew from the start of the
+/// stream and the store is rebuilt by replay. A store with events keeps its
+/// durable: the inbox absorbs any redelivery.
+async fn forget_stale_durable(
+    js: &jetstream::Context,
+    wiring: &Wiring,
+    service: &str,
+) -> Result<(), SpawnError> {
+    let empty = wiring
+        .store
+        .head()
+        .await
+        .map_err(|e| SpawnError::Consumer(e.to_string()))?
+        .is_none();
+    if !empty {
+        return Ok(());
+    }
+    let durable = wiring.names.durable(service);
+    let Ok(stream) = js.get_stream(wiring.names.events_stream()).await else {
+        return Ok(());
+    };
+    let consumer: Result<jetstream::consumer::PullConsumer, _> =
+        stream.get_consumer(&durable).await;
+    let Ok(mut consumer) = consumer else {
+        return Ok(());
+    };
+    let delivered = consumer
+        .info()
+        .await
+        .map(|i| i.delivered.stream_sequence)
+        .unwrap_or(0);
+    if delivered > 0 {
+        tracing::warn!(
+            %durable,
+            delivered,
+            "service.consumer.rebuilding: the store is empty, replaying the stream from its start"
+        );
+        stream
+            .delete_consumer(&durable)
+            .await
+            .map_err(|e| SpawnError::Consumer(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Why a service could not start.
