@@ -39,9 +39,9 @@ use std::sync::Arc;
 use chrono::{NaiveDate, Utc};
 use gradeflow_eventstore::{ExpectedVersion, NewEvent, Store, StoreError};
 use gradeflow_proto::events::EVENT_KINDS;
-use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode, Rejection};
-use gradeflow_service::{reply, Decision, Engine, ExecuteError, Workflow};
-use serde_json::{json, Value};
+use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode};
+use gradeflow_service::{Decision, Engine, ExecuteError, Workflow};
+use serde_json::json;
 
 pub use changes::touched;
 pub use export::{report_csv, report_xlsx, ExportError};
@@ -104,21 +104,10 @@ impl Progress {
             .engine
             .read(|m| query.answer(m, &cmd.actor, today))
             .await;
-        answered(answer)
-    }
-}
-
-fn answered(answer: Result<Result<Value, Rejection>, StoreError>) -> CommandReply {
-    match answer {
-        Ok(Ok(result)) => CommandReply::Accepted {
-            event_ids: Vec::new(),
-            result,
-        },
-        Ok(Err(rejection)) => {
+        if let Ok(Err(rejection)) = &answer {
             tracing::info!(code = %rejection.code, "query refused");
-            CommandReply::Rejected(rejection)
         }
-        Err(e) => reply(Err(ExecuteError::Store(e))),
+        gradeflow_service::answer(answer)
     }
 }
 

@@ -28,11 +28,9 @@ use gradeflow_proto::events::{
     CycleOpened, Event, GradeDecided, GradeRevised, MeetingRecorded, OrgMoved, OrgRegistered,
     OrgRenamed, OrgsMerged, SelfReviewSubmitted, SubjectRegistered,
 };
-use gradeflow_proto::{
-    CommandEnvelope, CommandReply, CorrelationId, Envelope, ErrorCode, Rejection,
-};
+use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode, Rejection};
 use gradeflow_service::{payload, reply, Context, Decision, Engine, ExecuteError, Workflow};
-use serde_json::{json, Value};
+use serde_json::json;
 use tracing::field::{display, Empty};
 
 pub use model::AppraisalModel;
@@ -83,7 +81,7 @@ impl Appraisal {
     where
         F: Fn(&AppraisalModel) -> Result<Decision, Rejection>,
     {
-        let ctx = context(cmd);
+        let ctx = Context::of_command(cmd);
         let outcome = self
             .engine
             .execute(&ctx, Some(&cmd.command_id.to_string()), decide)
@@ -127,29 +125,7 @@ impl Appraisal {
             Err(r) => return CommandReply::Rejected(r),
         };
         let answer = self.engine.read(|m| query.answer(m, &cmd.actor)).await;
-        answered(answer)
-    }
-}
-
-fn answered(answer: Result<Result<Value, Rejection>, StoreError>) -> CommandReply {
-    match answer {
-        Ok(Ok(result)) => CommandReply::Accepted {
-            event_ids: Vec::new(),
-            result,
-        },
-        Ok(Err(rejection)) => CommandReply::Rejected(rejection),
-        Err(e) => reply(Err(ExecuteError::Store(e))),
-    }
-}
-
-/// Who asked, within which request: the command id doubles as the
-/// correlation id (a retry carries the same one) and is the cause.
-fn context(cmd: &CommandEnvelope) -> Context {
-    Context {
-        actor: cmd.actor.clone(),
-        correlation_id: CorrelationId(cmd.command_id.as_uuid()),
-        causation_id: Some(cmd.command_id.as_uuid()),
-        traceparent: cmd.traceparent.clone(),
+        gradeflow_service::answer(answer)
     }
 }
 

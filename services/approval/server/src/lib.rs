@@ -39,8 +39,7 @@ use gradeflow_proto::events::{
     Event, OrgMoved, OrgRegistered, OrgRenamed, OrgsMerged, SelfReviewSubmitted, SubjectRegistered,
 };
 use gradeflow_proto::{
-    CommandEnvelope, CommandReply, CorrelationId, DecisionId, DossierState, Envelope, ErrorCode,
-    Rejection,
+    CommandEnvelope, CommandReply, DecisionId, DossierState, Envelope, ErrorCode, Rejection,
 };
 use gradeflow_service::{
     payload, reply, Context, Decision, Engine, ExecuteError, Observed, Workflow,
@@ -208,7 +207,7 @@ impl Approval {
             key_id: &key_id,
             sign: |message: &[u8]| self.keys.sign(authority, message).map(|(_, s)| s),
         };
-        let ctx = context(command);
+        let ctx = Context::of_command(command);
         let command_id = command.command_id.to_string();
         let outcome = self
             .engine
@@ -284,17 +283,6 @@ fn key_unavailable() -> Rejection {
         "the authority's signing key is unavailable; nothing was recorded",
         "Khóa ký của cấp có thẩm quyền tạm thời không khả dụng; chưa ghi nhận gì",
     )
-}
-
-/// The context stamped on a command's events: its actor, the command id as
-/// correlation and causation, and the caller's trace.
-fn context(command: &CommandEnvelope) -> Context {
-    Context {
-        actor: command.actor.clone(),
-        correlation_id: CorrelationId(command.command_id.as_uuid()),
-        causation_id: Some(command.command_id.as_uuid()),
-        traceparent: command.traceparent.clone(),
-    }
 }
 
 /// Approval's reaction to an observed event, judged on the model as it was

@@ -39,7 +39,7 @@ use tokio::sync::Mutex;
 
 pub use tree::{OrgNode, OrgTree};
 use uuid::Uuid;
-pub use workflow::{payload, reply, Observed, Workflow};
+pub use workflow::{answer, payload, reply, Observed, Workflow};
 
 /// A service's in-memory working state, folded from its store.
 pub trait Model: Default + Send + Sync + 'static {
@@ -59,6 +59,20 @@ pub struct Context {
     pub causation_id: Option<Uuid>,
     /// W3C trace context to carry on.
     pub traceparent: Option<String>,
+}
+
+impl Context {
+    /// The context of a command: its actor, its command id as the
+    /// correlation id (a retry carries the same one) and as the cause, and
+    /// the caller's trace.
+    pub fn of_command(command: &gradeflow_proto::CommandEnvelope) -> Self {
+        Self {
+            actor: command.actor.clone(),
+            correlation_id: CorrelationId(command.command_id.as_uuid()),
+            causation_id: Some(command.command_id.as_uuid()),
+            traceparent: command.traceparent.clone(),
+        }
+    }
 }
 
 /// One event a decision wants appended. The engine adds the id and metadata.

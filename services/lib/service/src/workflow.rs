@@ -58,6 +58,23 @@ pub fn reply(outcome: Result<Outcome, ExecuteError>) -> CommandReply {
     }
 }
 
+/// Turns the answer of a read-only query (run on the model with
+/// [`crate::Engine::read`]) into a command reply: accepted with the result
+/// and no events, the query's own refusal, or `unavailable` when the store
+/// could not be read.
+pub fn answer(
+    answer: Result<Result<serde_json::Value, Rejection>, gradeflow_eventstore::StoreError>,
+) -> CommandReply {
+    match answer {
+        Ok(Ok(result)) => CommandReply::Accepted {
+            event_ids: Vec::new(),
+            result,
+        },
+        Ok(Err(rejection)) => CommandReply::Rejected(rejection),
+        Err(e) => reply(Err(ExecuteError::Store(e))),
+    }
+}
+
 fn unavailable() -> Rejection {
     ErrorCode::Unavailable.reject(
         "the service's event store is unavailable; nothing was changed",

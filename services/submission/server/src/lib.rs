@@ -37,9 +37,7 @@ use gradeflow_proto::events::{
     CycleCompleted, DossierAppraised, DossierReturned, Event, GradeDecided, GradeRevised,
     UnitCompleted,
 };
-use gradeflow_proto::{
-    CommandEnvelope, CommandReply, CorrelationId, Envelope, ErrorCode, Rejection, Tiers,
-};
+use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode, Rejection, Tiers};
 use gradeflow_service::{payload, reply, Context, Decision, Engine, ExecuteError, Workflow};
 use serde_json::{json, Value};
 use tracing::field::{display, Empty};
@@ -103,7 +101,7 @@ impl Submission {
     where
         F: Fn(&SubmissionModel) -> Result<Decision, Rejection>,
     {
-        let ctx = context(cmd);
+        let ctx = Context::of_command(cmd);
         let outcome = self
             .engine
             .execute(&ctx, Some(&cmd.command_id.to_string()), decide)
@@ -229,18 +227,6 @@ impl Submission {
             Err(r) => return CommandReply::Rejected(r),
         };
         self.query(|m| query.answer(m, &cmd.actor)).await
-    }
-}
-
-/// Who asked, within which request: every event a command causes belongs to
-/// the request the command started, so the command id doubles as the
-/// correlation id (a retry carries the same one) and is the cause.
-fn context(cmd: &CommandEnvelope) -> Context {
-    Context {
-        actor: cmd.actor.clone(),
-        correlation_id: CorrelationId(cmd.command_id.as_uuid()),
-        causation_id: Some(cmd.command_id.as_uuid()),
-        traceparent: cmd.traceparent.clone(),
     }
 }
 
