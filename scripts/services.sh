@@ -3,7 +3,9 @@
 # need on this machine, when it is not already there: NATS with JetStream on
 # 127.0.0.1:4222 and PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth on
 # loopback, database `test`), plus the test tools (cargo-nextest, Python
-# `jsonschema`). Idempotent: a server that already answers is left alone.
+# `jsonschema`) and, for the web UI's end-to-end tests, Debian's `chromium`
+# and Node (`browser`, not part of `all`). Idempotent: a server that already
+# answers is left alone.
 set -euo pipefail
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -121,11 +123,28 @@ ensure_test_tools() {
     fi
 }
 
+# Debian's Chromium for the web UI's end-to-end tests (driven by
+# playwright-core over CDP from tests/e2e, with the machine's Node); no
+# browser is downloaded by a tool.
+ensure_browser() {
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        log "installing nodejs and npm"
+        apt_install nodejs npm
+    fi
+    if [ -x /usr/bin/chromium ]; then
+        log "chromium already installed ($(/usr/bin/chromium --version 2>/dev/null || echo '?'))"
+        return
+    fi
+    log "installing chromium"
+    apt_install chromium fonts-dejavu-core
+}
+
 case "${1:-all}" in
     nats) ensure_nats ;;
     nats-binary) ensure_nats_binary ;;
     postgres) ensure_postgres ;;
     tools) ensure_test_tools ;;
+    browser) ensure_browser ;;
     all) ensure_nats; ensure_postgres; ensure_test_tools ;;
-    *) log "usage: $0 [all|nats|nats-binary|postgres|tools]"; exit 2 ;;
+    *) log "usage: $0 [all|nats|nats-binary|postgres|tools|browser]"; exit 2 ;;
 esac

@@ -41,6 +41,7 @@ pub mod progress;
 pub mod report;
 pub mod request;
 pub mod state;
+pub mod ui;
 pub mod worklist;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -134,6 +135,9 @@ pub fn router(state: PortalState) -> Router {
         state.health().clone(),
         state.metrics().clone(),
     ))
+    // The web UI's pages and assets (no token: the API calls they make
+    // carry it).
+    .merge(ui::router())
     .fallback(no_route)
     .method_not_allowed_fallback(wrong_method)
     .layer(middleware::from_fn_with_state(
