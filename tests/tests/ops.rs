@@ -167,6 +167,22 @@ impl Cycle {
         }
     }
 
+    /// [`Cycle::file_all`], except the self-review of `filed` (sent
+    /// another way): only its meeting.
+    async fn file_all_but(&self, filed: &str) {
+        for name in self.names() {
+            let dossier = &self.dossier[&name];
+            if name != filed {
+                self.driver.eventually(&self.me, "submission", "submit_self_review.v1", json!({"dossier": dossier, "score": {"general": 28, "tasks": 65}, "proposed_grade": "good", "tasks": {"total": 10, "on_time": 10, "exceeded": 3, "late": 0, "not_done": 0}, "shortcomings_fixed": true, "report": "Bản tự kiểm điểm"}))
+                    .await
+                    .unwrap();
+            }
+            self.driver.eventually(&self.me, "submission", "record_meeting.v1", json!({"dossier": dossier, "proposed_grade": "good", "votes": {"good": 10}, "minutes": "Biên bản"}))
+                .await
+                .unwrap();
+        }
+    }
+
     async fn appraise_all(&self) {
         for name in self.names() {
             self.driver.eventually(&self.me, "appraisal", "appraise_dossier.v1", json!({"dossier": self.dossier[&name], "recommended_grade": "good", "facts": {}, "notes": "Thẩm định"}))
@@ -1114,4 +1130,312 @@ fn deploy_manifests_are_valid_and_name_only_what_the_code_defines() {
             );
         }
     }
+}
+
+// ------------------------------------------------------------ OTLP/HTTP
+
+/// One span as an OTLP/HTTP receiver sees it.
+#[derive(Debug, Clone)]
+struct ReceivedSpan {
+    service: String,
+    trace_id: String,
+    name: String,
+    kind: Option<String>,
+}
+
+/// Reads a protobuf varint at `*i`.
+fn varint(buf: &[u8], i: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*i)?;
+        *i += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The length-delimited fields of a protobuf message as (number, bytes);
+/// other wire types are skipped.
+fn fields(buf: &[u8]) -> Vec<(u64, &[u8])> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < buf.len() {
+        let Some(key) = varint(buf, &mut i) else {
+            break;
+        };
+        match key & 7 {
+            0 => {
+                if varint(buf, &mut i).is_none() {
+                    break;
+                }
+            }
+            1 => i += 8,
+            5 => i += 4,
+            2 => {
+                let Some(len) = varint(buf, &mut i) else {
+                    break;
+                };
+                let end = i + len as usize;
+                if end > buf.len() {
+                    break;
+                }
+                out.push((key >> 3, &buf[i..end]));
+                i = end;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// A `KeyValue`'s key and string value.
+fn key_value(buf: &[u8]) -> (String, Option<String>) {
+    let mut key = String::new();
+    let mut value = None;
+    for (n, b) in fields(buf) {
+        match n {
+            1 => key = String::from_utf8_lossy(b).into_owned(),
+            // AnyValue { string_value = 1 }
+            2 => {
+                value = fields(b)
+                    .into_iter()
+                    .find(|(n, _)| *n == 1)
+                    .map(|(_, s)| String::from_utf8_lossy(s).into_owned())
+            }
+            _ => {}
+        }
+    }
+    (key, value)
+}
+
+/// The spans of an `ExportTraceServiceRequest` (opentelemetry-proto:
+/// resource_spans = 1 { resource = 1 { attributes = 1 }, scope_spans = 2 {
+/// spans = 2 { trace_id = 1, name = 5, attributes = 9 } } }).
+fn decode_spans(body: &[u8]) -> Vec<ReceivedSpan> {
+    let mut out = Vec::new();
+    for (_, resource_spans) in fields(body).into_iter().filter(|(n, _)| *n == 1) {
+        let mut service = String::new();
+        for (n, b) in fields(resource_spans) {
+            if n == 1 {
+                for (_, kv) in fields(b).into_iter().filter(|(n, _)| *n == 1) {
+                    let (key, value) = key_value(kv);
+                    if let ("service.name", Some(v)) = (key.as_str(), value) {
+                        service = v;
+                    }
+                }
+            }
+        }
+        for (_, scope_spans) in fields(resource_spans).into_iter().filter(|(n, _)| *n == 2) {
+            for (_, span) in fields(scope_spans).into_iter().filter(|(n, _)| *n == 2) {
+                let mut s = ReceivedSpan {
+                    service: service.clone(),
+                    trace_id: String::new(),
+                    name: String::new(),
+                    kind: None,
+                };
+                for (n, b) in fields(span) {
+                    match n {
+                        1 => s.trace_id = b.iter().map(|x| format!("{x:02x}")).collect(),
+                        5 => s.name = String::from_utf8_lossy(b).into_owned(),
+                        9 => {
+                            let (key, value) = key_value(b);
+                            if key == "kind" {
+                                s.kind = value;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// A tiny OTLP/HTTP receiver on loopback: answers every `POST /v1/traces`
+/// with 200 and keeps the spans it decoded.
+async fn otlp_receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = spans.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: the head, then Content-Length bytes.
+                    let head_end = loop {
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p + 4;
+                        }
+                        let mut chunk = [0u8; 8192];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 8192];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = buf[head_end..head_end + len].to_vec();
+                    buf.drain(..head_end + len);
+                    if head.starts_with("post /v1/traces") {
+                        kept.lock().unwrap().extend(decode_spans(&body));
+                    }
+                    let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                    if conn.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, spans)
+}
+
+/// The dossier's trace: the self-review's `traceparent`.
+const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_export_shows_one_trace_from_the_http_request_to_the_decision_across_services() {
+    let (otlp_port, spans) = otlp_receiver().await;
+    let portal_port = free_port();
+    let mut dep = Deployment::on(
+        &gradeflow_testkit::nats_url(),
+        None,
+        None,
+        gradeflow_testkit::fresh_names(),
+        env_vars(&[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &format!("http://127.0.0.1:{otlp_port}"),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]),
+    )
+    .await
+    .unwrap();
+    dep.service_env.insert(
+        "portal".to_owned(),
+        vec![(
+            "GRADEFLOW_HTTP_ADDR".to_owned(),
+            format!("127.0.0.1:{portal_port}"),
+        )],
+    );
+    dep.spawn_all().await.unwrap();
+    dep.spawn("portal").await.unwrap();
+
+    let c = Cycle::register(&dep).await;
+    // The dossier's first step goes through the portal's HTTP API with the
+    // W3C trace context; everything else travels as commands without one.
+    let member = "P01.D01.C01.M1".to_owned();
+    let token = std::process::Command::new(system_tests::binary())
+        .args(["token", "--role", "central", "--org"])
+        .arg(c.units[0].org.to_string())
+        .arg("--data-dir")
+        .arg(dep.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let http = reqwest::Client::new();
+    let url = format!(
+        "http://127.0.0.1:{portal_port}/api/v1/dossiers/{}/self-review",
+        c.dossier[&member]
+    );
+    let body = json!({"score": {"general": 28, "tasks": 65}, "proposed_grade": "good",
+        "tasks": {"total": 10, "on_time": 10, "exceeded": 3, "late": 0, "not_done": 0},
+        "shortcomings_fixed": true, "report": "Bản tự kiểm điểm"});
+    wait_for(Duration::from_secs(30), "the self-review over HTTP", || {
+        let (http, url, token, body) = (http.clone(), url.clone(), token.clone(), body.clone());
+        async move {
+            let r = http
+                .post(&url)
+                .bearer_auth(&token)
+                .header("traceparent", TRACE)
+                .json(&body)
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    c.file_all_but(&member).await;
+    c.appraise_all().await;
+    c.decide_members().await;
+
+    let trace_id = TRACE.split('-').nth(1).unwrap().to_owned();
+    let seen = |service: &str, name: &str, kind: Option<&str>| {
+        spans.lock().unwrap().iter().any(|s| {
+            s.trace_id == trace_id
+                && s.service == service
+                && s.name == name
+                && kind.is_none_or(|k| s.kind.as_deref().is_some_and(|x| x.starts_with(k)))
+        })
+    };
+    // Spans are exported in batches (every 5 s by default).
+    wait_for(
+        Duration::from_secs(30),
+        "the dossier's spans at the receiver",
+        || async {
+            (seen("gradeflow-portal", "portal.http", None)
+                && seen(
+                    "gradeflow-submission",
+                    "service.command",
+                    Some("submit_self_review"),
+                )
+                && seen(
+                    "gradeflow-appraisal",
+                    "service.observe",
+                    Some("meeting_recorded"),
+                )
+                && seen(
+                    "gradeflow-approval",
+                    "service.observe",
+                    Some("dossier_appraised"),
+                )
+                && seen(
+                    "gradeflow-submission",
+                    "service.observe",
+                    Some("grade_decided"),
+                ))
+            .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        let mine: Vec<ReceivedSpan> = spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.trace_id == trace_id)
+            .cloned()
+            .collect();
+        panic!("{e}: spans of the trace: {mine:#?}")
+    });
+    dep.stop().await.unwrap();
+    delete_streams(&dep).await;
 }

@@ -28,7 +28,7 @@
 //! | `RUST_LOG` | [`Config::log_filter`] | `info` |
 //! | `OTEL_SERVICE_NAME` | [`Config::service_name`] | `gradeflow` |
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` | [`Config::otlp_endpoint`] | none (no export) |
-//! | `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL` | must be `grpc` when set | |
+//! | `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL` | [`Config::otlp_protocol`]: `grpc` or `http/protobuf` | `grpc` |
 //! | `OTEL_SDK_DISABLED` | `true` switches export off | |
 
 use std::collections::HashMap;
@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use gradeflow_proto::names::{BadPrefix, Names};
 
-use crate::telemetry::TelemetryConfig;
+use crate::telemetry::{OtlpProtocol, TelemetryConfig};
 
 /// `GRADEFLOW_PREFIX`: prefix of every NATS subject, stream and consumer.
 pub const ENV_PREFIX: &str = "GRADEFLOW_PREFIX";
@@ -194,8 +194,10 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// An OTLP protocol other than gRPC was asked for.
-    #[error("unsupported OTLP protocol `{value}` in {origin}: only `grpc` is built in")]
+    /// An OTLP protocol other than gRPC or HTTP/protobuf was asked for.
+    #[error(
+        "unsupported OTLP protocol `{value}` in {origin}: `grpc` or `http/protobuf` are built in"
+    )]
     OtlpProtocol {
         /// Where the value came from.
         origin: String,
@@ -283,9 +285,15 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `service.name` in traces.
     pub service_name: String,
-    /// OTLP/gRPC collector endpoint; `None` means traces are not exported
-    /// (trace ids still flow, see [`crate::trace`]).
+    /// OTLP collector endpoint; `None` means traces are not exported
+    /// (trace ids still flow, see [`crate::trace`]). For HTTP/protobuf it is
+    /// the full traces URL: `OTEL_EXPORTER_OTLP_ENDPOINT` gets `/v1/traces`
+    /// appended, as the specification says; the traces variable is taken
+    /// as is.
     pub otlp_endpoint: Option<String>,
+    /// How spans are exported: OTLP over gRPC (the default) or over HTTP
+    /// with protobuf bodies.
+    pub otlp_protocol: OtlpProtocol,
     /// Log line format.
     pub log_format: LogFormat,
     /// `EnvFilter` directives, `info` by default.
@@ -307,6 +315,7 @@ impl Default for Config {
             http_addr: DEFAULT_HTTP_ADDR,
             service_name: DEFAULT_SERVICE_NAME.to_owned(),
             otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::Grpc,
             log_format: LogFormat::Text,
             log_filter: DEFAULT_LOG_FILTER.to_owned(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -330,6 +339,7 @@ impl fmt::Debug for Config {
             .field("http_addr", &self.http_addr)
             .field("service_name", &self.service_name)
             .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("otlp_protocol", &self.otlp_protocol)
             .field("log_format", &self.log_format)
             .field("log_filter", &self.log_filter)
             .field("shutdown_grace", &self.shutdown_grace)
@@ -394,19 +404,29 @@ impl Config {
         // OpenTelemetry specification says.
         let endpoint = get(ENV_OTEL_TRACES_ENDPOINT).or_else(|| get(ENV_OTEL_ENDPOINT));
         if let (false, Some((origin, v))) = (disabled, endpoint) {
-            config.otlp_endpoint = Some(parse_otlp_endpoint(origin, v)?);
+            let mut url = parse_otlp_endpoint(origin, v)?;
             // Only checked when export is on: a stray protocol variable must
             // not stop a service that exports nothing.
             if let Some((origin, v)) =
                 get(ENV_OTEL_TRACES_PROTOCOL).or_else(|| get(ENV_OTEL_PROTOCOL))
             {
-                if !v.trim().eq_ignore_ascii_case("grpc") {
-                    return Err(ConfigError::OtlpProtocol {
-                        origin: origin.to_owned(),
-                        value: v.to_owned(),
-                    });
-                }
+                config.otlp_protocol = match v.trim().to_ascii_lowercase().as_str() {
+                    "grpc" => OtlpProtocol::Grpc,
+                    "http/protobuf" => OtlpProtocol::HttpProtobuf,
+                    _ => {
+                        return Err(ConfigError::OtlpProtocol {
+                            origin: origin.to_owned(),
+                            value: v.to_owned(),
+                        })
+                    }
+                };
             }
+            // Over HTTP the general endpoint is a base URL; each signal
+            // appends its path (OTLP exporter specification).
+            if config.otlp_protocol == OtlpProtocol::HttpProtobuf && origin == ENV_OTEL_ENDPOINT {
+                url = format!("{}/v1/traces", url.trim_end_matches('/'));
+            }
+            config.otlp_endpoint = Some(url);
         }
         Ok(config)
     }
@@ -541,6 +561,7 @@ impl Config {
         TelemetryConfig {
             service_name: self.service_name.clone(),
             otlp_endpoint: self.otlp_endpoint.clone(),
+            otlp_protocol: self.otlp_protocol,
             log_format: self.log_format,
             log_filter: self.log_filter.clone(),
         }
@@ -935,15 +956,35 @@ mod tests {
     }
 
     #[test]
-    fn only_grpc_is_accepted_when_export_is_on() {
+    fn grpc_and_http_protobuf_are_accepted_when_export_is_on() {
         let e = Config::from_env_map(env(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
         ]))
         .unwrap_err();
         assert!(matches!(e, ConfigError::OtlpProtocol { .. }));
         // Without an endpoint the protocol does not matter.
-        Config::from_env_map(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])).unwrap();
+        Config::from_env_map(env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])).unwrap();
+        let c = Config::from_env_map(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ]))
+        .unwrap();
+        assert_eq!(c.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://c:4318/v1/traces"));
+        let c = Config::from_env_map(env(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+        ]))
+        .unwrap();
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://c:4318/custom"));
+        let c = Config::from_env_map(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]))
+        .unwrap();
+        assert_eq!(c.otlp_protocol, OtlpProtocol::Grpc);
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://c:4317"));
     }
 
     #[test]

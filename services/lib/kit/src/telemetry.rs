@@ -9,9 +9,10 @@
 //!   filtered separately (INFO spans and above, whatever `RUST_LOG` says), so
 //!   every handler span has a real W3C trace id that [`crate::trace`] can
 //!   propagate even when logs are quiet;
-//!   spans are **exported** over OTLP/gRPC only when an endpoint is configured
-//!   (the standard `OTEL_EXPORTER_OTLP_ENDPOINT`), through the SDK's batch
-//!   processor so a slow collector never blocks a handler.
+//!   spans are **exported** over OTLP only when an endpoint is configured
+//!   (the standard `OTEL_EXPORTER_OTLP_ENDPOINT`), over gRPC or, with
+//!   `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`, over plain HTTP, through
+//!   the SDK's batch processor so a slow collector never blocks a handler.
 //!
 //! The W3C TraceContext propagator is also set as the global propagator, for
 //! any library that propagates through `opentelemetry::global`.
@@ -44,13 +45,27 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Instrumentation scope of the spans this process creates.
 const SCOPE: &str = "gradeflow";
 
+/// The OTLP transport (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (`grpc`), usually port 4317.
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (`http/protobuf`), usually port 4318:
+    /// `POST <endpoint>` where the endpoint is the full traces URL.
+    HttpProtobuf,
+}
+
 /// What [`init`] needs; usually [`crate::Config::telemetry`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TelemetryConfig {
     /// `service.name` resource attribute of exported spans.
     pub service_name: String,
-    /// OTLP/gRPC collector (`http://host:4317`); `None` exports nothing.
+    /// OTLP collector: `http://host:4317` for gRPC, the traces URL
+    /// (`http://host:4318/v1/traces`) for HTTP; `None` exports nothing.
     pub otlp_endpoint: Option<String>,
+    /// gRPC or HTTP/protobuf.
+    pub otlp_protocol: OtlpProtocol,
     /// Text or JSON log lines.
     pub log_format: LogFormat,
     /// `EnvFilter` directives (`info`, `gradeflow=debug,sqlx=warn`, …).
@@ -62,6 +77,7 @@ impl Default for TelemetryConfig {
         Self {
             service_name: DEFAULT_SERVICE_NAME.to_owned(),
             otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::Grpc,
             log_format: LogFormat::Text,
             log_filter: DEFAULT_LOG_FILTER.to_owned(),
         }
@@ -230,6 +246,7 @@ fn trace_filter() -> Targets {
         .with_target("hyper", LevelFilter::OFF)
         .with_target("hyper_util", LevelFilter::OFF)
         .with_target("tonic", LevelFilter::OFF)
+        .with_target("reqwest", LevelFilter::OFF)
         .with_target("tower", LevelFilter::OFF)
         .with_target("opentelemetry", LevelFilter::OFF)
         .with_target("opentelemetry_sdk", LevelFilter::OFF)
@@ -267,14 +284,23 @@ fn build_provider(config: &TelemetryConfig) -> Result<SdkTracerProvider, Telemet
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(TelemetryError::NoRuntime);
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint.clone())
-        .build()
-        .map_err(|source| TelemetryError::Exporter {
-            endpoint: endpoint.clone(),
-            source,
-        })?;
+    let exporter = match config.otlp_protocol {
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .build(),
+        // A blocking HTTP client: the batch processor exports from its own
+        // thread, outside the Tokio runtime.
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(endpoint.clone())
+            .build(),
+    }
+    .map_err(|source| TelemetryError::Exporter {
+        endpoint: endpoint.clone(),
+        source,
+    })?;
     // The batch processor queues finished spans and exports them from its
     // own thread, so handlers never wait on the collector; a full queue
     // drops spans rather than applying back-pressure to the service.
