@@ -4,10 +4,11 @@
 //
 // Scenario: a board files a self-review and the meeting outcome; the board
 // cannot open another unit's dossier; an appraiser recommends two dossiers
-// and returns one with a reason; an authority decides a batch, sees the
+// and returns one with a reason, which its board answers; an authority decides a batch, sees the
 // quota refusal in place, then succeeds; the central dashboard's numbers
 // change without a reload; the language switch works; the auditor sees the
-// decision log verified and a dossier's history. Screenshots of each screen
+// decision log verified and a dossier's history; a phone; a cycle past its
+// deadlines shows Quá hạn. Screenshots of each screen
 // go to docs/screenshots/.
 //
 // Run by scripts/test.sh (before nextest); alone: `cargo build -p gradeflow
@@ -89,6 +90,16 @@ async function api(g, path, token = g.token) {
   return r.json();
 }
 
+async function apiPost(g, path, body) {
+  const r = await fetch(g.base + path, {
+    method: 'POST',
+    headers: { Authorization: 'Bearer ' + g.token, 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  if (!r.ok) throw new Error(`${path}: ${r.status} ${await r.text()}`);
+  return r.json();
+}
+
 async function orgId(g, code) {
   const found = await api(g, '/api/v1/orgs?code=' + encodeURIComponent(code));
   if (!found.length) throw new Error('no org ' + code);
@@ -111,10 +122,11 @@ async function signIn(context, g, token, expectPath) {
 }
 
 // The services learn of each other's steps from events, a moment later:
-// reload (as a user would) until `n` elements match, for at most 10 s.
-async function reloadUntil(page, selector, n) {
+// reload (as a user would) until `n` elements match, for at most 10 s
+// (`drawn` matches once the page is drawn without them).
+async function reloadUntil(page, selector, n, drawn = '#view .empty') {
   for (let i = 0; i < 20; i++) {
-    await page.waitForSelector(`${selector}, #view .empty`);
+    await page.waitForSelector(`${selector}, ${drawn}`);
     if ((await page.locator(selector).count()) === n) return;
     await page.waitForTimeout(500);
     await page.reload();
@@ -241,6 +253,19 @@ async function main() {
     await ret.locator('.ok').waitFor();
     check((await ret.locator('.ok').textContent()).includes('Bị trả lại'), 'a dossier is returned with its reason');
 
+    // The board of the returned dossier's cell answers the return.
+    const boardP01 = await signIn(context, g, mint(dataDir, 'submitter', toReturn.org, 'chi-bo-p01'), '/ui/worklist');
+    await boardP01.goto(g.base + '/ui/dossier/' + toReturn.dossier);
+    await reloadUntil(boardP01, '#returns', 1, '#form > *');
+    check((await boardP01.textContent('#returns')).includes('Thiếu biên bản hội nghị kiểm điểm.'), "the board sees the return's Lý do");
+    check((await boardP01.inputValue('input[name=tasks]')) === '38', 'the self-review form is filled with what was filed before');
+    await boardP01.fill('textarea[name=report]', 'Bổ sung biên bản hội nghị kiểm điểm.');
+    await shot(boardP01, '5b-tra-loi-ho-so-bi-tra-lai');
+    await boardP01.click('#self-review button[type=submit]');
+    await boardP01.waitForSelector('#self-review .ok');
+    check((await boardP01.textContent('#self-review .ok')).includes('Đã nộp bản tự kiểm điểm'), 'the returned dossier is filed again');
+    await boardP01.close();
+
     // The authority of P01.D01: the quota refusal, then the batch.
     const authority = await signIn(context, g, tokens.authority, '/ui/decision');
     await reloadUntil(authority, 'table.decide tbody tr', 2);
@@ -305,6 +330,22 @@ async function main() {
     });
     check(overflow.by <= 1, 'the board worklist fits a phone screen' + (overflow.by > 1 ? ' ' + JSON.stringify(overflow) : ''));
     await shot(phone, '12-dien-thoai');
+
+    // Overdue: a cycle whose deadlines have passed, one dossier open in P02.
+    const late = await apiPost(g, '/api/v1/cycles', {
+      year: 2025, kind: 'annual', rulebook: 'qd366-2025', tiers: ['cell', 'district', 'province', 'central'],
+      deadlines: { cell: '2025-12-15', district: '2025-12-25', province: '2026-01-15', central: '2026-02-01' },
+      quota: { ratio: 0.2, rounding: 'floor' },
+    });
+    await apiPost(g, `/api/v1/cycles/${late.id}/subjects`, {
+      kind: 'individual', org: otherCell, name: 'Lê Thị Mai', category: '2B', leader: false, status: 'active',
+    });
+    await central.goto(`${g.base}/ui/dashboard?cycle=${late.id}`);
+    await central.waitForSelector('#tree tr.node.is-overdue .overdue');
+    check((await central.textContent('#top')).includes('Quá hạn'), 'units past their tier\'s deadline show Quá hạn in red');
+    await central.click('#tree tr.node:nth-child(2) button.twisty');
+    await central.waitForSelector('#tree tr.node[data-level="1"]');
+    await shot(central, '13-qua-han');
   } finally {
     if (context) await context.close().catch(() => {});
     if (g) {

@@ -3,7 +3,6 @@
 import { t } from '/assets/i18n.js';
 
 export const GRADES = ['excellent', 'good', 'completed', 'not_completed'];
-export const GRADE_SHORT = { excellent: 'HTXSNV', good: 'HTTNV', completed: 'HTNV', not_completed: 'KHTNV' };
 
 export function esc(s) {
   return String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
@@ -33,7 +32,7 @@ export function stateBadge(state) {
 
 export function gradeBadge(grade) {
   if (!grade) return '';
-  return `<span class="badge grade-${esc(grade)}" title="${esc(t('grade.' + grade))}">${esc(GRADE_SHORT[grade] || grade)}</span>`;
+  return `<span class="badge grade-${esc(grade)}" title="${esc(t('grade.' + grade))}">${esc(t('grade_short.' + grade, {}, null, grade))}</span>`;
 }
 
 export function errorBox(e) {

@@ -273,4 +273,63 @@ mod tests {
         }
         assert!(checked > 100, "only {checked} string uses found");
     }
+
+    #[tokio::test]
+    async fn pages_and_assets_are_served_with_their_types_and_headers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, router::<()>()).await });
+        let get = |path: &str| reqwest::get(format!("http://{addr}{path}"));
+
+        let home = get("/").await.expect("GET /");
+        assert_eq!(home.status(), 200);
+        assert_eq!(home.headers()["content-type"], "text/html; charset=utf-8");
+        assert!(home.headers()["content-security-policy"]
+            .to_str()
+            .expect("ascii")
+            .contains("default-src 'self'"));
+        assert_eq!(home.headers()["referrer-policy"], "no-referrer");
+        let html = home.text().await.expect("body");
+        assert!(html.contains("<title>Đăng nhập · gradeflow</title>"));
+        assert!(html.contains(r#"data-page="login""#));
+
+        let page = get("/ui/dossier/0b7e6b1c").await.expect("GET dossier");
+        assert_eq!(page.status(), 200);
+        assert!(page
+            .text()
+            .await
+            .expect("body")
+            .contains(r#"data-page="dossier""#));
+        let callback = get("/ui/callback").await.expect("GET callback");
+        assert!(callback
+            .text()
+            .await
+            .expect("body")
+            .contains(r#"data-page="callback""#));
+
+        let missing = get("/ui/nothing-here").await.expect("GET unknown page");
+        assert_eq!(missing.status(), 404);
+        assert!(missing
+            .text()
+            .await
+            .expect("body")
+            .contains(r#"data-page="notfound""#));
+
+        let js = get("/assets/app.js").await.expect("GET app.js");
+        assert_eq!(js.status(), 200);
+        assert_eq!(
+            js.headers()["content-type"],
+            "text/javascript; charset=utf-8"
+        );
+        assert_eq!(js.headers()["x-content-type-options"], "nosniff");
+        let css = get("/assets/style.css").await.expect("GET style.css");
+        assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+        assert_eq!(get("/favicon.ico").await.expect("favicon").status(), 200);
+        assert_eq!(
+            get("/assets/nope.js").await.expect("GET nope").status(),
+            404
+        );
+    }
 }

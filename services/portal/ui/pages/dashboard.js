@@ -5,7 +5,7 @@
 // header), and the report downloads (CSV / XLSX saved as blobs).
 import { t, fmtNum, fmtDate, fmtDateTime, fmtPct } from '/assets/i18n.js';
 import { get, stream, download } from '/assets/api.js';
-import { esc, errorBox, show, GRADES, GRADE_SHORT } from '/assets/dom.js';
+import { esc, errorBox, show, GRADES } from '/assets/dom.js';
 
 const CYCLE = 'gradeflow.cycle';
 
@@ -39,7 +39,7 @@ function distribution(n) {
   if (!sum) return `<div class="dist empty" title="${esc(t('progress.no_grades'))}"></div>`;
   return `<div class="dist" role="img" aria-label="${esc(GRADES.map((g) => `${t('grade.' + g)}: ${n.grades[g] || 0}`).join(', '))}">${GRADES.map((g) => {
     const c = n.grades[g] || 0;
-    return c ? `<span class="grade-${g}" style="flex:${c}" title="${esc(t('grade.' + g))}: ${fmtNum(c)}">${esc(GRADE_SHORT[g])} ${fmtNum(c)}</span>` : '';
+    return c ? `<span class="grade-${g}" style="flex:${c}" title="${esc(t('grade.' + g))}: ${fmtNum(c)}">${esc(t('grade_short.' + g))} ${fmtNum(c)}</span>` : '';
   }).join('')}</div>`;
 }
 
@@ -49,8 +49,13 @@ function stateLine(n) {
     .join('');
 }
 
+// Past the tier's deadline with work left (an empty unit has none).
+function isOverdue(n) {
+  return n.overdue && !n.complete && n.totals.subjects > 0;
+}
+
 function rowHtml(n, level) {
-  const overdue = n.overdue && !n.complete;
+  const overdue = isOverdue(n);
   const leaf = n.tier === 'cell' || level > 6;
   return `<tr class="node${overdue ? ' is-overdue' : ''}" data-org="${esc(n.org)}" data-level="${level}">
     <td class="name" style="padding-left:${0.5 + level * 1.2}rem">
@@ -99,7 +104,7 @@ export async function render(view, ctx) {
   const tree = view.querySelector('#tree');
 
   const drawTop = (n) => {
-    const overdue = n.overdue && !n.complete;
+    const overdue = isOverdue(n);
     view.querySelector('#top').innerHTML = `
       <h2>${esc(n.name || n.code)} <span class="muted">${esc(n.code)} · ${esc(t('tier.' + n.tier, {}, null, n.tier))}</span>
         ${overdue ? `<span class="overdue">${esc(t('progress.overdue'))}</span>` : ''}${n.complete ? `<span class="badge state-decided">${esc(t('progress.complete'))}</span>` : ''}</h2>

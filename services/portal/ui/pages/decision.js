@@ -178,7 +178,7 @@ export async function render(view, ctx) {
 function row(i) {
   const tot = total(i.score);
   return `<tr data-dossier="${esc(i.dossier)}">
-    <td><input type="checkbox" class="pick" checked aria-label="${esc(i.name)}"></td>
+    <td><input type="checkbox" class="pick"${i.ready === false ? '' : ' checked'} aria-label="${esc(i.name)}"></td>
     <td><a href="/ui/audit?dossier=${esc(i.dossier)}">${esc(i.name)}</a><br><span class="muted small" data-org="${esc(i.org)}">…</span></td>
     <td>${esc(t('group.' + (i.quota_group || 'individuals'), {}, null, i.quota_group))}</td>
     <td class="num">${tot === null ? '—' : fmtNum(tot)}</td>

@@ -9,6 +9,33 @@ import {
 } from '/assets/dom.js';
 
 const BOARD_ACTIONS = new Set(['self_review', 'meeting']);
+const QUEUE = 'gradeflow.queue';
+
+// The dossier after `id` in the worklist last shown, for entering many
+// members one after the other.
+function nextInQueue(id) {
+  let queue = [];
+  try {
+    queue = JSON.parse(sessionStorage.getItem(QUEUE) || '[]');
+  } catch {
+    queue = [];
+  }
+  const at = queue.indexOf(id);
+  return at >= 0 && at + 1 < queue.length ? queue[at + 1] : null;
+}
+
+function savedNotice(state, id) {
+  const box = notice(t('form.saved', { state: t('state.' + state) }));
+  const next = nextInQueue(id);
+  if (next) {
+    const a = document.createElement('a');
+    a.href = '/ui/dossier/' + next;
+    a.className = 'button small next';
+    a.textContent = t('form.next');
+    box.append(' ', a);
+  }
+  return box;
+}
 const STATE_ORDER = ['returned', 'open', 'submitted', 'reviewed', 'appraised', 'decided', 'not_reviewed', 'regraded'];
 
 export async function render(view, ctx) {
@@ -28,6 +55,8 @@ async function worklistPage(view, ctx) {
     groups.get(item.state).push(item);
   }
   const states = [...groups.keys()].sort((a, b) => STATE_ORDER.indexOf(a) - STATE_ORDER.indexOf(b));
+  // Bulk entry: each dossier page offers the next one of this list.
+  sessionStorage.setItem(QUEUE, JSON.stringify(states.flatMap((s) => groups.get(s).map((i) => i.dossier))));
   view.innerHTML = `
     <section class="card summary" id="unit-summary"></section>
     <p class="muted">${esc(t('worklist.intro'))}</p>
@@ -223,8 +252,10 @@ function selfReviewForm(slot, d, ctx) {
     button.disabled = true;
     try {
       const r = await post(`/api/v1/dossiers/${d.id}/self-review`, body);
-      show(out, notice(t('form.saved', { state: t('state.' + r.state) })));
-      setTimeout(() => !ctx.signal.aborted && ctx.redraw(), 900);
+      show(out, savedNotice(r.state, d.id));
+      // The meeting outcome comes next: redraw the page into that form
+      // (unless the user moves on to the next dossier).
+      setTimeout(() => !ctx.signal.aborted && ctx.redraw(), 1500);
     } catch (e) {
       show(out, errorBox(e));
       button.disabled = false;
@@ -260,8 +291,8 @@ function meetingForm(slot, d, ctx) {
         votes,
         minutes: form.elements.minutes.value,
       });
-      show(out, notice(t('form.saved', { state: t('state.' + r.state) })));
-      setTimeout(() => !ctx.signal.aborted && ctx.redraw(), 900);
+      show(out, savedNotice(r.state, d.id));
+      form.querySelector('button[type=submit]').disabled = true;
     } catch (e) {
       show(out, errorBox(e));
     }
