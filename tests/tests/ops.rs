@@ -531,22 +531,43 @@ async fn a_cycle_survives_nats_and_postgres_restarts_without_restarting_services
     )
     .await
     .unwrap();
+    // Approval's /readyz, to watch readiness follow the servers.
+    let ready_port = free_port();
+    dep.service_env.insert(
+        "approval".to_owned(),
+        vec![(
+            "GRADEFLOW_HTTP_ADDR".to_owned(),
+            format!("127.0.0.1:{ready_port}"),
+        )],
+    );
     dep.spawn_all().await.unwrap();
     let pids: Vec<Option<u32>> = SERVICES.iter().map(|s| dep.pid(s)).collect();
+    let readyz = |want: u16, what: &'static str| async move {
+        wait_for(Duration::from_secs(20), what, || async move {
+            system_tests::http_get_status(ready_port, "/readyz")
+                .await
+                .filter(|s| *s == want)
+        })
+        .await
+        .unwrap();
+    };
+    readyz(200, "ready at start").await;
 
     let c = Cycle::register(&dep).await;
     c.file_all().await;
     // NATS goes down (SIGKILL) with events still in flight, and comes back
     // on the same store.
     nats.kill();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    readyz(503, "unready without NATS").await;
     nats.restart().unwrap();
     nats.wait_healthy(Duration::from_secs(20)).await.unwrap();
+    readyz(200, "ready again with NATS back").await;
     c.appraise_all().await;
     // PostgreSQL crashes (immediate stop: recovery on start) and comes back.
     pg.stop("immediate").unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    readyz(503, "unready without PostgreSQL").await;
     pg.start_again().unwrap();
+    readyz(200, "ready again with PostgreSQL back").await;
     c.decide_members().await;
     c.decide_collectives().await;
     let log = c.finish().await;

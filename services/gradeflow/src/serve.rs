@@ -181,11 +181,34 @@ async fn run(
 
     let health = Health::new();
     let metrics = Metrics::new();
+    // `/readyz` follows the real state: unready while NATS is away (the
+    // client reconnects on its own) or a store does not answer.
+    let nats_probe = client.clone();
+    health.add_check("nats", move || {
+        let state = nats_probe.connection_state();
+        async move {
+            match state {
+                async_nats::connection::State::Connected => Ok("connected".to_owned()),
+                other => Err(format!("NATS connection is {other:?}")),
+            }
+        }
+    });
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let mut stores = Vec::new();
     for service in &services {
         let store = open_store(&config, service.as_str()).await?;
         stores.push(store.clone());
+        let probe = store.clone();
+        health.add_check(format!("{}.store", service.as_str()), move || {
+            let store = probe.clone();
+            async move {
+                store
+                    .head()
+                    .await
+                    .map(|_| "answers".to_owned())
+                    .map_err(|e| e.to_string())
+            }
+        });
         let wiring = |observed: &[&str]| Wiring {
             client: client.clone(),
             names: config.names.clone(),
