@@ -3,7 +3,7 @@
 // (earlier decisions of the cycle + this batch, live), the triggers and the
 // Lý do xem xét a row needs, the Số quyết định, and the batch submitted
 // whole (POST /api/v1/decisions) — a 422's violations shown in place.
-import { t, fmtNum, fmtPct } from '/assets/i18n.js';
+import { t, fmtNum, fmtPct, lang } from '/assets/i18n.js';
 import { get, post, org } from '/assets/api.js';
 import { esc, errorBox, notice, show, gradeOptions, gradeBadge, gradeForScore, gradeRank, total, shortId } from '/assets/dom.js';
 import { fillOrgs } from '/assets/worklist.js';
@@ -123,6 +123,7 @@ export async function render(view, ctx) {
       if (tot !== null && gradeRank(g) > gradeRank(gradeForScore(tot))) notes.push(t('trigger.score_band', { score: fmtNum(tot) }));
       if (item.recommended_grade && g !== item.recommended_grade) notes.push(t('trigger.differs'));
       if (item.ready === false) notes.push(t('trigger.not_ready', { n: (item.waiting_for || []).length }));
+      for (const x of item.appraisalTriggers || []) notes.push(x);
       const needsReason = notes.length > 0 && item.ready !== false;
       tr.querySelector('.triggers').innerHTML = notes.map((n) => `<span class="trigger">${esc(n)}</span>`).join('');
       const reason = tr.querySelector('input.reason');
@@ -131,6 +132,22 @@ export async function render(view, ctx) {
       reason.placeholder = needsReason ? t('decision.reason_needed') : '';
     }
   };
+
+  // The appraisal's facts and warnings (hard triggers: discipline,
+  // degradation, …) from each dossier, a few at a time.
+  (async () => {
+    for (let at = 0; at < rows.length; at += 8) {
+      await Promise.all(
+        rows.slice(at, at + 8).map(async (item) => {
+          const d = await get('/api/v1/dossiers/' + item.dossier).catch(() => null);
+          if (!d || !d.appraisal) return;
+          item.appraisalTriggers = appraisalTriggers(d.appraisal);
+        }),
+      );
+      if (ctx.signal.aborted) return;
+      update();
+    }
+  })();
 
   form.addEventListener('input', update);
   form.addEventListener('change', (ev) => {
@@ -173,6 +190,22 @@ export async function render(view, ctx) {
       placeViolations(form, meters, e);
     }
   });
+}
+
+// What an appraisal found that a grade must answer for: the facts that
+// trigger the rulebook's hard rules, and its warnings other than the quota
+// (which the meters show).
+function appraisalTriggers(a) {
+  const out = [];
+  const f = a.facts || {};
+  if (f.discipline) out.push(t('trigger.discipline', { level: t('discipline.' + f.discipline.level) }));
+  if (f.degradation) out.push(t('facts.degradation'));
+  if (f.wrongdoing_concluded) out.push(t('trigger.wrongdoing'));
+  if (f.member_disciplined || f.subordinate_disciplined) out.push(t('trigger.member_disciplined'));
+  for (const w of a.warnings || []) {
+    if (w.rule !== 'quota') out.push(lang() === 'vi' ? w.message_vi || w.message : w.message || w.message_vi);
+  }
+  return out;
 }
 
 function row(i) {
