@@ -624,7 +624,7 @@ pub struct PgServer {
 }
 
 /// Where Debian keeps PostgreSQL 15's server programs.
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 impl PgServer {
     /// Creates and starts the instance.

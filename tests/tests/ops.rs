@@ -686,18 +686,129 @@ fn audit_verify(dep: &Deployment) {
     if !has_audit {
         return;
     }
-    let out = std::process::Command::new(&bin)
-        .args(["audit", "verify", "--data-dir"])
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(["audit", "verify", "--data-dir"])
         .arg(dep.dir.path())
-        .args(["--nats-url", &dep.nats_url, "--prefix", dep.names.prefix()])
-        .output()
-        .unwrap();
+        .args(["--nats-url", &dep.nats_url, "--prefix", dep.names.prefix()]);
+    if let Some(url) = &dep.database_url {
+        cmd.args(["--database-url", url]);
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "gradeflow audit verify: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs one of PostgreSQL's client programs against the test's instance.
+fn pg_tool(pg: &PgServer, program: &str, args: &[&str]) {
+    let out = std::process::Command::new(format!("{}/{program}", system_tests::PG_BIN))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pg_dump_per_schema_taken_mid_cycle_restores_into_a_fresh_database_and_the_cycle_finishes(
+) {
+    let pg = PgServer::start().unwrap();
+    let mut dep = Deployment::on(
+        &gradeflow_testkit::nats_url(),
+        Some(pg.url()),
+        None,
+        gradeflow_testkit::fresh_names(),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    dep.spawn_all().await.unwrap();
+    let mut c = Cycle::register(&dep).await;
+    c.file_all().await;
+    c.appraise_all().await;
+    c.decide_members().await;
+    // A quiet moment, then one dump per service schema while the services
+    // run (docs/operations.md § Back up), and the keys.
+    wait_consumers_caught_up(&dep).await;
+    let backup = tempfile::tempdir().unwrap();
+    for service in SERVICES {
+        let file = backup.path().join(format!("{service}.dump"));
+        pg_tool(
+            &pg,
+            "pg_dump",
+            &[
+                "--format=custom",
+                "--schema",
+                service,
+                "--file",
+                file.to_str().unwrap(),
+                "postgres",
+            ],
+        );
+    }
+    copy_dir(&dep.dir.path().join("keys"), &backup.path().join("keys"));
+    dep.stop().await.unwrap();
+    delete_streams(&dep).await;
+    drop(dep);
+
+    // A fresh database on the server, restored schema by schema; a fresh
+    // data dir with the keys; a NATS without the old streams.
+    pg_tool(
+        &pg,
+        "psql",
+        &["-d", "postgres", "-qc", "CREATE DATABASE restored"],
+    );
+    for service in SERVICES {
+        let file = backup.path().join(format!("{service}.dump"));
+        pg_tool(
+            &pg,
+            "pg_restore",
+            &["--dbname", "restored", file.to_str().unwrap()],
+        );
+    }
+    let fresh = tempfile::tempdir().unwrap();
+    copy_dir(&backup.path().join("keys"), &fresh.path().join("keys"));
+    let restored_url = format!("postgres://postgres@127.0.0.1:{}/restored", pg.port);
+    let mut dep = Deployment::on(
+        &gradeflow_testkit::nats_url(),
+        Some(restored_url),
+        Some(fresh),
+        gradeflow_testkit::fresh_names(),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    dep.spawn_all().await.unwrap();
+    c.driver = Driver::new(&dep);
+    let v = c
+        .driver
+        .eventually(&c.me, "approval", "verify_log.v1", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(v["ok"], true, "the restored decision log verifies: {v}");
+    assert_eq!(v["records"], json!(8));
+    c.decide_collectives().await;
+    let log = c.finish().await;
+    assert_eq!(log.len(), DOSSIERS);
+    check_audit_stream(&dep, &log).await;
+    check_exactly_once(&dep).await;
+    dep.stop().await.unwrap();
+    audit_verify(&dep);
+    delete_streams(&dep).await;
 }
 
 fn copy_dir(from: &Path, to: &Path) {
