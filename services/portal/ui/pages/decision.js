@@ -123,8 +123,12 @@ export async function render(view, ctx) {
       if (tot !== null && gradeRank(g) > gradeRank(gradeForScore(tot))) notes.push(t('trigger.score_band', { score: fmtNum(tot) }));
       if (item.recommended_grade && g !== item.recommended_grade) notes.push(t('trigger.differs'));
       if (item.ready === false) notes.push(t('trigger.not_ready', { n: (item.waiting_for || []).length }));
-      for (const x of item.appraisalTriggers || []) notes.push(x);
-      const needsReason = notes.length > 0 && item.ready !== false;
+      const found = item.appraisalTriggers || [];
+      notes.push(...found);
+      // A hard trigger forces Không hoàn thành nhiệm vụ unless overridden
+      // with a reason.
+      const needsReason =
+        item.ready !== false && (notes.length > found.length || (found.length > 0 && g !== 'not_completed'));
       tr.querySelector('.triggers').innerHTML = notes.map((n) => `<span class="trigger">${esc(n)}</span>`).join('');
       const reason = tr.querySelector('input.reason');
       reason.required = needsReason;
@@ -203,7 +207,10 @@ function appraisalTriggers(a) {
   if (f.wrongdoing_concluded) out.push(t('trigger.wrongdoing'));
   if (f.member_disciplined || f.subordinate_disciplined) out.push(t('trigger.member_disciplined'));
   for (const w of a.warnings || []) {
-    if (w.rule !== 'quota') out.push(lang() === 'vi' ? w.message_vi || w.message : w.message || w.message_vi);
+    if (w.rule === 'quota') continue;
+    const text = lang() === 'vi' ? w.message_vi || w.message : w.message || w.message_vi;
+    // The row names the dossier already.
+    out.push(String(text).replace(/^(Hồ sơ|Dossier) [0-9a-f-]{36}: /, ''));
   }
   return out;
 }
