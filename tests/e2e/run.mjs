@@ -308,7 +308,13 @@ async function main() {
     check(true, 'and back to Vietnamese');
 
     // The auditor: the decision log verified, a dossier's history.
-    const auditor = await signIn(context, g, tokens.auditor, '/ui/audit');
+    // (signed in the production way: a redirect to /ui/callback with the
+    // token in the fragment, which the page takes out of the address bar)
+    const auditor = await context.newPage();
+    auditor.setDefaultTimeout(STEP_TIMEOUT);
+    await auditor.goto(`${g.base}/ui/callback#access_token=${tokens.auditor}&token_type=Bearer`);
+    await auditor.waitForURL('**/ui/audit');
+    check(!auditor.url().includes('access_token'), 'the callback page signs in from the fragment and drops the token from the URL');
     await auditor.waitForSelector('#verify .ok-badge');
     await auditor.waitForSelector('#log tr[data-seq]');
     check((await auditor.locator('#log tr[data-seq]').count()) === 2, 'the auditor sees 2 records, chain verified');
