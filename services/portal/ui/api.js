@@ -58,6 +58,13 @@ export class ApiError extends Error {
   }
 }
 
+// 128 random bits as hex (crypto.randomUUID exists only in secure
+// contexts; a portal reached over plain http on a LAN is not one).
+function randomKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
 function headers(extra = {}) {
   const h = { Accept: 'application/json', ...extra };
   const tok = token();
@@ -85,7 +92,7 @@ async function call(method, path, body) {
     init.headers['Content-Type'] = 'application/json';
     // A retry of the same submission (double click, flaky network) changes
     // nothing twice.
-    init.headers['Idempotency-Key'] = 'ui-' + crypto.randomUUID();
+    init.headers['Idempotency-Key'] = 'ui-' + randomKey();
   }
   let res;
   try {
