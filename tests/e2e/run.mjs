@@ -8,8 +8,9 @@
 // quota refusal in place, then succeeds; the central dashboard's numbers
 // change without a reload; the language switch works; the auditor sees the
 // decision log verified and a dossier's history; a phone; a cycle past its
-// deadlines shows Quá hạn. Screenshots of each screen
-// go to docs/screenshots/.
+// deadlines shows Quá hạn. Screenshots of each screen go to a
+// temporary folder, or to docs/screenshots/ with UPDATE_SCREENSHOTS=1 (so a
+// test run leaves the checked-in pictures alone).
 //
 // Run by scripts/test.sh (before nextest); alone: `cargo build -p gradeflow
 // && node tests/e2e/run.mjs`. GRADEFLOW_BIN names another binary.
@@ -24,7 +25,9 @@ import { chromium } from 'playwright-core';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = process.env.GRADEFLOW_BIN || join(ROOT, 'target/debug/gradeflow');
-const SHOTS = join(ROOT, 'docs/screenshots');
+const SHOTS = process.env.UPDATE_SCREENSHOTS
+  ? join(ROOT, 'docs/screenshots')
+  : mkdtempSync(join(tmpdir(), 'gradeflow-shots-'));
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const STEP_TIMEOUT = 20_000;
 
@@ -373,7 +376,7 @@ async function main() {
 
 const started = Date.now();
 main().then(
-  () => console.log(`e2e: web UI scenario done — ${checks} checks held in ${((Date.now() - started) / 1000).toFixed(1)} s; screenshots in docs/screenshots/ (the suite's summary comes from nextest)`),
+  () => console.log(`e2e: web UI scenario done — ${checks} checks held in ${((Date.now() - started) / 1000).toFixed(1)} s; screenshots in ${SHOTS} (the suite's summary comes from nextest)`),
   (e) => {
     console.error('e2e: FAILED after ' + checks + ' checks: ' + (e && e.stack ? e.stack : e));
     process.exit(1);
