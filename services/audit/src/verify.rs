@@ -182,7 +182,9 @@ async fn verify_open(
         return Ok(report.finish());
     }
     let url = &sources.config.nats_url;
-    let client = async_nats::connect(url)
+    let client = sources
+        .config
+        .connect_nats()
         .await
         .map_err(|source| AuditError::Nats {
             url: url.clone(),

@@ -394,7 +394,7 @@ fn audit_relay(store: Store, js: jetstream::Context, names: Names) -> Relay {
 /// Connects to NATS; when nothing listens at a loopback URL and `nats-server`
 /// is installed, starts one with JetStream under the data dir first.
 async fn nats(config: &Config) -> anyhow::Result<(async_nats::Client, Option<EmbeddedNats>)> {
-    match connect_nats(config).await {
+    match config.connect_nats().await {
         Ok(c) => Ok((c, None)),
         Err(first) => {
             let Some(embedded) = EmbeddedNats::start(&config.nats_url, &config.data_dir)? else {
@@ -402,7 +402,7 @@ async fn nats(config: &Config) -> anyhow::Result<(async_nats::Client, Option<Emb
                     .with_context(|| format!("connecting to NATS at {}", config.nats_url));
             };
             for _ in 0..100 {
-                if let Ok(c) = connect_nats(config).await {
+                if let Ok(c) = config.connect_nats().await {
                     return Ok((c, Some(embedded)));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -413,17 +413,6 @@ async fn nats(config: &Config) -> anyhow::Result<(async_nats::Client, Option<Emb
             )
         }
     }
-}
-
-/// One connection to the servers of `GRADEFLOW_NATS_URL`, with the user and
-/// password the URL carries (deploy/nats/accounts.conf gives each service
-/// its own), reconnecting to any of them for as long as the process runs.
-async fn connect_nats(config: &Config) -> Result<async_nats::Client, async_nats::ConnectError> {
-    let mut options = async_nats::ConnectOptions::new();
-    if let Some((user, password)) = config.nats_user_password() {
-        options = options.user_and_password(user, password);
-    }
-    options.connect(config.nats_servers()).await
 }
 
 /// A `nats-server` this process started; stopped when dropped.

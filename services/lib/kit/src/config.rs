@@ -541,6 +541,18 @@ impl Config {
         Some((user.to_owned(), password.to_owned()))
     }
 
+    /// One connection to the servers of [`Config::nats_url`] (a comma-separated
+    /// list is a cluster), with the user and password the first URL carries
+    /// (async-nats ignores credentials written in a URL), reconnecting to any
+    /// of them for as long as the process runs.
+    pub async fn connect_nats(&self) -> Result<async_nats::Client, async_nats::ConnectError> {
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some((user, password)) = self.nats_user_password() {
+            options = options.user_and_password(user, password);
+        }
+        options.connect(self.nats_servers()).await
+    }
+
     /// [`Config::nats_url`] with every password replaced by `***`, for logs.
     pub fn nats_url_redacted(&self) -> String {
         self.nats_servers()
