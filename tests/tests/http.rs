@@ -36,6 +36,8 @@ use serde_json::{json, Value};
 use system_tests::{Answer, Body, Up};
 
 /// How long a condition may take to come true.
+/// How long a rebuilt projection may take to catch up with the stream.
+const REBUILD_DEADLINE: Duration = Duration::from_secs(150);
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Each test's budget.
@@ -1062,8 +1064,10 @@ async fn boards_at_once(postgres: bool) -> anyhow::Result<()> {
         }
     }
     up.restart().await?;
+    // The replay applies every event of the stream again, one transaction
+    // each; on a loaded machine that takes longer than a single step does.
     let rebuilt = up
-        .get_until(&tree_path, &up.token, DEADLINE, |a| {
+        .get_until(&tree_path, &up.token, REBUILD_DEADLINE, |a| {
             a.status == 200 && a.body == tree.body
         })
         .await?;
