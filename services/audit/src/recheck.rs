@@ -26,7 +26,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use gradeflow_approval_domain::{check_batch, DraftBatch, DraftDossier, GroupCounts, Violation};
+use gradeflow_approval_domain::{check_batch, DraftBatch, Violation};
+use gradeflow_approval_server::decide::{draft_batch, GradedLine};
 use gradeflow_approval_server::model::{DossierInfo, Pending};
 use gradeflow_approval_server::ApprovalModel;
 use gradeflow_eventstore::canonical::format_timestamp;
@@ -35,7 +36,6 @@ use gradeflow_proto::commands::DecisionKind;
 use gradeflow_proto::events::{DecisionRecorded, Event, GradeDecided, GradeRevised};
 use gradeflow_proto::{
     CycleId, DecisionId, DossierId, DossierState, Grade, OrgId, QuotaException, RulebookId,
-    SubjectKind,
 };
 use gradeflow_service::Model as _;
 use serde::Serialize;
@@ -391,10 +391,8 @@ fn judge(model: &ApprovalModel, id: DecisionId, d: &Recorded) -> Option<RefusedD
     (!refused.problems.is_empty() || !refused.violations.is_empty()).then_some(refused)
 }
 
-/// The draft the rulebook judges, built as the approval service builds it
-/// (`decide.rs`, `draft`): every graded dossier with what the model knew of
-/// it, and the authority's earlier grades of the cycle (for a re-grade,
-/// without the grades it replaces).
+/// The draft the rulebook judges, built by the approval service's own
+/// [`draft_batch`] from the model as it stood before the decision.
 fn draft(
     model: &ApprovalModel,
     cycle: CycleId,
@@ -403,54 +401,28 @@ fn draft(
     quota_exception: Option<QuotaException>,
     checked: &[(&Line, &DossierInfo)],
 ) -> DraftBatch {
-    let info = model.cycles.get(&cycle);
-    let mut earlier = model.earlier(cycle, authority);
-    if kind == DecisionKind::Regrade {
-        for (_, d) in checked {
-            if let Some(current) = &d.current {
-                if current.authority == authority {
-                    let counts: &mut GroupCounts =
-                        earlier.entry(current.group.clone()).or_default();
-                    match current.grade {
-                        Grade::Excellent => counts.excellent = counts.excellent.saturating_sub(1),
-                        Grade::Good => counts.good = counts.good.saturating_sub(1),
-                        Grade::Completed | Grade::NotCompleted => {}
-                    }
-                }
-            }
-        }
-    }
     let mut pending = Pending::default();
     if kind == DecisionKind::Decide {
         pending.settled = checked.iter().map(|(l, _)| l.dossier).collect();
     }
-    let dossiers = checked
+    let lines: Vec<GradedLine<'_>> = checked
         .iter()
-        .map(|(l, d)| {
-            let mut draft = DraftDossier::new(l.dossier.to_string(), d.kind);
-            draft.category = Some(d.category);
-            draft.leader = d.leader;
-            draft.status = d.status;
-            draft.quota_group = Some(d.quota_group.clone());
-            draft.score = d.score;
-            draft.tasks = d.tasks;
-            draft.shortcomings_fixed = d.shortcomings_fixed;
-            draft.facts = d.facts.clone();
-            draft.grade = Some(l.grade);
-            draft.override_reason.clone_from(&l.override_reason);
-            if d.kind == SubjectKind::Collective && kind == DecisionKind::Decide {
-                draft.waiting_for = model.waiting_for(d.cycle, d.org, &pending);
-            }
-            draft
+        .map(|(l, d)| GradedLine {
+            dossier: l.dossier,
+            info: d,
+            grade: l.grade,
+            override_reason: l.override_reason.as_deref(),
         })
         .collect();
-    DraftBatch {
-        rulebook: info.map_or(RulebookId::Qd366_2025, |c| c.rulebook),
-        quota: info.map(|c| c.quota).unwrap_or_default(),
+    draft_batch(
+        model,
+        cycle,
+        authority,
+        kind,
         quota_exception,
-        earlier,
-        dossiers,
-    }
+        &lines,
+        &pending,
+    )
 }
 
 impl RecheckReport {

@@ -30,7 +30,8 @@ use gradeflow_proto::events::{
     CycleCompleted, DecisionLogRecord, DecisionRecorded, GradeDecided, GradeRevised, UnitCompleted,
 };
 use gradeflow_proto::{
-    Actor, CycleId, DecisionId, DossierState, ErrorCode, Grade, OrgId, Rejection, Role, Tier,
+    Actor, CycleId, DecisionId, DossierId, DossierState, ErrorCode, Grade, OrgId, QuotaException,
+    Rejection, Role, Tier,
 };
 use gradeflow_service::{Decision, Emit};
 use serde_json::json;
@@ -235,22 +236,42 @@ fn check_regrade(
     Ok(())
 }
 
+/// One graded line of a decision as the rulebook judges it: the dossier, what
+/// the model knows of it, the grade and the authority's mitigation reason.
+#[derive(Debug, Clone, Copy)]
+pub struct GradedLine<'a> {
+    /// The dossier.
+    pub dossier: DossierId,
+    /// What the model knows of it.
+    pub info: &'a DossierInfo,
+    /// The grade given.
+    pub grade: Grade,
+    /// The written mitigation for a hard trigger.
+    pub override_reason: Option<&'a str>,
+}
+
 /// The draft the rulebook judges: every graded dossier with what the model
-/// knows of it, and the authority's earlier grades of the cycle.
-fn draft(
+/// knows of it, and the authority's earlier grades of the cycle (for a
+/// re-grade, without the grades it replaces). The approval service builds
+/// it before deciding; `gradeflow audit recheck` builds it again, with this
+/// same function, from the model as it stood before each recorded decision.
+pub fn draft_batch(
     model: &ApprovalModel,
-    command: &DecideBatch,
-    checked: &[Checked<'_>],
+    cycle: CycleId,
+    authority: OrgId,
+    kind: DecisionKind,
+    quota_exception: Option<QuotaException>,
+    lines: &[GradedLine<'_>],
     pending: &Pending,
 ) -> DraftBatch {
-    let cycle = model.cycles.get(&command.cycle);
-    let mut earlier = model.earlier(command.cycle, command.authority);
-    if command.kind == DecisionKind::Regrade {
+    let info = model.cycles.get(&cycle);
+    let mut earlier = model.earlier(cycle, authority);
+    if kind == DecisionKind::Regrade {
         // A re-graded dossier counts with its new grade only: take its
         // current grade out of the earlier counts.
-        for c in checked {
-            if let Some(current) = &c.dossier.current {
-                if current.authority == command.authority {
+        for line in lines {
+            if let Some(current) = &line.info.current {
+                if current.authority == authority {
                     let counts: &mut GroupCounts =
                         earlier.entry(current.group.clone()).or_default();
                     match current.grade {
@@ -262,11 +283,11 @@ fn draft(
             }
         }
     }
-    let dossiers = checked
+    let dossiers = lines
         .iter()
-        .map(|c| {
-            let d = c.dossier;
-            let mut draft = DraftDossier::new(c.grade.dossier.to_string(), d.kind);
+        .map(|line| {
+            let d = line.info;
+            let mut draft = DraftDossier::new(line.dossier.to_string(), d.kind);
             draft.category = Some(d.category);
             draft.leader = d.leader;
             draft.status = d.status;
@@ -275,25 +296,50 @@ fn draft(
             draft.tasks = d.tasks;
             draft.shortcomings_fixed = d.shortcomings_fixed;
             draft.facts = d.facts.clone();
-            draft.grade = Some(c.grade.grade);
-            draft.override_reason.clone_from(&c.grade.override_reason);
+            draft.grade = Some(line.grade);
+            draft.override_reason = line.override_reason.map(str::to_owned);
             // Ordering applies to first grades; a re-graded collective was
             // ready when it was first decided.
-            if d.kind == gradeflow_proto::SubjectKind::Collective
-                && command.kind == DecisionKind::Decide
-            {
+            if d.kind == gradeflow_proto::SubjectKind::Collective && kind == DecisionKind::Decide {
                 draft.waiting_for = model.waiting_for(d.cycle, d.org, pending);
             }
             draft
         })
         .collect();
     DraftBatch {
-        rulebook: cycle.map_or(gradeflow_proto::RulebookId::Qd366_2025, |c| c.rulebook),
-        quota: cycle.map(|c| c.quota).unwrap_or_default(),
-        quota_exception: command.quota_exception.clone(),
+        rulebook: info.map_or(gradeflow_proto::RulebookId::Qd366_2025, |c| c.rulebook),
+        quota: info.map(|c| c.quota).unwrap_or_default(),
+        quota_exception,
         earlier,
         dossiers,
     }
+}
+
+/// The draft of a batch being decided.
+fn draft(
+    model: &ApprovalModel,
+    command: &DecideBatch,
+    checked: &[Checked<'_>],
+    pending: &Pending,
+) -> DraftBatch {
+    let lines: Vec<GradedLine<'_>> = checked
+        .iter()
+        .map(|c| GradedLine {
+            dossier: c.grade.dossier,
+            info: c.dossier,
+            grade: c.grade.grade,
+            override_reason: c.grade.override_reason.as_deref(),
+        })
+        .collect();
+    draft_batch(
+        model,
+        command.cycle,
+        command.authority,
+        command.kind,
+        command.quota_exception.clone(),
+        &lines,
+        pending,
+    )
 }
 
 /// Runs the cycle's rulebook on the draft: input it cannot judge is
