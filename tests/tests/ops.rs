@@ -968,17 +968,27 @@ async fn with_deploy_nats_accounts_only_the_portal_sends_commands_and_each_servi
         .subscribe("gradeflow.cmd.submission.>")
         .await
         .unwrap();
-    submission.flush().await.unwrap();
-    portal
-        .publish("gradeflow.cmd.submission.probe.v1", "{}".into())
-        .await
-        .unwrap();
-    portal.flush().await.unwrap();
+    // async-nats's flush does not wait for the server to have the
+    // subscription, so the portal sends its (allowed) command until the
+    // subscriber sees one, rather than once into a possible race.
+    let sender = {
+        let portal = portal.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = portal
+                    .publish("gradeflow.cmd.submission.probe.v1", "{}".into())
+                    .await;
+                let _ = portal.flush().await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
     use futures::StreamExt as _;
-    let got = tokio::time::timeout(Duration::from_secs(5), commands.next())
+    let got = tokio::time::timeout(Duration::from_secs(10), commands.next())
         .await
         .unwrap()
         .unwrap();
+    sender.abort();
     assert_eq!(got.subject.as_str(), "gradeflow.cmd.submission.probe.v1");
 }
 
