@@ -173,6 +173,8 @@ async fn run(
     let js = jetstream::new(client.clone());
     let streams = StreamSettings {
         replicas: config.stream_replicas,
+        placement_cluster: config.stream_cluster.clone(),
+        placement_tags: config.stream_tags.clone(),
         ..StreamSettings::default()
     };
     ensure_streams(&js, &config.names, &streams)

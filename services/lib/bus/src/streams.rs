@@ -44,6 +44,24 @@ pub struct StreamSettings {
     /// How long dead letters are kept; zero keeps them forever (they are in
     /// the stores' dead-letter tables as well).
     pub dead_letter_max_age: Duration,
+    /// The cluster the streams are placed in (`None`: the server chooses).
+    pub placement_cluster: Option<String>,
+    /// Server tags the streams' replicas must be placed on (e.g. a province's
+    /// or a data centre's servers); empty: any server.
+    pub placement_tags: Vec<String>,
+}
+
+impl StreamSettings {
+    /// The JetStream placement of the streams, when one is configured.
+    pub fn placement(&self) -> Option<jetstream::stream::Placement> {
+        if self.placement_cluster.is_none() && self.placement_tags.is_empty() {
+            return None;
+        }
+        Some(jetstream::stream::Placement {
+            cluster: self.placement_cluster.clone(),
+            tags: self.placement_tags.clone(),
+        })
+    }
 }
 
 impl Default for StreamSettings {
@@ -53,6 +71,8 @@ impl Default for StreamSettings {
             duplicate_window: Duration::from_secs(15 * 60),
             events_max_age: Duration::ZERO,
             dead_letter_max_age: Duration::ZERO,
+            placement_cluster: None,
+            placement_tags: Vec::new(),
         }
     }
 }
@@ -110,6 +130,7 @@ pub fn events_stream_config(names: &Names, settings: &StreamSettings) -> Config 
         // Direct get (2.9+) lets the audit and replay tools read single
         // messages from any replica without a consumer.
         allow_direct: true,
+        placement: settings.placement(),
         ..Default::default()
     }
 }
@@ -131,6 +152,7 @@ pub fn audit_stream_config(names: &Names, settings: &StreamSettings) -> Config {
         deny_delete: true,
         deny_purge: true,
         allow_direct: true,
+        placement: settings.placement(),
         ..Default::default()
     }
 }
@@ -147,6 +169,7 @@ pub fn dead_letter_stream_config(names: &Names, settings: &StreamSettings) -> Co
         num_replicas: settings.replicas,
         duplicate_window: Duration::from_secs(2 * 60),
         max_age: settings.dead_letter_max_age,
+        placement: settings.placement(),
         ..Default::default()
     }
 }
@@ -301,6 +324,27 @@ fn check_compatible(wanted: &Config, found: &Config) -> Result<(), EnsureStreams
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn every_stream_is_placed_where_the_settings_say_and_anywhere_by_default() {
+        let names = Names::new("t1").unwrap();
+        let anywhere = StreamSettings::default();
+        assert!(events_stream_config(&names, &anywhere).placement.is_none());
+        let placed = StreamSettings {
+            placement_cluster: Some("trung-uong".into()),
+            placement_tags: vec!["p01".into(), "ssd".into()],
+            ..StreamSettings::default()
+        };
+        for config in [
+            events_stream_config(&names, &placed),
+            audit_stream_config(&names, &placed),
+            dead_letter_stream_config(&names, &placed),
+        ] {
+            let p = config.placement.unwrap();
+            assert_eq!(p.cluster.as_deref(), Some("trung-uong"));
+            assert_eq!(p.tags, vec!["p01".to_owned(), "ssd".to_owned()]);
+        }
+    }
 
     #[test]
     fn a_stream_with_a_shorter_duplicate_window_is_named_as_a_mismatch() {

@@ -25,6 +25,8 @@
 //! | `GRADEFLOW_LOG_FORMAT` | [`Config::log_format`] | `text` |
 //! | `GRADEFLOW_SHUTDOWN_GRACE` | [`Config::shutdown_grace`] | `20s` |
 //! | `GRADEFLOW_STREAM_REPLICAS` | [`Config::stream_replicas`] | `1` |
+//! | `GRADEFLOW_STREAM_CLUSTER` | [`Config::stream_cluster`] | none (any cluster) |
+//! | `GRADEFLOW_STREAM_TAGS` | [`Config::stream_tags`] (comma-separated) | none (any server) |
 //! | `RUST_LOG` | [`Config::log_filter`] | `info` |
 //! | `OTEL_SERVICE_NAME` | [`Config::service_name`] | `gradeflow` |
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` | [`Config::otlp_endpoint`] | none (no export) |
@@ -59,6 +61,11 @@ pub const ENV_SHUTDOWN_GRACE: &str = "GRADEFLOW_SHUTDOWN_GRACE";
 /// `GRADEFLOW_STREAM_REPLICAS`: replicas of each JetStream stream (1 on a
 /// single server, 3 on a 3-node cluster).
 pub const ENV_STREAM_REPLICAS: &str = "GRADEFLOW_STREAM_REPLICAS";
+/// `GRADEFLOW_STREAM_CLUSTER`: the NATS cluster the streams are placed in.
+pub const ENV_STREAM_CLUSTER: &str = "GRADEFLOW_STREAM_CLUSTER";
+/// `GRADEFLOW_STREAM_TAGS`: comma-separated server tags the streams' replicas
+/// are placed on.
+pub const ENV_STREAM_TAGS: &str = "GRADEFLOW_STREAM_TAGS";
 /// `RUST_LOG`: `tracing_subscriber::EnvFilter` directives.
 pub const ENV_RUST_LOG: &str = "RUST_LOG";
 /// `OTEL_SERVICE_NAME`: the `service.name` resource attribute.
@@ -303,6 +310,10 @@ pub struct Config {
     /// Replicas of each JetStream stream (`GRADEFLOW_STREAM_REPLICAS`): 1 on
     /// a single server, 3 on a 3-node cluster (NATS allows 1 to 5).
     pub stream_replicas: usize,
+    /// The cluster the streams are placed in (`GRADEFLOW_STREAM_CLUSTER`).
+    pub stream_cluster: Option<String>,
+    /// Server tags the streams are placed on (`GRADEFLOW_STREAM_TAGS`).
+    pub stream_tags: Vec<String>,
 }
 
 impl Default for Config {
@@ -320,6 +331,8 @@ impl Default for Config {
             log_filter: DEFAULT_LOG_FILTER.to_owned(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             stream_replicas: 1,
+            stream_cluster: None,
+            stream_tags: Vec::new(),
         }
     }
 }
@@ -344,6 +357,8 @@ impl fmt::Debug for Config {
             .field("log_filter", &self.log_filter)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("stream_replicas", &self.stream_replicas)
+            .field("stream_cluster", &self.stream_cluster)
+            .field("stream_tags", &self.stream_tags)
             .finish()
     }
 }
@@ -396,6 +411,17 @@ impl Config {
         }
         if let Some((origin, v)) = get(ENV_STREAM_REPLICAS) {
             config.stream_replicas = parse_replicas(origin, v)?;
+        }
+        if let Some((_, v)) = get(ENV_STREAM_CLUSTER) {
+            config.stream_cluster = Some(v.trim().to_owned()).filter(|c| !c.is_empty());
+        }
+        if let Some((_, v)) = get(ENV_STREAM_TAGS) {
+            config.stream_tags = v
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
 
         let disabled =
@@ -582,7 +608,7 @@ impl Config {
 
 /// Every variable [`Config::from_env_map`] reads (deploy/ manifests are
 /// checked against this list).
-pub const VARIABLES: [&str; 15] = [
+pub const VARIABLES: [&str; 17] = [
     ENV_PREFIX,
     ENV_NATS_URL,
     ENV_DATA_DIR,
@@ -591,6 +617,8 @@ pub const VARIABLES: [&str; 15] = [
     ENV_LOG_FORMAT,
     ENV_SHUTDOWN_GRACE,
     ENV_STREAM_REPLICAS,
+    ENV_STREAM_CLUSTER,
+    ENV_STREAM_TAGS,
     ENV_RUST_LOG,
     ENV_OTEL_SERVICE_NAME,
     ENV_OTEL_ENDPOINT,
@@ -855,6 +883,19 @@ mod tests {
         assert_eq!(Config::default().stream_replicas, 1);
         let c = Config::from_env_map(env(&[("GRADEFLOW_STREAM_REPLICAS", " 3 ")])).unwrap();
         assert_eq!(c.stream_replicas, 3);
+    }
+
+    #[test]
+    fn stream_placement_comes_from_the_environment() {
+        assert_eq!(Config::default().stream_cluster, None);
+        assert!(Config::default().stream_tags.is_empty());
+        let c = Config::from_env_map(env(&[
+            ("GRADEFLOW_STREAM_CLUSTER", " trung-uong "),
+            ("GRADEFLOW_STREAM_TAGS", "p01, ssd,,"),
+        ]))
+        .unwrap();
+        assert_eq!(c.stream_cluster.as_deref(), Some("trung-uong"));
+        assert_eq!(c.stream_tags, vec!["p01".to_owned(), "ssd".to_owned()]);
     }
 
     #[test]
