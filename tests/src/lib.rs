@@ -5,6 +5,8 @@
 //! (every service and the portal) driven over HTTP as an outside caller
 //! would. Tests wait on conditions with deadlines, never on bare sleeps.
 
+pub mod checks;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -16,12 +16,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use gradeflow_eventstore::{Store, StoreOptions};
-use gradeflow_proto::{Actor, Envelope, Grade, OrgId};
+use gradeflow_proto::{Actor, Grade, OrgId};
 use serde_json::{json, Value};
+use system_tests::checks::{check_audit_stream, check_exactly_once, wait_consumers_caught_up};
 use system_tests::{central, wait_for, Deployment, Driver};
 
 /// What the cycle decided: the current grade per subject name, and the
@@ -524,137 +524,6 @@ fn check_quota(log: &[Value], _w: &World) {
             5 * e <= g,
             "authority {authority}: {e} excellent against {g} good"
         );
-    }
-}
-
-/// The audit stream holds exactly the decision log, record for record.
-async fn check_audit_stream(dep: &Deployment, log: &[Value]) {
-    let js = async_nats::jetstream::new(dep.nats.clone());
-    let mut stream = js.get_stream(dep.names.audit_stream()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while stream.info().await.unwrap().state.messages != log.len() as u64 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the audit stream did not catch up with the decision log"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for (i, record) in log.iter().enumerate() {
-        let msg = stream.get_raw_message(i as u64 + 1).await.unwrap();
-        let mirrored: Value = serde_json::from_slice(&msg.payload).unwrap();
-        for field in [
-            "seq",
-            "dossier",
-            "grade",
-            "hash",
-            "prev_hash",
-            "signature",
-            "key_id",
-            "supersedes",
-        ] {
-            assert_eq!(
-                mirrored[field],
-                record[field],
-                "audit stream record {} field {field}",
-                i + 1
-            );
-        }
-    }
-}
-
-/// Every event published once; every observed event copied exactly once into
-/// each store that observes it; every store's chain verifies.
-async fn check_exactly_once(dep: &Deployment) {
-    let js = async_nats::jetstream::new(dep.nats.clone());
-    let mut stream = js.get_stream(dep.names.events_stream()).await.unwrap();
-    let total = stream.info().await.unwrap().state.messages;
-    let mut published: HashMap<String, Envelope> = HashMap::new();
-    for seq in 1..=total {
-        let msg = stream.get_raw_message(seq).await.unwrap();
-        let env: Envelope = serde_json::from_slice(&msg.payload).unwrap();
-        assert!(
-            published.insert(env.event_id.to_string(), env).is_none(),
-            "an event id published twice"
-        );
-    }
-    let mut own_total = 0;
-    for service in system_tests::SERVICES {
-        let (url, schema) = dep.store_location(service);
-        let store = Store::connect(
-            &url,
-            StoreOptions {
-                schema,
-                ..StoreOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-        let report = store.verify().await.unwrap();
-        assert!(report.is_ok(), "{service} chain: {:?}", report.first_broken);
-        let events = store.read_from(0, usize::MAX >> 1).await.unwrap();
-        let mut copies: HashSet<uuid::Uuid> = HashSet::new();
-        let mut observed_kinds: HashSet<String> = HashSet::new();
-        for e in &events {
-            if e.metadata.service == service {
-                own_total += 1;
-                assert!(
-                    published.contains_key(&e.event_id.to_string()),
-                    "{service} event {} never published",
-                    e.kind
-                );
-            } else {
-                let cause = e.metadata.causation_id.unwrap();
-                assert!(copies.insert(cause), "{service} recorded {} twice", e.kind);
-                assert!(
-                    published.contains_key(&cause.to_string()),
-                    "{service} copied an unknown event"
-                );
-                observed_kinds.insert(e.kind.clone());
-            }
-        }
-        // Every published event of a kind this service observes was copied.
-        for (id, env) in &published {
-            if observed_kinds.contains(&env.kind) {
-                assert!(
-                    copies.contains(&id.parse().unwrap()),
-                    "{service} missed a {}",
-                    env.kind
-                );
-            }
-        }
-        store.close().await;
-    }
-    assert_eq!(
-        own_total,
-        published.len() as u64,
-        "every own event published once, nothing else"
-    );
-}
-
-/// Waits until every service's durable consumer has handled everything in
-/// the events stream. After a crash, the messages the killed process held
-/// come back once their ack wait runs out, so this can take that long.
-async fn wait_consumers_caught_up(dep: &Deployment) {
-    let js = async_nats::jetstream::new(dep.nats.clone());
-    let stream = js.get_stream(dep.names.events_stream()).await.unwrap();
-    for service in system_tests::SERVICES {
-        let durable = dep.names.durable(service);
-        wait_for(
-            Duration::from_secs(60),
-            &format!("{durable} to catch up"),
-            || {
-                let stream = stream.clone();
-                let durable = durable.clone();
-                async move {
-                    let mut c: async_nats::jetstream::consumer::PullConsumer =
-                        stream.get_consumer(&durable).await.ok()?;
-                    let info = c.info().await.ok()?;
-                    (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-                }
-            },
-        )
-        .await
-        .unwrap();
     }
 }
 

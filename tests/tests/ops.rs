@@ -26,9 +26,10 @@ use std::time::Duration;
 
 use gradeflow_eventstore::{Store, StoreOptions};
 use gradeflow_proto::Names;
-use gradeflow_proto::{Actor, Envelope, OrgId};
+use gradeflow_proto::{Actor, OrgId};
 use gradeflow_service::client::CommandClient;
 use serde_json::{json, Value};
+use system_tests::checks::{check_audit_stream, check_exactly_once, wait_consumers_caught_up};
 use system_tests::{
     central, connect_nats, free_port, wait_for, Deployment, Driver, NatsCluster, NatsServer,
     PgServer, SERVICES,
@@ -313,125 +314,6 @@ async fn decision_log(d: &Driver, me: &Actor) -> Vec<Value> {
 }
 
 // ------------------------------------------------------------ the checks
-
-/// The audit stream holds exactly the decision log, record for record.
-async fn check_audit_stream(dep: &Deployment, log: &[Value]) {
-    let js = async_nats::jetstream::new(dep.nats.clone());
-    let mut stream = js.get_stream(dep.names.audit_stream()).await.unwrap();
-    wait_for(Duration::from_secs(30), "the audit stream to hold the log", || {
-        let mut stream = stream.clone();
-        async move {
-            (stream.info().await.ok()?.state.messages == log.len() as u64).then_some(())
-        }
-    })
-    .await
-    .unwrap();
-    let info = stream.info().await.unwrap();
-    let first = info.state.first_sequence;
-    for (i, record) in log.iter().enumerate() {
-        let msg = stream.get_raw_message(first + i as u64).await.unwrap();
-        let mirrored: Value = serde_json::from_slice(&msg.payload).unwrap();
-        for field in ["seq", "dossier", "grade", "hash", "signature"] {
-            assert_eq!(
-                mirrored[field],
-                record[field],
-                "audit record {} {field}",
-                i + 1
-            );
-        }
-    }
-}
-
-/// Waits until every service's durable consumer has handled everything in
-/// the events stream.
-async fn wait_consumers_caught_up(dep: &Deployment) {
-    let js = async_nats::jetstream::new(dep.nats.clone());
-    let stream = js.get_stream(dep.names.events_stream()).await.unwrap();
-    for service in SERVICES {
-        let durable = dep.names.durable(service);
-        wait_for(
-            Duration::from_secs(60),
-            &format!("{durable} to catch up"),
-            || {
-                let stream = stream.clone();
-                let durable = durable.clone();
-                async move {
-                    let mut c: async_nats::jetstream::consumer::PullConsumer =
-                        stream.get_consumer(&durable).await.ok()?;
-                    let info = c.info().await.ok()?;
-                    (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-                }
-            },
-        )
-        .await
-        .unwrap();
-    }
-}
-
-/// Every event published once; every observed event copied exactly once
-/// into each store that observes it; every store's chain verifies.
-async fn check_exactly_once(dep: &Deployment) {
-    wait_consumers_caught_up(dep).await;
-    let js = async_nats::jetstream::new(dep.nats.clone());
-    let mut stream = js.get_stream(dep.names.events_stream()).await.unwrap();
-    let info = stream.info().await.unwrap();
-    let mut published: HashMap<String, Envelope> = HashMap::new();
-    for seq in info.state.first_sequence..=info.state.last_sequence {
-        let msg = stream.get_raw_message(seq).await.unwrap();
-        let env: Envelope = serde_json::from_slice(&msg.payload).unwrap();
-        assert!(
-            published.insert(env.event_id.to_string(), env).is_none(),
-            "an event id published twice"
-        );
-    }
-    let mut own_total = 0;
-    for service in SERVICES {
-        let (url, schema) = dep.store_location(service);
-        let store = Store::connect(
-            &url,
-            StoreOptions {
-                schema,
-                ..StoreOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-        let report = store.verify().await.unwrap();
-        assert!(report.is_ok(), "{service} chain: {:?}", report.first_broken);
-        let events = store.read_from(0, usize::MAX >> 1).await.unwrap();
-        let mut copies: HashSet<uuid::Uuid> = HashSet::new();
-        let mut observed_kinds: HashSet<String> = HashSet::new();
-        for e in &events {
-            if e.metadata.service == service {
-                own_total += 1;
-                assert!(
-                    published.contains_key(&e.event_id.to_string()),
-                    "{service} event {} never published",
-                    e.kind
-                );
-            } else {
-                let cause = e.metadata.causation_id.unwrap();
-                assert!(copies.insert(cause), "{service} recorded {} twice", e.kind);
-                observed_kinds.insert(e.kind.clone());
-            }
-        }
-        for (id, env) in &published {
-            if observed_kinds.contains(&env.kind) {
-                assert!(
-                    copies.contains(&id.parse().unwrap()),
-                    "{service} missed a {}",
-                    env.kind
-                );
-            }
-        }
-        store.close().await;
-    }
-    assert_eq!(
-        own_total,
-        published.len(),
-        "every own event published once, nothing else"
-    );
-}
 
 /// Deletes the streams of a deployment on a shared server (best effort).
 async fn delete_streams(dep: &Deployment) {
