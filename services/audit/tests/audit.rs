@@ -33,7 +33,7 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use gradeflow_appraisal_server::Appraisal;
 use gradeflow_approval_server::keys::key_id_for;
 use gradeflow_approval_server::record::{record_hash, record_time, signing_message};
-use gradeflow_approval_server::{audit_record, Approval, ApprovalModel, KeyRing};
+use gradeflow_approval_server::{audit_message, Approval, ApprovalModel, KeyRing};
 use gradeflow_audit::explain::explain;
 use gradeflow_audit::export::{export, verify_export};
 use gradeflow_audit::recheck::recheck;
@@ -41,10 +41,10 @@ use gradeflow_audit::replay::{replay, ReplayQuery};
 use gradeflow_audit::sources::{StoreLocation, Stores, WORKFLOW_SERVICES};
 use gradeflow_audit::verify::{decision_log, verify, VerifyOptions, VerifyReport};
 use gradeflow_audit::{AuditError, Check, Problem, Sources};
-use gradeflow_bus::{ensure_streams, OutgoingEvent, Relay, StreamSettings};
+use gradeflow_bus::{ensure_streams, Relay, StreamSettings};
 use gradeflow_eventstore::canonical::{canonical_json, chain_hash, HashedFields, GENESIS_HASH};
 use gradeflow_eventstore::{
-    triggers, AppendRequest, ExpectedVersion, NewEvent, Store, StoreOptions, StoredEvent,
+    triggers, AppendRequest, ExpectedVersion, NewEvent, Store, StoreOptions,
 };
 use gradeflow_kit::Config;
 use gradeflow_progress::Progress;
@@ -82,31 +82,10 @@ struct Deployment {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// The audit mirror as `gradeflow up` runs it (`serve.rs`, `audit_relay`):
-/// each record as JSON on `<prefix>.audit.<cycle>`, `Nats-Msg-Id:
-/// record-<seq>`, its position recorded as `approval-audit`.
+/// The audit mirror as `gradeflow up` runs it: the approval service's own
+/// mapping, its position recorded as `approval-audit`.
 fn audit_relay(store: Store, js: jetstream::Context, names: Names) -> Relay {
-    Relay::new(store, js, names, "approval-audit").with_mapper(Arc::new(
-        |names: &Names, event: &StoredEvent| {
-            let Some(record) = audit_record(event) else {
-                return Ok(None);
-            };
-            let body = serde_json::to_vec(&record).unwrap();
-            let mut headers = async_nats::HeaderMap::new();
-            let id = format!("record-{}", record.seq);
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-            headers.insert(
-                async_nats::header::NATS_EXPECTED_STREAM,
-                names.audit_stream().as_str(),
-            );
-            Ok(Some(OutgoingEvent {
-                subject: names.audit_subject(&record.cycle.to_string()),
-                headers,
-                body: body.into(),
-                event_id: id,
-            }))
-        },
-    ))
+    Relay::new(store, js, names, "approval-audit").with_mapper(Arc::new(audit_message))
 }
 
 fn strings(kinds: &[&str]) -> Vec<String> {

@@ -15,9 +15,9 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use clap::{Args, ValueEnum};
 use gradeflow_appraisal_server::Appraisal;
-use gradeflow_approval_server::{audit_record, Approval, KeyRing};
-use gradeflow_bus::{ensure_streams, OutgoingEvent, Relay, StreamSettings};
-use gradeflow_eventstore::{Store, StoreOptions, StoredEvent};
+use gradeflow_approval_server::{audit_message, Approval, KeyRing};
+use gradeflow_bus::{ensure_streams, Relay, StreamSettings};
+use gradeflow_eventstore::{Store, StoreOptions};
 use gradeflow_kit::{Config, Health, Metrics, Overrides};
 use gradeflow_progress::Progress;
 use gradeflow_proto::{Names, Tiers};
@@ -361,36 +361,11 @@ async fn open_store(config: &Config, service: &str) -> anyhow::Result<Store> {
         .with_context(|| format!("opening the {service} event store"))
 }
 
-/// Mirrors the decision log to `<prefix>_AUDIT`: one message per record on
-/// `<prefix>.audit.<cycle>`, deduplicated by `record-<seq>`, with its own
-/// recorded position so it resumes where it stopped.
+/// Mirrors the decision log to `<prefix>_AUDIT` (see
+/// [`audit_message`]), with its own recorded position so it resumes where it
+/// stopped.
 fn audit_relay(store: Store, js: jetstream::Context, names: Names) -> Relay {
-    Relay::new(store, js, names, "approval-audit").with_mapper(Arc::new(
-        |names: &Names, event: &StoredEvent| {
-            let Some(record) = audit_record(event) else {
-                return Ok(None);
-            };
-            let body = serde_json::to_vec(&record).map_err(|source| {
-                gradeflow_bus::PublishEventError::Encode {
-                    event_id: event.event_id.to_string(),
-                    source,
-                }
-            })?;
-            let mut headers = async_nats::HeaderMap::new();
-            let id = format!("record-{}", record.seq);
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-            headers.insert(
-                async_nats::header::NATS_EXPECTED_STREAM,
-                names.audit_stream().as_str(),
-            );
-            Ok(Some(OutgoingEvent {
-                subject: names.audit_subject(&record.cycle.to_string()),
-                headers,
-                body: body.into(),
-                event_id: id,
-            }))
-        },
-    ))
+    Relay::new(store, js, names, "approval-audit").with_mapper(Arc::new(audit_message))
 }
 
 /// Connects to NATS; when nothing listens at a loopback URL and `nats-server`

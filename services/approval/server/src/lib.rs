@@ -48,7 +48,9 @@ use serde_json::Value;
 
 pub use keys::{KeyError, KeyRing};
 pub use model::ApprovalModel;
-pub use record::{audit_record, record_hash, verify_chain, verify_record, ChainReport};
+pub use record::{
+    audit_message, audit_record, record_hash, verify_chain, verify_record, ChainReport,
+};
 
 /// The service name: the `<service>` token of its subjects and the
 /// `metadata.service` of its own events.

@@ -284,6 +284,31 @@ pub fn audit_record(event: &StoredEvent) -> Option<DecisionLogRecord> {
     }
 }
 
+/// The audit-stream message of a stored event: for this store's own
+/// `grade_decided` / `grade_revised` events, the decision-log record as JSON
+/// on `<prefix>.audit.<cycle>`, deduplicated by `record-<seq>`; `None` for
+/// every other event. The approval service's audit relay publishes with it
+/// (`gradeflow_bus::Relay::with_mapper`).
+pub fn audit_message(
+    names: &gradeflow_proto::Names,
+    event: &StoredEvent,
+) -> Result<Option<gradeflow_bus::OutgoingEvent>, gradeflow_bus::PublishEventError> {
+    let Some(record) = audit_record(event) else {
+        return Ok(None);
+    };
+    let body =
+        serde_json::to_vec(&record).map_err(|source| gradeflow_bus::PublishEventError::Encode {
+            event_id: event.event_id.to_string(),
+            source,
+        })?;
+    Ok(Some(gradeflow_bus::OutgoingEvent::to_stream(
+        names.audit_subject(&record.cycle.to_string()),
+        format!("record-{}", record.seq),
+        &names.audit_stream(),
+        body.into(),
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

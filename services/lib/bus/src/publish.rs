@@ -95,6 +95,21 @@ impl OutgoingEvent {
         })
     }
 
+    /// A message of `body` on `subject`, deduplicated by `message_id` and
+    /// refused unless `stream` captures the subject (for mirrors other than
+    /// the events stream, e.g. the decision log on `<prefix>_AUDIT`).
+    pub fn to_stream(subject: String, message_id: String, stream: &str, body: Bytes) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, message_id.as_str());
+        headers.insert(NATS_EXPECTED_STREAM, stream);
+        Self {
+            subject,
+            headers,
+            body,
+            event_id: message_id,
+        }
+    }
+
     /// Hands the message to the client and returns the future of the
     /// server's acknowledgment, without waiting for it: many of these can be
     /// in flight at once (pipelining). The acknowledgment timeout starts when
