@@ -6,6 +6,12 @@
 //! Services do not call this for their own events: they append to their
 //! store and the outbox relay ([`crate::relay`]) publishes. It is public for
 //! the relay, tools and tests.
+//!
+//! The relay builds its messages with [`OutgoingEvent::from_stored`], which
+//! writes the stored payload text into the body as it is instead of encoding
+//! the parsed payload again. The store keeps payloads as canonical JSON
+//! printed by `serde_json`, so the body is byte for byte the one
+//! [`OutgoingEvent::new`] gives for [`StoredEvent::envelope`].
 
 use async_nats::{
     header::{NATS_EXPECTED_STREAM, NATS_MESSAGE_ID},
@@ -13,6 +19,7 @@ use async_nats::{
     HeaderMap,
 };
 use bytes::Bytes;
+use gradeflow_eventstore::StoredEvent;
 use gradeflow_proto::{Envelope, Names};
 
 use crate::trace::inject_traceparent;
@@ -95,6 +102,31 @@ impl OutgoingEvent {
         })
     }
 
+    /// The message of a stored event: its envelope on its event subject
+    /// (service and province from the event's metadata), like
+    /// [`OutgoingEvent::new`] with [`StoredEvent::envelope`] but without
+    /// parsing or copying the payload: the body is the envelope encoded
+    /// around the stored payload text, byte for byte what `new` would encode
+    /// (the stored text is canonical JSON as `serde_json` prints it).
+    pub fn from_stored(names: &Names, event: &StoredEvent) -> Result<Self, PublishEventError> {
+        let body = stored_envelope_body(event)?;
+        let event_id = event.event_id.to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, event_id.as_str());
+        headers.insert(NATS_EXPECTED_STREAM, names.events_stream());
+        inject_traceparent(&mut headers, event.metadata.traceparent.as_deref());
+        Ok(Self {
+            subject: names.event_subject(
+                &event.metadata.service,
+                event.metadata.province.as_deref(),
+                &event.kind,
+            ),
+            headers,
+            body: body.into(),
+            event_id,
+        })
+    }
+
     /// A message of `body` on `subject`, deduplicated by `message_id` and
     /// refused unless `stream` captures the subject (for mirrors other than
     /// the events stream, e.g. the decision log on `<prefix>_AUDIT`).
@@ -118,14 +150,55 @@ impl OutgoingEvent {
         self,
         js: &jetstream::Context,
     ) -> Result<PublishAckFuture, PublishEventError> {
-        js.publish_with_headers(self.subject.clone(), self.headers, self.body)
+        // A `Subject` shares its bytes, so keeping it for the error message
+        // costs no copy.
+        let subject = async_nats::Subject::from(self.subject);
+        js.publish_with_headers(subject.clone(), self.headers, self.body)
             .await
             .map_err(|source| PublishEventError::Publish {
                 event_id: self.event_id,
-                subject: self.subject,
+                subject: subject.to_string(),
                 source,
             })
     }
+}
+
+/// What an envelope's payload slot encodes to before the stored text takes
+/// its place: `"payload"` is the envelope's last field, and `()` is `null`.
+const PAYLOAD_SLOT: &[u8] = b"null}";
+
+/// The JSON envelope of `event` (as [`StoredEvent::envelope`] encodes),
+/// with `payload_text` spliced in verbatim as the payload.
+fn stored_envelope_body(event: &StoredEvent) -> Result<Vec<u8>, PublishEventError> {
+    let encode_err = |source| PublishEventError::Encode {
+        event_id: event.event_id.to_string(),
+        source,
+    };
+    // Everything but the payload, through the envelope's own `Serialize`, so
+    // field names and order cannot drift from the wire type.
+    let head = Envelope::<()> {
+        event_id: event.event_id,
+        kind: event.kind.clone(),
+        stream: event.stream.clone(),
+        version: event.version,
+        occurred_at: event.recorded_at,
+        actor: event.metadata.actor.clone(),
+        correlation_id: event.metadata.correlation_id,
+        causation_id: event.metadata.causation_id,
+        traceparent: event.metadata.traceparent.clone(),
+        payload: (),
+    };
+    let mut body = Vec::with_capacity(384 + event.payload_text.len());
+    serde_json::to_writer(&mut body, &head).map_err(encode_err)?;
+    if !body.ends_with(PAYLOAD_SLOT) || event.payload_text.is_empty() {
+        // Not the shape this relies on (or no stored text): encode the parsed
+        // payload the ordinary way.
+        return serde_json::to_vec(&event.envelope()).map_err(encode_err);
+    }
+    body.truncate(body.len() - PAYLOAD_SLOT.len());
+    body.extend_from_slice(event.payload_text.as_bytes());
+    body.push(b'}');
+    Ok(body)
 }
 
 /// Publishes one event and waits for the server's acknowledgment. The ack's
@@ -143,4 +216,91 @@ pub async fn publish_event(
         .await?
         .await
         .map_err(|source| PublishEventError::Unacknowledged { event_id, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gradeflow_eventstore::canonical::canonical_json;
+    use gradeflow_proto::{Actor, CorrelationId, EventId, Metadata, OrgId, Role};
+    use serde_json::json;
+
+    /// A stored event with `payload`, stored as the writer stores it.
+    fn stored(payload: serde_json::Value, traceparent: Option<&str>) -> StoredEvent {
+        let payload_text = canonical_json(&payload);
+        StoredEvent {
+            position: 7,
+            stream: "dossier-Đà-Nẵng-1".into(),
+            version: 3,
+            event_id: EventId::new(),
+            kind: "grade_decided.v1".into(),
+            // As the store reads it back: parsed from the stored text.
+            payload: serde_json::from_str(&payload_text).expect("canonical JSON parses"),
+            payload_text,
+            metadata: Metadata {
+                actor: Actor {
+                    sub: "Nguyễn \"Văn\" A".into(),
+                    role: Role::Authority,
+                    org: OrgId::new(),
+                },
+                correlation_id: CorrelationId::new(),
+                causation_id: Some(uuid::Uuid::now_v7()),
+                traceparent: traceparent.map(Into::into),
+                service: "approval".into(),
+                province: Some("P01".into()),
+            },
+            recorded_at: chrono::Utc::now(),
+            prev_hash: "0".repeat(64),
+            hash: "f".repeat(64),
+        }
+    }
+
+    #[test]
+    fn a_stored_event_is_encoded_byte_for_byte_as_its_envelope() {
+        let names = Names::new("gf-test").expect("a valid prefix");
+        let payloads = [
+            json!({}),
+            json!(null),
+            json!([]),
+            json!({"grade": "xuất sắc", "note": "Quyết định số 12/QĐ — \"đạt\"\n\ttab \u{1F600}"}),
+            json!({"z": 1, "a": {"y": [1, 2.5, -0.0, 1e300, null, true], "b": "\\"}}),
+            json!({"big": u64::MAX, "neg": i64::MIN, "f": 0.1, "ctl": "\u{0001}\u{007f}"}),
+            json!({"p": "x".repeat(592)}),
+            json!("a bare string"),
+            json!(42),
+        ];
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let traceparent =
+                (i % 2 == 0).then_some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+            let event = stored(payload, traceparent);
+            let fast = OutgoingEvent::from_stored(&names, &event).expect("encodes");
+            let old = OutgoingEvent::new(
+                &names,
+                &event.metadata.service,
+                event.metadata.province.as_deref(),
+                &event.envelope(),
+            )
+            .expect("encodes");
+            assert_eq!(
+                String::from_utf8_lossy(&fast.body),
+                String::from_utf8_lossy(&old.body),
+                "payload {i}"
+            );
+            assert_eq!(fast.subject, old.subject);
+            assert_eq!(fast.event_id, old.event_id);
+            for header in ["Nats-Msg-Id", "Nats-Expected-Stream", "traceparent"] {
+                assert_eq!(
+                    fast.headers.get(header),
+                    old.headers.get(header),
+                    "{header}"
+                );
+            }
+            assert_eq!(
+                fast.headers.get(NATS_MESSAGE_ID).map(|v| v.as_str()),
+                Some(event.event_id.to_string().as_str())
+            );
+            let parsed: Envelope = serde_json::from_slice(&fast.body).expect("parses");
+            assert_eq!(parsed, event.envelope(), "payload {i}");
+        }
+    }
 }

@@ -14,6 +14,16 @@
 //!   that record only means some events are published again on restart; the
 //!   stream drops them by `Nats-Msg-Id` (= event id) inside its duplicate
 //!   window.
+//! * **Overlapped I/O.** While one page is sent and its acknowledgments
+//!   drain, the next page is already being read from the store, and the
+//!   progress record of the page before is written in the background (the
+//!   record is monotonic in SQL, so writes finishing out of order cannot move
+//!   it back). Sending stays in one task, so the order on the wire is still
+//!   the position order.
+//! * **No re-encoding.** The default mapping writes each event's stored
+//!   payload text into the message body as it is
+//!   ([`OutgoingEvent::from_stored`]): the body is byte for byte the encoded
+//!   [`StoredEvent::envelope`], without encoding the payload again.
 //! * **Restart tail.** A NATS server can acknowledge a message and lose it
 //!   on power loss before its next fsync (`sync_interval`, 2 min by default).
 //!   So every start re-publishes the recent tail before the recorded
@@ -32,7 +42,8 @@ use std::{collections::VecDeque, time::Duration};
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use gradeflow_eventstore::{Store, StoreError, StoredEvent};
-use gradeflow_proto::Names;
+use gradeflow_proto::{EventId, Names};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::publish::{OutgoingEvent, PublishEventError};
@@ -111,13 +122,7 @@ fn envelope_message(
     names: &Names,
     event: &StoredEvent,
 ) -> Result<Option<OutgoingEvent>, PublishEventError> {
-    OutgoingEvent::new(
-        names,
-        &event.metadata.service,
-        event.metadata.province.as_deref(),
-        &event.envelope(),
-    )
-    .map(Some)
+    OutgoingEvent::from_stored(names, event).map(Some)
 }
 
 /// The outbox relay of one store. Run one per service process; several
@@ -146,8 +151,34 @@ impl std::fmt::Debug for Relay {
 /// A publish awaiting its acknowledgment.
 struct InFlight {
     position: i64,
-    event_id: String,
+    event_id: EventId,
     ack: Option<PublishAckFuture>,
+}
+
+/// A store call running in its own task while the relay goes on sending;
+/// aborted if dropped before it is joined (a pass that stops early).
+struct Background<T>(JoinHandle<T>);
+
+impl<T: Send + 'static> Background<T> {
+    fn spawn(work: impl std::future::Future<Output = T> + Send + 'static) -> Self {
+        Self(tokio::spawn(work))
+    }
+
+    /// Its result; `None` if the task was cancelled (the runtime shutting
+    /// down). A panic in it is resumed here.
+    async fn join(mut self) -> Option<T> {
+        match (&mut self.0).await {
+            Ok(value) => Some(value),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
+        }
+    }
+}
+
+impl<T> Drop for Background<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Where a pass got to: everything up to `acked` is acknowledged by the
@@ -337,21 +368,29 @@ impl Relay {
         // counts as acknowledged when it reaches the front.
         let mut inflight: VecDeque<InFlight> = VecDeque::with_capacity(window);
         let mut acked = after;
-        let mut read = after;
         // Positions at or below what was recorded need no new record.
         let mut saved = after.max(tail_until);
         let mut error = None;
+        // The page after the one being sent, read meanwhile.
+        let mut next_page = Some(self.read_ahead(after));
+        // The last progress record, written meanwhile.
+        let mut saving = None;
 
         'reading: while !shutdown.is_cancelled() {
-            let page = match self.store.read_from(read, self.config.read_batch).await {
-                Ok(page) => page,
-                Err(e) => {
+            let Some(reading) = next_page.take() else {
+                break;
+            };
+            let page = match reading.join().await {
+                Some(Ok(page)) => page,
+                Some(Err(e)) => {
                     error = Some(self.store_error(e));
                     break;
                 }
+                // Cancelled with the runtime: nothing more to do.
+                None => break,
             };
             let Some(last) = page.last() else { break };
-            read = last.position;
+            next_page = Some(self.read_ahead(last.position));
             for event in &page {
                 let skip =
                     event.position <= tail_until && cutoff.is_some_and(|c| event.recorded_at < c);
@@ -368,7 +407,7 @@ impl Relay {
                 };
                 inflight.push_back(InFlight {
                     position: event.position,
-                    event_id: event.event_id.to_string(),
+                    event_id: event.event_id,
                     ack,
                 });
                 // Window full: wait for the oldest acknowledgment before
@@ -381,11 +420,17 @@ impl Relay {
                 }
             }
             // Record progress once per page, so a crash costs at most a page
-            // and the tail of re-publishes.
-            if let Err(e) = self.save(acked, &mut saved).await {
+            // and the tail of re-publishes; in the background, once the
+            // previous record is written.
+            if let Err(e) = self.save_behind(acked, &mut saved, &mut saving).await {
                 error = Some(e);
                 break;
             }
+        }
+        // A read ahead that will not be used is dropped (aborted).
+        drop(next_page);
+        if let Err(e) = self.finish_saving(&mut saving).await {
+            error.get_or_insert(e);
         }
         // Await what is still in flight, in order, unless a publish already
         // failed: after a failure nothing later counts as contiguous.
@@ -412,11 +457,56 @@ impl Relay {
         if let Some(front) = inflight.pop_front() {
             if let Some(ack) = front.ack {
                 ack.await
-                    .map_err(|source| self.unacknowledged(front.event_id, source))?;
+                    .map_err(|source| self.unacknowledged(front.event_id.to_string(), source))?;
             }
             *acked = front.position;
         }
         Ok(())
+    }
+
+    /// Starts reading the page after `position` in its own task.
+    fn read_ahead(&self, position: i64) -> Background<Result<Vec<StoredEvent>, StoreError>> {
+        let store = self.store.clone();
+        let limit = self.config.read_batch;
+        Background::spawn(async move { store.read_from(position, limit).await })
+    }
+
+    /// Starts recording `acked` in its own task if it moved past what was
+    /// last recorded, after awaiting the record started before (so at most
+    /// one is running, and its failure stops the pass one page later).
+    async fn save_behind(
+        &self,
+        acked: i64,
+        saved: &mut i64,
+        saving: &mut Option<Background<Result<(), StoreError>>>,
+    ) -> Result<(), RelayError> {
+        if acked <= *saved {
+            return Ok(());
+        }
+        self.finish_saving(saving).await?;
+        let store = self.store.clone();
+        let publisher = self.publisher.clone();
+        *saving = Some(Background::spawn(async move {
+            store.set_outbox_position(&publisher, acked).await
+        }));
+        *saved = acked;
+        Ok(())
+    }
+
+    /// Awaits the record started by [`Relay::save_behind`], if any.
+    async fn finish_saving(
+        &self,
+        saving: &mut Option<Background<Result<(), StoreError>>>,
+    ) -> Result<(), RelayError> {
+        match saving.take() {
+            None => Ok(()),
+            Some(task) => match task.join().await {
+                Some(result) => result.map_err(|e| self.store_error(e)),
+                // Cancelled with the runtime: the record may be missing,
+                // which only means re-publishing (deduplicated) later.
+                None => Ok(()),
+            },
+        }
     }
 
     /// Records `acked` if it moved past what was last recorded.

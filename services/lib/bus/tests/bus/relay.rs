@@ -487,3 +487,61 @@ async fn a_relay_for_one_service_skips_the_copies_of_observed_events() {
     bus.cleanup().await;
     db.cleanup(store).await;
 }
+
+#[tokio::test]
+async fn published_bodies_are_the_encoded_envelopes_of_the_stored_events() {
+    let bus = Bus::new().await;
+    ensure_streams(&bus.js, &bus.names, &StreamSettings::default())
+        .await
+        .unwrap();
+    let (store, db) = sqlite_store().await;
+    let payloads = [
+        serde_json::json!({"grade": "xuất sắc", "note": "Quyết định số 12/QĐ — \"đạt\"\n\t\u{1F600}"}),
+        serde_json::json!({"z": 1, "a": {"y": [1, 2.5, -0.0, 1e300, null, true], "b": "\\"}}),
+        serde_json::json!({"big": u64::MAX, "neg": i64::MIN, "f": 0.1, "ctl": "\u{0001}"}),
+        serde_json::json!({}),
+        serde_json::json!(["Đà Nẵng", "Hà Nội", "Thừa Thiên Huế"]),
+    ];
+    let events = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, payload)| {
+            let mut event = new_event(
+                "approval",
+                &format!("hồ-sơ-{i}"),
+                "grade_decided.v1",
+                payload.clone(),
+            );
+            if i % 2 == 1 {
+                event.metadata.traceparent = None;
+                event.metadata.causation_id = Some(uuid::Uuid::now_v7());
+            }
+            event
+        })
+        .collect();
+    store.append(AppendRequest::new(events)).await.unwrap();
+    let relay = Relay::new(store.clone(), bus.js.clone(), bus.names.clone(), "approval");
+    assert_eq!(relay.drain().await.unwrap(), payloads.len() as i64);
+
+    let stored = store.read_from(0, 100).await.unwrap();
+    let messages = read_all(
+        &bus.js,
+        &bus.names.events_stream(),
+        &bus.names.events_filter(),
+    )
+    .await;
+    assert_eq!(messages.len(), stored.len());
+    for (msg, event) in messages.iter().zip(&stored) {
+        let expected = serde_json::to_vec(&event.envelope()).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&msg.payload),
+            String::from_utf8_lossy(&expected),
+            "the body of event {}",
+            event.position
+        );
+        let parsed: Envelope = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(parsed, event.envelope());
+    }
+    bus.cleanup().await;
+    db.cleanup(store).await;
+}
