@@ -49,14 +49,14 @@ pub enum Preset {
 }
 
 impl Preset {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Preset::Card => "card",
             Preset::Vn2025 => "vn2025",
         }
     }
 
-    fn tiers(self) -> Tiers {
+    pub(crate) fn tiers(self) -> Tiers {
         match self {
             Preset::Card => Tiers::card(),
             Preset::Vn2025 => Tiers::vn2025(),
@@ -64,7 +64,7 @@ impl Preset {
     }
 
     /// The letter of the second tier's codes and its name in org names.
-    fn second_tier(self) -> (&'static str, &'static str) {
+    pub(crate) fn second_tier(self) -> (&'static str, &'static str) {
         match self {
             Preset::Card => ("D", "huyện"),
             Preset::Vn2025 => ("X", "xã"),
@@ -203,7 +203,7 @@ const GIVEN: [&str; 20] = [
 ];
 
 /// A Vietnamese full name for the `n`-th member.
-fn person(n: usize) -> String {
+pub(crate) fn person(n: usize) -> String {
     format!(
         "{} {} {}",
         FAMILY[n % FAMILY.len()],
@@ -213,8 +213,56 @@ fn person(n: usize) -> String {
 }
 
 /// Digits needed to number `count` items (at least `min`).
-fn width(count: usize, min: usize) -> usize {
+pub(crate) fn width(count: usize, min: usize) -> usize {
     count.max(1).to_string().len().max(min)
+}
+
+/// How the synthetic country's orgs are coded and named (shared with
+/// `gradeflow bench cycle`): provinces `P01`, second-tier units `P01.D01`
+/// (`card`) or `P01.X01` (`vn2025`), cells `P01.D01.C001`, numbers padded to
+/// the widest of their level; numbers are 1-based.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Naming {
+    preset: Preset,
+    pw: usize,
+    dw: usize,
+    cw: usize,
+}
+
+impl Naming {
+    /// The naming of a country of `provinces` provinces, `seconds`
+    /// second-tier units per province and `cells` cells per second-tier unit.
+    pub(crate) fn new(preset: Preset, provinces: usize, seconds: usize, cells: usize) -> Self {
+        Self {
+            preset,
+            pw: width(provinces, 2),
+            dw: width(seconds, 2),
+            cw: width(cells, 3),
+        }
+    }
+
+    /// Code and name of the `p`-th province.
+    pub(crate) fn province(&self, p: usize) -> (String, String) {
+        let pw = self.pw;
+        (format!("P{p:0pw$}"), format!("Đảng bộ tỉnh {p:0pw$}"))
+    }
+
+    /// Code and name of the `d`-th second-tier unit of the province `pcode`.
+    pub(crate) fn second(&self, pcode: &str, d: usize) -> (String, String) {
+        let (letter, second) = self.preset.second_tier();
+        let dw = self.dw;
+        let code = format!("{pcode}.{letter}{d:0dw$}");
+        let name = format!("Đảng bộ {second} {code}");
+        (code, name)
+    }
+
+    /// Code and name of the `c`-th cell of the second-tier unit `dcode`.
+    pub(crate) fn cell(&self, dcode: &str, c: usize) -> (String, String) {
+        let cw = self.cw;
+        let code = format!("{dcode}.C{c:0cw$}");
+        let name = format!("Chi bộ {code}");
+        (code, name)
+    }
 }
 
 /// The orgs under the root, parents before children (provinces, then
@@ -228,39 +276,34 @@ fn country(args: &SeedArgs, root_code: &str) -> Vec<Unit> {
             .map(|t| t.as_str().to_owned())
             .unwrap_or_default()
     };
-    let (letter, second) = args.preset.second_tier();
-    let (pw, dw, cw) = (
-        width(args.provinces, 2),
-        width(args.districts, 2),
-        width(args.cells, 3),
-    );
+    let naming = Naming::new(args.preset, args.provinces, args.districts, args.cells);
     let mut provinces = Vec::new();
     let mut seconds = Vec::new();
     let mut cells = Vec::new();
     for p in 1..=args.provinces {
-        let pcode = format!("P{p:0pw$}");
+        let (pcode, name) = naming.province(p);
         provinces.push(Unit {
             code: pcode.clone(),
-            name: format!("Đảng bộ tỉnh {p:0pw$}"),
+            name,
             tier: tier(2),
             parent_code: root_code.to_owned(),
             cell: None,
         });
         for d in 1..=args.districts {
-            let dcode = format!("{pcode}.{letter}{d:0dw$}");
+            let (dcode, name) = naming.second(&pcode, d);
             seconds.push(Unit {
                 code: dcode.clone(),
-                name: format!("Đảng bộ {second} {dcode}"),
+                name,
                 tier: tier(1),
                 parent_code: pcode.clone(),
                 cell: None,
             });
             for c in 1..=args.cells {
-                let ccode = format!("{dcode}.C{c:0cw$}");
+                let (ccode, name) = naming.cell(&dcode, c);
                 let number = cells.len();
                 cells.push(Unit {
-                    code: ccode.clone(),
-                    name: format!("Chi bộ {ccode}"),
+                    code: ccode,
+                    name,
                     tier: tier(0),
                     parent_code: dcode.clone(),
                     cell: Some(number),
@@ -538,7 +581,7 @@ async fn import(api: &Api, units: &[Unit], chunk: usize) -> anyhow::Result<usize
 
 /// Deadlines per tier: cells by 15 December, the next tier by 25
 /// December, provinces by 15 January, the root by 1 February.
-fn deadlines(tiers: &Tiers, year: i32) -> Value {
+pub(crate) fn deadlines(tiers: &Tiers, year: i32) -> Value {
     let dates = [
         format!("{year}-12-15"),
         format!("{year}-12-25"),

@@ -10,6 +10,12 @@
 //! per second through the inbox ([`transport`]). [`report`] holds the rate
 //! arithmetic and the table, [`machine`] what it ran on, [`scratch`] the
 //! scratch databases and streams it removes afterwards.
+//!
+//! `gradeflow bench cycle` ([`cycle`]) drives a whole national cycle of a
+//! synthetic country ([`country`]) through `gradeflow up` run as a child
+//! process ([`deploy`]), over NATS or HTTP ([`driver`]), and measures the raw
+//! limits of the same servers right after; `gradeflow bench audit`
+//! ([`audit`]) times the auditor's tools over the stores it kept.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +28,11 @@ use gradeflow_kit::config::redact_url;
 use gradeflow_proto::Names;
 
 mod appends;
+mod audit;
+mod country;
+mod cycle;
+mod deploy;
+mod driver;
 mod machine;
 mod report;
 mod scratch;
@@ -38,6 +49,14 @@ pub enum BenchCmd {
     /// relay and consumes/s through the inbox, on SQLite and PostgreSQL,
     /// each beside the raw limit measured in the same run.
     Store(StoreArgs),
+    /// A whole national cycle of a synthetic country through the real
+    /// services (`gradeflow up` in a child process): dossiers/s, events/s,
+    /// command and decision latencies, projection lag, peak RSS, beside the
+    /// raw INSERT and JetStream publish rates of the same servers.
+    Cycle(cycle::CycleArgs),
+    /// `audit verify` and `audit replay` over the stores `bench cycle
+    /// --keep` left, beside the raw read + SHA-256 rate of the same rows.
+    Audit(audit::AuditArgs),
 }
 
 /// Flags of `gradeflow bench store`.
@@ -69,6 +88,8 @@ pub fn run(cmd: BenchCmd) -> ExitCode {
         .context("starting the async runtime")
         .and_then(|rt| match cmd {
             BenchCmd::Store(args) => rt.block_on(store(args)),
+            BenchCmd::Cycle(args) => rt.block_on(cycle::cycle(args)),
+            BenchCmd::Audit(args) => rt.block_on(audit::audit(args)),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,

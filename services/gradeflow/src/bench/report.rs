@@ -184,6 +184,102 @@ impl fmt::Display for Section {
     }
 }
 
+/// Latencies in microseconds, kept as a log-linear histogram: exact below
+/// 1,024 µs, then 512 buckets per power of two (under 0.2 % error), so a
+/// million commands take the same 100 KiB as ten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Latencies {
+    buckets: Vec<u64>,
+    count: u64,
+    max: u64,
+}
+
+/// Exact buckets below this many microseconds.
+const LINEAR: u64 = 1_024;
+/// Buckets per power of two above [`LINEAR`].
+const SUB: u64 = 512;
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Latencies {
+    /// An empty histogram.
+    pub fn new() -> Self {
+        Self {
+            buckets: Vec::new(),
+            count: 0,
+            max: 0,
+        }
+    }
+
+    fn index(micros: u64) -> usize {
+        if micros < LINEAR {
+            return micros as usize;
+        }
+        // The value's top ten bits: 512..1023 after shifting by `shift`.
+        let shift = u64::from(63 - micros.leading_zeros()) - 9;
+        (LINEAR + (shift - 1) * SUB + ((micros >> shift) - SUB)) as usize
+    }
+
+    fn lower_bound(index: usize) -> u64 {
+        let index = index as u64;
+        if index < LINEAR {
+            return index;
+        }
+        let k = index - LINEAR;
+        let shift = k / SUB + 1;
+        (k % SUB + SUB) << shift
+    }
+
+    /// Records one latency.
+    pub fn record(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX / 2);
+        let i = Self::index(micros);
+        if self.buckets.len() <= i {
+            self.buckets.resize(i + 1, 0);
+        }
+        self.buckets[i] += 1;
+        self.count += 1;
+        self.max = self.max.max(micros);
+    }
+
+    /// Latencies recorded.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The latency under which a share `q` (0..=1) of them fall (the
+    /// bucket's lower bound; the largest one for `q = 1`); `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.count == 0 {
+            return None;
+        }
+        if q >= 1.0 {
+            return Some(Duration::from_micros(self.max));
+        }
+        let rank = ((q.max(0.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Duration::from_micros(Self::lower_bound(i).min(self.max)));
+            }
+        }
+        Some(Duration::from_micros(self.max))
+    }
+}
+
+/// `1.234 ms` with three decimals, or `-`.
+pub fn format_millis(d: Option<Duration>) -> String {
+    match d {
+        Some(d) => format!("{:.3} ms", d.as_secs_f64() * 1_000.0),
+        None => "-".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +385,34 @@ mod tests {
         let end = |line: &str, s: &str| line.find(s).map(|i| i + s.len());
         assert_eq!(end(lines[2], "4,000"), end(lines[3], "100,000"));
         assert_eq!(lines[4], "  writer: 1.0 requests per transaction");
+    }
+    #[test]
+    fn latency_quantiles_are_exact_below_a_millisecond_and_close_above() {
+        let mut l = Latencies::new();
+        assert_eq!(l.quantile(0.5), None);
+        for us in 1..=100 {
+            l.record(Duration::from_micros(us));
+        }
+        assert_eq!(l.count(), 100);
+        assert_eq!(l.quantile(0.5), Some(Duration::from_micros(50)));
+        assert_eq!(l.quantile(0.99), Some(Duration::from_micros(99)));
+        assert_eq!(l.quantile(1.0), Some(Duration::from_micros(100)));
+        let mut slow = Latencies::new();
+        for ms in 1..=1_000_u64 {
+            slow.record(Duration::from_millis(ms));
+        }
+        let p99 = slow.quantile(0.99).unwrap().as_secs_f64();
+        assert!((p99 - 0.990).abs() < 0.990 * 0.003, "{p99}");
+        assert_eq!(slow.quantile(1.0), Some(Duration::from_millis(1_000)));
+        for us in [1_023_u64, 1_024, 2_047, 2_048, 123_456_789] {
+            let i = Latencies::index(us);
+            assert!(Latencies::lower_bound(i) <= us, "{us}");
+            assert!(Latencies::lower_bound(i + 1) > us, "{us}");
+        }
+        assert_eq!(
+            format_millis(Some(Duration::from_micros(1_500))),
+            "1.500 ms"
+        );
+        assert_eq!(format_millis(None), "-");
     }
 }

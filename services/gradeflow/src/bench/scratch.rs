@@ -88,7 +88,8 @@ impl std::fmt::Display for ScratchDb {
 }
 
 /// Deletes the prefix's streams (events, audit, dead letters and the raw
-/// baseline's) and with them their consumers; best effort.
+/// baseline's) and with them their consumers; best effort (one that is not
+/// there is skipped).
 pub async fn remove_streams(js: &jetstream::Context, names: &Names) {
     for stream in [
         names.events_stream(),
@@ -96,6 +97,9 @@ pub async fn remove_streams(js: &jetstream::Context, names: &Names) {
         names.dead_letter_stream(),
         raw_stream_name(names),
     ] {
+        if js.get_stream(&stream).await.is_err() {
+            continue;
+        }
         if let Err(e) = js.delete_stream(&stream).await {
             eprintln!("gradeflow bench: could not delete the stream {stream}: {e}");
         }

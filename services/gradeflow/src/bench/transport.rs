@@ -116,7 +116,7 @@ pub async fn publish(
 /// Publishes `count` messages of `bytes` bytes, each with its own
 /// `Nats-Msg-Id`: every publish handed to the client first, then every ack
 /// awaited. Ids and bodies are made before the clock starts.
-async fn raw_publish(
+pub(crate) async fn raw_publish(
     js: &jetstream::Context,
     names: &Names,
     count: u64,
