@@ -13,8 +13,8 @@ use std::process::Command;
 /// baselines each is printed beside.
 const FIGURES: [(&str, usize); 7] = [
     ("append, 1 caller", 2),
-    ("append, 16 callers", 1),
-    ("append, 256 callers", 1),
+    ("append, 16 callers", 3),
+    ("append, 256 callers", 3),
     ("append, 100 events per request", 2),
     ("publish through the relay", 1),
     ("consume through the inbox, 1 loop", 2),

@@ -2,7 +2,15 @@
 //! [`Store::append`] (the writer task, version checks, hash chain, group
 //! commit) with 1, 16 and 256 concurrent callers and with requests of 100
 //! events, each beside the raw INSERT rates of the same database measured in
-//! the same run ([`Store::raw_insert_baseline`]).
+//! the same run ([`Store::raw_insert_baseline`],
+//! [`Store::raw_concurrent_insert_baseline`]).
+//!
+//! The concurrent figures get three raw limits: as many raw callers, each
+//! inserting one row per transaction and waiting for its commit (what the
+//! database gives that many independent durable writers, on the pool's
+//! connections); transactions of as many rows as the writer grouped per
+//! transaction in that figure, one after another; and the 1000-row ceiling
+//! of any grouping.
 //!
 //! Every caller appends like a command handler does: one request at a time,
 //! on its own stream, with `NoStream` for its first event and `Exactly(v)`
@@ -26,6 +34,8 @@ const BATCH_EVENTS: usize = 100;
 /// Rows per transaction of the batched raw baseline: the size at which the
 /// store's writer also commits at most (`StoreOptions::max_batch`).
 const RAW_BATCH: usize = 1_000;
+/// The concurrent-caller figures (besides the lone caller).
+const CONCURRENT_CALLERS: [usize; 2] = [16, 256];
 /// A fixed W3C trace context, so events are as large as traced ones.
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -71,11 +81,26 @@ pub async fn measure(
         what: format!("INSERT, {RAW_BATCH} rows per transaction"),
         rate: raw(RAW_BATCH).await?,
     };
+    let connections = store.raw_pool_size();
+    let mut raw_concurrent = Vec::new();
+    for callers in CONCURRENT_CALLERS {
+        eprintln!("  raw INSERTs, {callers} callers…");
+        let rate = store
+            .raw_concurrent_insert_baseline(events, callers, payload_bytes)
+            .await
+            .with_context(|| format!("raw INSERT baseline, {callers} concurrent callers"))?;
+        raw_concurrent.push(Baseline {
+            what: format!(
+                "INSERT, 1 row per transaction, {callers} callers on {connections} connections"
+            ),
+            rate: Rate::new(rate.rows, rate.elapsed),
+        });
+    }
 
     let payload = payload(payload_bytes);
     let mut rows = Vec::new();
     let mut group_commit = Vec::new();
-    for callers in [1_usize, 16, 256] {
+    for callers in std::iter::once(1).chain(CONCURRENT_CALLERS) {
         let figure = if callers == 1 {
             "append, 1 caller".to_owned()
         } else {
@@ -84,17 +109,26 @@ pub async fn measure(
         eprintln!("  {figure}…");
         let before = store.stats();
         let rate = concurrent_callers(store, callers, events, &payload).await?;
-        group_commit.push((
-            figure.clone(),
-            requests_per_transaction(before, store.stats()),
-        ));
+        let grouped = requests_per_transaction(before, store.stats());
+        group_commit.push((figure.clone(), grouped));
         // A single caller waits for every commit: its honest limit is the
-        // database's one-row-per-transaction rate. Concurrent callers can be
-        // grouped, up to the batched rate.
-        let baselines = if callers == 1 {
-            vec![raw_single.clone(), raw_batched.clone()]
-        } else {
-            vec![raw_batched.clone()]
+        // database's one-row-per-transaction rate. Concurrent callers are
+        // compared with as many raw durable writers, with the database's
+        // rate for transactions of the size the writer grouped, and with the
+        // ceiling of any grouping.
+        let baselines = match CONCURRENT_CALLERS.iter().position(|&c| c == callers) {
+            None => vec![raw_single.clone(), raw_batched.clone()],
+            Some(i) => {
+                let seen = writer_batch(grouped);
+                eprintln!("  raw INSERTs, {seen} rows per transaction…");
+                let seen = Baseline {
+                    what: format!(
+                        "INSERT, {seen} rows per transaction (the writer's mean batch here)"
+                    ),
+                    rate: raw(seen).await?,
+                };
+                vec![raw_concurrent[i].clone(), seen, raw_batched.clone()]
+            }
         };
         rows.push(Row {
             figure,
@@ -134,6 +168,17 @@ pub async fn measure(
         raw_single,
         raw_batched,
     })
+}
+
+/// The raw batch size matching a writer that grouped `requests_per_transaction`
+/// one-event requests per transaction: the mean, rounded, within
+/// `1..=RAW_BATCH`.
+fn writer_batch(requests_per_transaction: f64) -> usize {
+    if requests_per_transaction.is_finite() {
+        (requests_per_transaction.round() as usize).clamp(1, RAW_BATCH)
+    } else {
+        1
+    }
 }
 
 /// A JSON payload whose canonical encoding is `bytes` long (at least the 8
@@ -252,6 +297,15 @@ mod tests {
         assert_eq!(share(300, 256, 0), 2);
         assert_eq!(share(300, 256, 255), 1);
         assert_eq!(share(5, 0, 0), 5);
+    }
+
+    #[test]
+    fn the_raw_batch_follows_the_writers_mean_batch() {
+        assert_eq!(writer_batch(8.04), 8);
+        assert_eq!(writer_batch(132.5), 133);
+        assert_eq!(writer_batch(0.0), 1);
+        assert_eq!(writer_batch(5_000.0), RAW_BATCH);
+        assert_eq!(writer_batch(f64::NAN), 1);
     }
 
     #[test]

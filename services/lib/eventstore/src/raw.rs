@@ -4,6 +4,19 @@
 //! store's figures beside these, measured in the same run on the same server,
 //! so a figure is read as a ratio of the hardware's limit and not in a void.
 //!
+//! Two kinds of INSERT baseline write the same event-shaped rows:
+//!
+//! * [`Store::raw_insert_baseline`]: one connection, `batch` rows per
+//!   transaction, one transaction after another — with 1 row the limit of a
+//!   lone caller that waits for each commit, with 1000 the ceiling of any
+//!   grouping.
+//! * [`Store::raw_concurrent_insert_baseline`]: `callers` independent tasks,
+//!   each inserting one row per transaction and waiting for its commit before
+//!   the next, on as many connections as the store's pool allows
+//!   ([`Store::raw_pool_size`]) — what the database itself gives N writers
+//!   that each need a durable commit, with whatever group commit the server
+//!   does on its own.
+//!
 //! It also has the two chores of that benchmark that need SQL: naming the
 //! database server, and dropping the scratch PostgreSQL schema afterwards.
 //!
@@ -46,11 +59,80 @@ fn is_bench_schema(schema: &str) -> bool {
     schema.len() > BENCH_SCHEMA_PREFIX.len() && schema.starts_with(BENCH_SCHEMA_PREFIX)
 }
 
+/// The payload of every raw row: `{"p":"xxx…"}`, `payload_bytes` long (at
+/// least the 8 bytes of `{"p":""}`).
+fn raw_payload(payload_bytes: usize) -> String {
+    format!(
+        "{{\"p\":\"{}\"}}",
+        "x".repeat(payload_bytes.saturating_sub(8))
+    )
+}
+
+/// Creates the scratch table `bench_raw` (dropping any left over): the
+/// events table's columns, its primary key and `event_id UNIQUE`, nothing
+/// else.
+async fn create_raw_table(pool: &Pool) -> Result<(), StoreError> {
+    let create = "CREATE TABLE IF NOT EXISTS bench_raw (position BIGINT PRIMARY KEY, \
+                  stream TEXT NOT NULL, version BIGINT NOT NULL, event_id TEXT NOT NULL UNIQUE, \
+                  kind TEXT NOT NULL, payload TEXT NOT NULL, metadata TEXT NOT NULL, \
+                  recorded_at TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)";
+    on_pool!(pool, p, Db => {
+        sqlx::query("DROP TABLE IF EXISTS bench_raw").execute(p).await.map_err(db_err)?;
+        sqlx::query(create).execute(p).await.map_err(db_err)?;
+    });
+    Ok(())
+}
+
+async fn drop_raw_table(pool: &Pool) -> Result<(), StoreError> {
+    on_pool!(pool, p, Db => {
+        sqlx::query("DROP TABLE IF EXISTS bench_raw").execute(p).await.map_err(db_err)?;
+    });
+    Ok(())
+}
+
+/// One transaction inserting the rows at `positions` (one multi-row INSERT)
+/// into `bench_raw`, on a connection of `pool`; returns after the commit.
+async fn insert_raw_rows(
+    pool: &Pool,
+    positions: std::ops::Range<i64>,
+    payload: &str,
+) -> Result<(), StoreError> {
+    on_pool!(pool, p, Db => {
+        let mut tx = p.begin().await.map_err(db_err)?;
+        let mut qb = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO bench_raw (position, stream, version, event_id, kind, payload, \
+             metadata, recorded_at, prev_hash, hash) ",
+        );
+        qb.push_values(positions, |mut b, pos| {
+            b.push_bind(pos)
+                .push_bind(format!("dossier-{}", pos % 1000))
+                .push_bind(pos / 1000 + 1)
+                .push_bind(uuid::Uuid::now_v7().to_string())
+                .push_bind("self_review_submitted.v1")
+                .push_bind(payload.to_owned())
+                .push_bind("{}")
+                .push_bind("2026-11-26T00:00:00.000000Z")
+                .push_bind("0".repeat(64))
+                .push_bind("f".repeat(64));
+        });
+        qb.build().execute(&mut *tx).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+    });
+    Ok(())
+}
+
+/// The positions the `caller`-th of `callers` writes out of `1..=rows`:
+/// `caller + 1`, then every `callers`-th after it.
+fn caller_positions(caller: usize, callers: usize, rows: usize) -> impl Iterator<Item = i64> {
+    (caller as i64 + 1..=rows as i64).step_by(callers.max(1))
+}
+
 impl Store {
     /// Inserts `rows` rows shaped like events (the same columns, with
     /// `payload_bytes` of payload) into a scratch table, `batch` rows per
-    /// multi-row INSERT and one transaction per batch — the best the
-    /// database does for this data — then drops the table.
+    /// multi-row INSERT and one transaction per batch, one after another on
+    /// one connection — the best the database does for this data — then
+    /// drops the table.
     pub async fn raw_insert_baseline(
         &self,
         rows: usize,
@@ -59,54 +141,84 @@ impl Store {
     ) -> Result<RawRate, StoreError> {
         let pool: &Pool = self.pool();
         let batch = batch.clamp(1, 3_000);
-        let payload = format!(
-            "{{\"p\":\"{}\"}}",
-            "x".repeat(payload_bytes.saturating_sub(8))
-        );
-        let create = "CREATE TABLE IF NOT EXISTS bench_raw (position BIGINT PRIMARY KEY, \
-                      stream TEXT NOT NULL, version BIGINT NOT NULL, event_id TEXT NOT NULL UNIQUE, \
-                      kind TEXT NOT NULL, payload TEXT NOT NULL, metadata TEXT NOT NULL, \
-                      recorded_at TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)";
-        on_pool!(pool, p, Db => {
-            sqlx::query("DROP TABLE IF EXISTS bench_raw").execute(p).await.map_err(db_err)?;
-            sqlx::query(create).execute(p).await.map_err(db_err)?;
-        });
+        let payload = raw_payload(payload_bytes);
+        create_raw_table(pool).await?;
         let started = Instant::now();
         let mut position: i64 = 0;
         while (position as usize) < rows {
-            let n = batch.min(rows - position as usize);
-            on_pool!(pool, p, Db => {
-                let mut tx = p.begin().await.map_err(db_err)?;
-                let mut qb = sqlx::QueryBuilder::<Db>::new(
-                    "INSERT INTO bench_raw (position, stream, version, event_id, kind, payload, \
-                     metadata, recorded_at, prev_hash, hash) ",
-                );
-                qb.push_values(0..n, |mut b, i| {
-                    let pos = position + i as i64 + 1;
-                    b.push_bind(pos)
-                        .push_bind(format!("dossier-{}", pos % 1000))
-                        .push_bind(pos / 1000 + 1)
-                        .push_bind(uuid::Uuid::now_v7().to_string())
-                        .push_bind("self_review_submitted.v1")
-                        .push_bind(payload.clone())
-                        .push_bind("{}")
-                        .push_bind("2026-11-26T00:00:00.000000Z")
-                        .push_bind("0".repeat(64))
-                        .push_bind("f".repeat(64));
-                });
-                qb.build().execute(&mut *tx).await.map_err(db_err)?;
-                tx.commit().await.map_err(db_err)?;
-            });
-            position += n as i64;
+            let n = batch.min(rows - position as usize) as i64;
+            insert_raw_rows(pool, position + 1..position + n + 1, &payload).await?;
+            position += n;
         }
         let elapsed = started.elapsed();
-        on_pool!(pool, p, Db => {
-            sqlx::query("DROP TABLE IF EXISTS bench_raw").execute(p).await.map_err(db_err)?;
-        });
+        drop_raw_table(pool).await?;
         Ok(RawRate {
             rows: rows as u64,
             elapsed,
         })
+    }
+
+    /// The same rows as [`Store::raw_insert_baseline`] with one row per
+    /// transaction, but written by `callers` concurrent tasks: each inserts
+    /// its share of the `rows` one row per transaction and waits for that
+    /// commit before its next row, as independent writers that each need a
+    /// durable commit would. They share the store's pool, so at most
+    /// [`Store::raw_pool_size`] transactions run at once; the others wait
+    /// for a connection. Whatever the server groups on its own (PostgreSQL
+    /// flushes the WAL of concurrent commits together; SQLite takes one
+    /// writer at a time) is in the figure. Drops the table afterwards.
+    pub async fn raw_concurrent_insert_baseline(
+        &self,
+        rows: usize,
+        callers: usize,
+        payload_bytes: usize,
+    ) -> Result<RawRate, StoreError> {
+        let pool: &Pool = self.pool();
+        let callers = callers.max(1);
+        let payload = std::sync::Arc::new(raw_payload(payload_bytes));
+        create_raw_table(pool).await?;
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for caller in 0..callers {
+            let pool = pool.clone();
+            let payload = payload.clone();
+            let positions = caller_positions(caller, callers, rows);
+            tasks.spawn(async move {
+                for pos in positions {
+                    insert_raw_rows(&pool, pos..pos + 1, &payload).await?;
+                }
+                Ok::<(), StoreError>(())
+            });
+        }
+        let mut outcome = Ok(());
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    if outcome.is_ok() {
+                        outcome = Err(e);
+                    }
+                }
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => {}
+            }
+        }
+        let elapsed = started.elapsed();
+        outcome?;
+        drop_raw_table(pool).await?;
+        Ok(RawRate {
+            rows: rows as u64,
+            elapsed,
+        })
+    }
+
+    /// Connections the store's pool opens at most: how many of
+    /// [`Store::raw_concurrent_insert_baseline`]'s callers write at once.
+    pub fn raw_pool_size(&self) -> u32 {
+        match self.pool() {
+            Pool::Sqlite(p) => p.options().get_max_connections(),
+            Pool::Postgres(p) => p.options().get_max_connections(),
+        }
     }
 
     /// Reads every event row in pages and computes SHA-256 over its stored
@@ -226,5 +338,49 @@ mod tests {
         ] {
             assert!(!is_bench_schema(no), "{no}");
         }
+    }
+
+    #[test]
+    fn concurrent_callers_write_every_position_once() {
+        for (callers, rows) in [(16, 20_000), (256, 300), (3, 2), (1, 5)] {
+            let mut all: Vec<i64> = (0..callers)
+                .flat_map(|c| caller_positions(c, callers, rows))
+                .collect();
+            all.sort_unstable();
+            assert_eq!(
+                all,
+                (1..=rows as i64).collect::<Vec<_>>(),
+                "{callers} callers"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_concurrent_baseline_inserts_every_row_and_leaves_the_log_alone() {
+        let f = gradeflow_testkit::fresh_sqlite().expect("a scratch SQLite file");
+        let store = Store::connect(&f.url, crate::StoreOptions::default())
+            .await
+            .expect("opens");
+        assert_eq!(store.raw_pool_size(), 8);
+        let rate = store
+            .raw_concurrent_insert_baseline(500, 16, 600)
+            .await
+            .expect("inserts");
+        assert_eq!(rate.rows, 500);
+        assert!(rate.per_second() > 0.0);
+        // The scratch table is gone afterwards, so it can run again.
+        let again = store
+            .raw_concurrent_insert_baseline(40, 3, 600)
+            .await
+            .expect("inserts again");
+        assert_eq!(again.rows, 40);
+        assert_eq!(store.head().await.expect("reads the head"), None);
+        store.close().await;
+    }
+
+    #[test]
+    fn raw_payloads_have_the_requested_size() {
+        assert_eq!(raw_payload(600).len(), 600);
+        assert_eq!(raw_payload(3), r#"{"p":""}"#);
     }
 }
