@@ -121,8 +121,11 @@ pub async fn cycle(args: CycleArgs) -> anyhow::Result<()> {
         Err(e) => Err(e),
     };
     if args.keep {
-        if let Err(e) = js.delete_stream(transport::raw_stream_name(&names)).await {
-            eprintln!("gradeflow bench: could not delete the raw stream: {e}");
+        let raw = transport::raw_stream_name(&names);
+        if js.get_stream(&raw).await.is_ok() {
+            if let Err(e) = js.delete_stream(&raw).await {
+                eprintln!("gradeflow bench: could not delete the raw stream: {e}");
+            }
         }
         if outcome.is_ok() {
             println!();

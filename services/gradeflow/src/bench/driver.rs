@@ -36,8 +36,13 @@ pub enum Via {
     Http,
 }
 
-/// Longest a command may keep being refused for not-yet-observed events.
-const PATIENCE: Duration = Duration::from_secs(120);
+/// Longest a command may keep being refused for not-yet-observed events:
+/// long, because on a loaded machine a service's consumer can fall minutes
+/// behind the service whose events it observes (the run measures that, it
+/// does not fail on it).
+const PATIENCE: Duration = Duration::from_secs(30 * 60);
+/// Longest pause between two attempts of a refused command.
+const MAX_PAUSE: Duration = Duration::from_millis(250);
 /// Attempts of a command that got no answer.
 const TRANSPORT_ATTEMPTS: u32 = 6;
 /// Wait for an answer (NATS) or a response (HTTP).
@@ -182,7 +187,7 @@ impl Driver {
                 }
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
+            pause = (pause * 2).min(MAX_PAUSE);
         }
     }
 
