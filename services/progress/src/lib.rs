@@ -37,10 +37,10 @@ pub mod report;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, Utc};
-use gradeflow_eventstore::{ExpectedVersion, NewEvent, Store, StoreError};
+use gradeflow_eventstore::{InboxEntry, Store, StoreError};
 use gradeflow_proto::events::EVENT_KINDS;
 use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode};
-use gradeflow_service::{Decision, Engine, ExecuteError, Workflow};
+use gradeflow_service::{Committing, Decision, Engine, ExecuteError, Workflow};
 use serde_json::json;
 
 pub use changes::touched;
@@ -51,10 +51,6 @@ pub use report::Report;
 
 /// The service name: the `<service>` token of its subjects.
 pub const SERVICE: &str = "progress";
-
-/// What recording an observed event appends: version checks and events
-/// (only the copy: progress reacts to nothing).
-pub type ObservedAppend = (Vec<(String, ExpectedVersion)>, Vec<NewEvent>);
 
 /// The clock the queries read "today" from (UTC), for overdue units.
 pub type Today = Arc<dyn Fn() -> NaiveDate + Send + Sync>;
@@ -135,11 +131,15 @@ impl Workflow for Progress {
         EVENT_KINDS.contains(&kind)
     }
 
-    async fn observe(&self, envelope: &Envelope) -> Result<ObservedAppend, ExecuteError> {
+    async fn observe(
+        &self,
+        envelope: &Envelope,
+        inbox: InboxEntry,
+    ) -> Result<Committing, ExecuteError> {
         // Progress only records what it observes; it reacts to nothing, so
         // the append carries no version checks and never conflicts.
         self.engine
-            .observe(envelope, |_, _| Ok(Decision::default()))
+            .observe(envelope, inbox, |_, _| Ok(Decision::default()))
             .await
     }
 }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use chrono::{NaiveDate, Utc};
-use gradeflow_eventstore::{AppendRequest, InboxEntry, Store, StoreOptions};
+use gradeflow_eventstore::{AppendOutcome, InboxEntry, Store, StoreOptions};
 use gradeflow_progress::{report_csv, report_xlsx, touched, Progress, Report};
 use gradeflow_proto::commands::DecisionKind;
 use gradeflow_proto::events::{
@@ -149,21 +149,25 @@ impl World {
     /// entry.
     async fn feed<E: Event>(&self, stream: &str, event: &E) -> Envelope {
         let envelope = envelope(stream, event);
-        let (checks, events) = self.progress.observe(&envelope).await.unwrap();
-        assert!(checks.is_empty(), "progress reacts to nothing");
-        assert_eq!(events.len(), 1, "only the copy is appended");
-        self.store
-            .append(AppendRequest {
-                checks,
-                events,
-                inbox: Some(InboxEntry {
-                    consumer: "progress".into(),
-                    message_id: envelope.event_id.to_string(),
-                    reply: None,
-                }),
-            })
+        let inbox = InboxEntry {
+            consumer: "progress".into(),
+            message_id: envelope.event_id.to_string(),
+            reply: None,
+        };
+        let outcome = self
+            .progress
+            .observe(&envelope, inbox)
+            .await
+            .unwrap()
+            .outcome()
             .await
             .unwrap();
+        match outcome {
+            AppendOutcome::Appended(events) => {
+                assert_eq!(events.len(), 1, "progress reacts to nothing: only the copy");
+            }
+            other => panic!("expected Appended, got {other:?}"),
+        }
         envelope
     }
 

@@ -22,14 +22,16 @@ pub mod model;
 pub mod queries;
 pub mod refusals;
 
-use gradeflow_eventstore::{ExpectedVersion, NewEvent, Store, StoreError};
+use gradeflow_eventstore::{InboxEntry, Store, StoreError};
 use gradeflow_proto::commands::{AppraiseDossier, Command, ReturnDossier};
 use gradeflow_proto::events::{
     CycleOpened, Event, GradeDecided, GradeRevised, MeetingRecorded, OrgMoved, OrgRegistered,
     OrgRenamed, OrgsMerged, SelfReviewSubmitted, SubjectRegistered,
 };
 use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode, Rejection};
-use gradeflow_service::{payload, reply, Context, Decision, Engine, ExecuteError, Workflow};
+use gradeflow_service::{
+    payload, reply, Committing, Context, Decision, Engine, ExecuteError, Workflow,
+};
 use serde_json::json;
 use tracing::field::{display, Empty};
 
@@ -38,10 +40,6 @@ pub use model::AppraisalModel;
 /// The service name: the `<service>` token of its subjects and the
 /// `metadata.service` of its events.
 pub const SERVICE: &str = "appraisal";
-
-/// What recording an observed event appends: version checks and events
-/// (the copy first, then the reactions).
-pub type ObservedAppend = (Vec<(String, ExpectedVersion)>, Vec<NewEvent>);
 
 /// The kinds of other services' events this service records.
 pub const OBSERVED_KINDS: [&str; 10] = [
@@ -155,10 +153,14 @@ impl Workflow for Appraisal {
         OBSERVED_KINDS.contains(&kind)
     }
 
-    async fn observe(&self, envelope: &Envelope) -> Result<ObservedAppend, ExecuteError> {
+    async fn observe(
+        &self,
+        envelope: &Envelope,
+        inbox: InboxEntry,
+    ) -> Result<Committing, ExecuteError> {
         // Appraisal only records what it observes; it reacts to nothing.
         self.engine
-            .observe(envelope, |_, _| Ok(Decision::default()))
+            .observe(envelope, inbox, |_, _| Ok(Decision::default()))
             .await
     }
 }

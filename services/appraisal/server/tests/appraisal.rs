@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 use gradeflow_appraisal_server::Appraisal;
-use gradeflow_eventstore::{AppendRequest, Store, StoreOptions};
+use gradeflow_eventstore::{AppendOutcome, InboxEntry, Store, StoreOptions};
 use gradeflow_proto::events::{Event, GradeDecided, RecordRef};
 use gradeflow_proto::{
     Actor, CommandEnvelope, CommandId, CommandReply, CorrelationId, CycleId, DecisionId, DossierId,
@@ -141,22 +141,8 @@ impl World {
     /// relay goes to the other service if it observes that kind.
     async fn relay(&self) {
         let (from_sub, from_appr) = *self.relayed.lock().unwrap();
-        let a = forward(
-            &self.sub_store,
-            from_sub,
-            "submission",
-            &self.appraisal,
-            &self.store,
-        )
-        .await;
-        let b = forward(
-            &self.store,
-            from_appr,
-            "appraisal",
-            &self.submission,
-            &self.sub_store,
-        )
-        .await;
+        let a = forward(&self.sub_store, from_sub, "submission", &self.appraisal).await;
+        let b = forward(&self.store, from_appr, "appraisal", &self.submission).await;
         *self.relayed.lock().unwrap() = (a, b);
     }
 
@@ -206,28 +192,26 @@ impl World {
     }
 }
 
-async fn forward<W: Workflow>(
-    from: &Store,
-    after: i64,
-    service: &str,
-    to: &W,
-    to_store: &Store,
-) -> i64 {
+async fn forward<W: Workflow>(from: &Store, after: i64, service: &str, to: &W) -> i64 {
     let mut last = after;
     for e in from.read_from(after, 100_000).await.unwrap() {
         last = e.position;
         if e.metadata.service != service || !to.observes(&e.kind) {
             continue;
         }
-        let (checks, events) = to.observe(&e.envelope()).await.unwrap();
-        to_store
-            .append(AppendRequest {
-                checks,
-                events,
-                inbox: None,
-            })
+        let inbox = InboxEntry {
+            consumer: "appraisal-test".into(),
+            message_id: e.event_id.to_string(),
+            reply: None,
+        };
+        let outcome = to
+            .observe(&e.envelope(), inbox)
+            .await
+            .unwrap()
+            .outcome()
             .await
             .unwrap();
+        assert!(matches!(outcome, AppendOutcome::Appended(_)));
     }
     last
 }
@@ -441,20 +425,27 @@ async fn a_decided_grade_counts_in_the_quota_pressure_in_place_of_the_recommenda
         traceparent: None,
         payload: serde_json::to_value(&decided).unwrap(),
     };
-    let (checks, events) = w.appraisal.observe(&env).await.unwrap();
-    assert_eq!(
-        events.len(),
-        1,
-        "appraisal records grades and reacts to nothing"
-    );
-    w.store
-        .append(AppendRequest {
-            checks,
-            events,
-            inbox: None,
-        })
+    let inbox = InboxEntry {
+        consumer: "appraisal-test".into(),
+        message_id: env.event_id.to_string(),
+        reply: None,
+    };
+    let outcome = w
+        .appraisal
+        .observe(&env, inbox)
+        .await
+        .unwrap()
+        .outcome()
         .await
         .unwrap();
+    match outcome {
+        AppendOutcome::Appended(events) => assert_eq!(
+            events.len(),
+            1,
+            "appraisal records grades and reacts to nothing"
+        ),
+        other => panic!("expected Appended, got {other:?}"),
+    }
     let d = w.reviewed_member(29, 68).await;
     let r = w
         .ok(

@@ -32,7 +32,7 @@ pub mod queries;
 pub mod record;
 
 use chrono::Utc;
-use gradeflow_eventstore::{Store, StoreError};
+use gradeflow_eventstore::{InboxEntry, Store, StoreError};
 use gradeflow_proto::commands::{Command, DecideBatch};
 use gradeflow_proto::events::{
     CollectiveDossierOpened, CycleOpened, DecisionLogRecord, DossierAppraised, DossierReturned,
@@ -42,7 +42,7 @@ use gradeflow_proto::{
     CommandEnvelope, CommandReply, DecisionId, DossierState, Envelope, ErrorCode, Rejection,
 };
 use gradeflow_service::{
-    payload, reply, Context, Decision, Engine, ExecuteError, Observed, Workflow,
+    payload, reply, Committing, Context, Decision, Engine, ExecuteError, Workflow,
 };
 use serde_json::Value;
 
@@ -335,7 +335,11 @@ impl Workflow for Approval {
     }
 
     #[tracing::instrument(name = "approval.observe", skip_all, fields(event_id = %envelope.event_id, kind = %envelope.kind))]
-    async fn observe(&self, envelope: &Envelope) -> Result<Observed, ExecuteError> {
-        self.engine.observe(envelope, react).await
+    async fn observe(
+        &self,
+        envelope: &Envelope,
+        inbox: InboxEntry,
+    ) -> Result<Committing, ExecuteError> {
+        self.engine.observe(envelope, inbox, react).await
     }
 }

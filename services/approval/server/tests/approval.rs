@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use chrono::Utc;
 use gradeflow_approval_server::record::{record_hash, verify_chain, DECISION_LOG_STREAM};
 use gradeflow_approval_server::{audit_record, verify_record, Approval, KeyRing};
-use gradeflow_eventstore::{AppendRequest, InboxEntry, Store, StoreOptions, StoredEvent};
+use gradeflow_eventstore::{AppendOutcome, InboxEntry, Store, StoreOptions, StoredEvent};
 use gradeflow_proto::commands::{BatchGrade, Command, DecideBatch, DecisionKind};
 use gradeflow_proto::events::{
     CycleOpened, DossierAppraised, DossierReturned, Event, GradeDecided, GradeRevised,
@@ -173,19 +173,20 @@ impl World {
             payload: serde_json::to_value(&event).unwrap(),
         };
         assert!(self.approval.observes(&envelope.kind), "{}", envelope.kind);
-        let (checks, events) = self.approval.observe(&envelope).await.unwrap();
-        self.store
-            .append(AppendRequest {
-                checks,
-                events,
-                inbox: Some(InboxEntry {
-                    consumer: "approval-test".into(),
-                    message_id: envelope.event_id.to_string(),
-                    reply: None,
-                }),
-            })
+        let inbox = InboxEntry {
+            consumer: "approval-test".into(),
+            message_id: envelope.event_id.to_string(),
+            reply: None,
+        };
+        let outcome = self
+            .approval
+            .observe(&envelope, inbox)
+            .await
+            .unwrap()
+            .outcome()
             .await
             .unwrap();
+        assert!(matches!(outcome, AppendOutcome::Appended(_)), "{outcome:?}");
     }
 
     async fn org(

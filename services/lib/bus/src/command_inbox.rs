@@ -106,6 +106,7 @@ impl CommandInbox {
                 message_id: id.clone(),
                 reply: Some(encoded),
             }),
+            predicted: None,
         };
         match self.store.append(request).await? {
             AppendOutcome::Appended(_) => Ok(reply),

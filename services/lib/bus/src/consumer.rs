@@ -11,12 +11,13 @@
 //!    kinds filters on a wider subject and skips the rest here).
 //! 2. On a redelivery, look the message up in the inbox: if it was applied
 //!    (the process died after the commit and before the ack), just ack.
-//! 3. Run the [`EventHandler`]; append its [`Effects`] with
-//!    `InboxEntry { consumer: <durable>, message_id: <event id> }`. The inbox
-//!    row and the events commit together, so "applied" and "recorded as
-//!    applied" cannot diverge. `Duplicate` from the store means it was
-//!    applied before: ack. A version `Conflict` re-runs the handler on the
-//!    new state, up to [`ConsumerConfig::conflict_retries`] times.
+//! 3. Ask the [`EventHandler`] to queue the append of its effects with
+//!    `InboxEntry { consumer: <durable>, message_id: <event id> }`
+//!    ([`EventHandler::submit`]). The inbox row and the events commit
+//!    together, so "applied" and "recorded as applied" cannot diverge.
+//!    `Duplicate` from the store means it was applied before: ack. A version
+//!    `Conflict` (or `Moved`, see below) re-runs the handler on the new
+//!    state, up to [`ConsumerConfig::conflict_retries`] times.
 //! 4. **Ack only after the commit.** A plain `+ACK`, not the awaited double
 //!    ack: if the ack is lost the message comes back and step 2 or the
 //!    store's `Duplicate` absorbs it, so confirming the ack would buy nothing
@@ -31,16 +32,36 @@
 //!    `<prefix>.dlq.<consumer>` (captured by `<prefix>_DLQ`), then `+TERM`ed
 //!    so the consumer moves on.
 //!
-//! **Ordering.** Messages are handled one at a time, in stream order, so
-//! events of one aggregate are applied in the order they were published — as
-//! long as none is nak'ed: a nak'ed message comes back after its delay,
-//! possibly after later messages of the same aggregate. Handlers that depend
-//! on per-aggregate order compare `envelope.version` with what they have
-//! applied and return [`HandlerError::Transient`] on a gap; the redelivery
-//! then restores the order. Throughput comes from the batched fetch and from
-//! the store's group commit, not from handling messages concurrently.
+//! **Pipelining.** The loop does not wait for one message's commit before
+//! handling the next: up to [`ConsumerConfig::pipeline`] appends are queued
+//! at once (the store's writer commits them in queue order, many per
+//! transaction), and each message is acked when its own commit is answered.
+//! A handler whose decisions depend on what it appended before (a service
+//! engine) applies each append to its state as it queues it and predicts
+//! where it lands ([`gradeflow_eventstore::Predicted`]); when one does not
+//! commit, the store refuses the appends queued after it, and the loop waits
+//! for everything queued, then handles the ones that did not commit again,
+//! one at a time, in order. A redelivery, and a message the handler refused
+//! while appends were queued, are likewise handled alone once the queue has
+//! committed, so a refusal is always judged on committed state.
+//!
+//! **Ordering.** Messages are handled, and their appends queued, in stream
+//! order, so events of one aggregate are applied in the order they were
+//! published — as long as none is nak'ed: a nak'ed message comes back after
+//! its delay, possibly after later messages of the same aggregate. Handlers
+//! that depend on per-aggregate order compare `envelope.version` with what
+//! they have applied and return [`HandlerError::Transient`] on a gap; the
+//! redelivery then restores the order. Throughput comes from the batched
+//! fetch, the pipelined appends and the store's group commit, not from
+//! handling messages concurrently.
 
-use std::{collections::HashSet, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::{HashSet, VecDeque},
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use async_nats::{
     header::NATS_MESSAGE_ID,
@@ -125,22 +146,65 @@ pub enum HandlerError {
     Permanent(String),
 }
 
-/// Turns one event into the effects to commit. Implemented by each service's
-/// event reactions; must be free of side effects outside the returned
-/// [`Effects`], since it may run more than once for one message (conflict
-/// retries, redeliveries before a commit).
+/// An append queued for one message: resolves once it committed, or with
+/// why it did not.
+pub type Queued = Pin<Box<dyn Future<Output = Result<AppendOutcome, AppendError>> + Send>>;
+
+/// Turns one event into the effects to commit. Must be free of side effects
+/// outside what it appends, since it may run more than once for one message
+/// (conflict retries, redeliveries before a commit).
+///
+/// A handler implements one of the two methods: [`EventHandler::handle`]
+/// (decide the effects; the loop queues them), or [`EventHandler::submit`]
+/// (queue the append itself — what a service engine does, so that it can
+/// apply the effects to its state at once and decide the next message on
+/// them while this one commits).
 pub trait EventHandler: Send + Sync + 'static {
-    /// Decides the effects of `event`.
+    /// Decides the effects of `event`. The default refuses every event: a
+    /// handler implementing [`EventHandler::submit`] never has it called.
     fn handle(
         &self,
         event: &Envelope,
-    ) -> impl Future<Output = Result<Effects, HandlerError>> + Send;
+    ) -> impl Future<Output = Result<Effects, HandlerError>> + Send {
+        let kind = event.kind.clone();
+        async move {
+            Err(HandlerError::Permanent(format!(
+                "no handler decides `{kind}` (the handler only submits)"
+            )))
+        }
+    }
+
+    /// Queues the append that records `event` — its effects and `inbox` in
+    /// one request — and returns the commit to await. Returning means
+    /// queued, not committed: the loop acks only after the commit.
+    fn submit(
+        &self,
+        event: &Envelope,
+        store: &Store,
+        inbox: InboxEntry,
+    ) -> impl Future<Output = Result<Queued, HandlerError>> + Send {
+        async move {
+            let effects = self.handle(event).await?;
+            let request = AppendRequest {
+                checks: effects.checks,
+                events: effects.events,
+                inbox: Some(inbox),
+                predicted: None,
+            };
+            let queued: Queued = match store.submit(request).await {
+                Ok(pending) => Box::pin(pending.outcome()),
+                Err(e) => Box::pin(async move { Err(e) }),
+            };
+            Ok(queued)
+        }
+    }
 }
 
 /// Where the loop can simulate a process crash (tests only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
-    /// After the handler ran, before its effects are appended.
+    /// Before the message's append is queued (before the handler decides:
+    /// a handler that submits appends as it decides).
     BeforeCommit,
     /// After the effects and the inbox record committed, before the ack.
     AfterCommit,
@@ -181,6 +245,9 @@ pub struct ConsumerConfig {
     pub backoff_max: Duration,
     /// Handler re-runs after a version conflict before the message is nak'ed.
     pub conflict_retries: u32,
+    /// Most messages whose appends are queued and not yet committed (1:
+    /// each message commits before the next is handled).
+    pub pipeline: usize,
     /// Test hook; see [`CrashHook`].
     pub crash_hook: Option<CrashHook>,
 }
@@ -203,7 +270,8 @@ impl std::fmt::Debug for ConsumerConfig {
 impl ConsumerConfig {
     /// A consumer named `name` on `filter_subject` with the defaults: 5
     /// deliveries, 30 s ack wait, batches of 256 with a 1 s expiry, nak
-    /// backoff from 1 s to 2 min, 3 conflict retries, from the stream's start.
+    /// backoff from 1 s to 2 min, 3 conflict retries, up to 512 messages
+    /// committing at once, from the stream's start.
     pub fn new(name: impl Into<String>, filter_subject: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -218,6 +286,7 @@ impl ConsumerConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(120),
             conflict_retries: 3,
+            pipeline: 512,
             crash_hook: None,
         }
     }
@@ -412,21 +481,41 @@ impl<H: EventHandler> EventConsumer<H> {
             };
             // The ack timers of this batch started about now.
             let fetched_at = Instant::now();
+            let mut window: VecDeque<InFlight> = VecDeque::new();
+            let limit = self.config.pipeline.max(1);
             loop {
-                let next = tokio::select! {
+                let step = tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => {
+                    () = shutdown.cancelled() => Step::Shutdown,
+                    outcome = front(&mut window) => Step::Committed(outcome),
+                    next = batch.next(), if window.len() < limit => Step::Next(next.map(|r| r.map(Box::new))),
+                };
+                match step {
+                    Step::Shutdown => {
+                        // Finish what is queued (commit and ack), release the rest.
+                        self.drain(&mut window, Vec::new()).await?;
                         release_buffered(&mut batch).await;
                         break;
                     }
-                    next = batch.next() => next,
-                };
-                let msg = match next {
-                    None => break,
-                    Some(Ok(msg)) => msg,
-                    Some(Err(err)) => {
+                    Step::Committed(outcome) => {
+                        let Some(done) = window.pop_front() else {
+                            continue;
+                        };
+                        if let Some(redo) = self.complete(done, outcome).await? {
+                            // It did not commit, so nothing queued after it
+                            // did as decided: settle them all, then handle
+                            // the failed ones again, one by one, in order.
+                            self.drain(&mut window, vec![redo]).await?;
+                        }
+                    }
+                    Step::Next(None) => {
+                        self.drain(&mut window, Vec::new()).await?;
+                        break;
+                    }
+                    Step::Next(Some(Err(err))) => {
                         // A status such as "consumer deleted" or "exceeded
                         // max waiting": back off, set up again.
+                        self.drain(&mut window, Vec::new()).await?;
                         tracing::warn!(error = %err, durable = %self.durable, "bus.consumer.batch_failed");
                         *consumer = None;
                         if !sleep_or_shutdown(backoff.next(), shutdown).await {
@@ -434,26 +523,48 @@ impl<H: EventHandler> EventConsumer<H> {
                         }
                         break;
                     }
-                };
-                backoff.reset();
-                // A message that waited half its ack window in our buffer
-                // gets its timer reset, so it is not redelivered elsewhere
-                // while we are about to handle it.
-                if fetched_at.elapsed() > self.config.ack_wait / 2 {
-                    if let Err(err) = msg.ack_with(AckKind::Progress).await {
-                        tracing::debug!(error = %err, "bus.consumer.progress_failed");
+                    Step::Next(Some(Ok(msg))) => {
+                        backoff.reset();
+                        // A message that waited half its ack window in our
+                        // buffer gets its timer reset, so it is not
+                        // redelivered elsewhere while we are about to handle it.
+                        if fetched_at.elapsed() > self.config.ack_wait / 2 {
+                            if let Err(err) = msg.ack_with(AckKind::Progress).await {
+                                tracing::debug!(error = %err, "bus.consumer.progress_failed");
+                            }
+                        }
+                        match self.start(*msg).await? {
+                            Started::Done(handled) => {
+                                tracing::trace!(?handled, durable = %self.durable, "bus.consumer.handled");
+                            }
+                            Started::Queued(in_flight) => window.push_back(in_flight),
+                            Started::Slow(message) => {
+                                // Decided on the state after everything
+                                // queued before it: let that commit first.
+                                self.drain(&mut window, Vec::new()).await?;
+                                let handled = self.process(message, None).await?;
+                                tracing::trace!(?handled, durable = %self.durable, "bus.consumer.handled");
+                            }
+                            Started::Refused(message, refusal) => {
+                                // With nothing queued, the refusal was judged
+                                // on committed state and stands; otherwise
+                                // it is judged again once the queue committed.
+                                let refusal = window.is_empty().then_some(refusal);
+                                self.drain(&mut window, Vec::new()).await?;
+                                let handled = self.process(message, refusal).await?;
+                                tracing::trace!(?handled, durable = %self.durable, "bus.consumer.handled");
+                            }
+                        }
                     }
                 }
-                let handled = self.process(msg).await?;
-                tracing::trace!(?handled, durable = %self.durable, "bus.consumer.handled");
             }
         }
         Ok(())
     }
 
-    /// Handles one message to the end: acked, nak'ed or dead-lettered.
-    #[tracing::instrument(name = "bus.consumer.message", skip_all, fields(durable = %self.durable, event_id))]
-    async fn process(&self, msg: jetstream::Message) -> Result<Handled, ConsumerError> {
+    /// Parses a message and, in the common case (a first delivery of a kind
+    /// the handler takes), queues its append without waiting for the commit.
+    async fn start(&self, msg: jetstream::Message) -> Result<Started, ConsumerError> {
         let (delivered, stream_sequence) = match msg.info() {
             Ok(info) => (
                 u64::try_from(info.delivered).unwrap_or(1),
@@ -473,18 +584,108 @@ impl<H: EventHandler> EventConsumer<H> {
                 let reason = format!("not an event envelope: {err}");
                 return self
                     .dead_letter(&msg, &id, None, delivered, stream_sequence, &reason)
-                    .await;
+                    .await
+                    .map(Started::Done);
             }
         };
-        let event_id = env.event_id.to_string();
-        tracing::Span::current().record("event_id", event_id.as_str());
-
         if let Some(kinds) = &self.config.kinds {
             if !kinds.contains(&env.kind) {
                 self.ack(&msg).await;
-                return Ok(Handled::Skipped);
+                return Ok(Started::Done(Handled::Skipped));
             }
         }
+        let message = Message {
+            event_id: env.event_id.to_string(),
+            msg,
+            env,
+            delivered,
+            stream_sequence,
+        };
+        if delivered > 1 {
+            // A redelivery: the inbox may know it; handled on its own.
+            return Ok(Started::Slow(message));
+        }
+        self.crash_if(CrashPoint::BeforeCommit, &message.env)?;
+        match self
+            .handler
+            .submit(&message.env, &self.store, self.inbox_entry(&message))
+            .await
+        {
+            Ok(queued) => Ok(Started::Queued(InFlight { message, queued })),
+            Err(refusal) => Ok(Started::Refused(message, refusal)),
+        }
+    }
+
+    fn inbox_entry(&self, message: &Message) -> InboxEntry {
+        InboxEntry {
+            consumer: self.durable.clone(),
+            message_id: message.event_id.clone(),
+            reply: None,
+        }
+    }
+
+    /// Acks a queued message whose append committed (or was found handled
+    /// before); hands back one that did not commit.
+    async fn complete(
+        &self,
+        done: InFlight,
+        outcome: Result<AppendOutcome, AppendError>,
+    ) -> Result<Option<Message>, ConsumerError> {
+        match outcome {
+            Ok(AppendOutcome::Appended(_)) => {
+                self.crash_if(CrashPoint::AfterCommit, &done.message.env)?;
+                // Committed: now, and only now, the ack.
+                self.ack(&done.message.msg).await;
+                Ok(None)
+            }
+            Ok(AppendOutcome::Duplicate { .. }) => {
+                self.ack(&done.message.msg).await;
+                Ok(None)
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, event_id = %done.message.event_id, "bus.consumer.requeue");
+                Ok(Some(done.message))
+            }
+        }
+    }
+
+    /// Waits for every queued append, in order, acking those that committed;
+    /// then handles `redo` and the ones that did not commit again, one at a
+    /// time, in stream order.
+    async fn drain(
+        &self,
+        window: &mut VecDeque<InFlight>,
+        mut redo: Vec<Message>,
+    ) -> Result<(), ConsumerError> {
+        while let Some(mut in_flight) = window.pop_front() {
+            let outcome = (&mut in_flight.queued).await;
+            if let Some(message) = self.complete(in_flight, outcome).await? {
+                redo.push(message);
+            }
+        }
+        for message in redo {
+            let handled = self.process(message, None).await?;
+            tracing::trace!(?handled, durable = %self.durable, "bus.consumer.handled");
+        }
+        Ok(())
+    }
+
+    /// Handles one message to the end, waiting for its commit: acked, nak'ed
+    /// or dead-lettered. `refused` is the handler's answer when it was just
+    /// asked on the same state (so it is not asked twice).
+    #[tracing::instrument(name = "bus.consumer.message", skip_all, fields(durable = %self.durable, event_id = %message.event_id))]
+    async fn process(
+        &self,
+        message: Message,
+        mut refused: Option<HandlerError>,
+    ) -> Result<Handled, ConsumerError> {
+        let Message {
+            msg,
+            env,
+            event_id,
+            delivered,
+            stream_sequence,
+        } = message;
 
         // A redelivery may be of a message whose effects committed just
         // before the process died (or whose ack was lost): the inbox knows.
@@ -506,8 +707,20 @@ impl<H: EventHandler> EventConsumer<H> {
 
         let mut conflicts = 0;
         loop {
-            let effects = match self.handler.handle(&env).await {
-                Ok(effects) => effects,
+            let submitted = match refused.take() {
+                Some(refusal) => Err(refusal),
+                None => {
+                    self.crash_if(CrashPoint::BeforeCommit, &env)?;
+                    let inbox = InboxEntry {
+                        consumer: self.durable.clone(),
+                        message_id: event_id.clone(),
+                        reply: None,
+                    };
+                    self.handler.submit(&env, &self.store, inbox).await
+                }
+            };
+            let queued = match submitted {
+                Ok(queued) => queued,
                 Err(HandlerError::Transient(why)) => {
                     return self
                         .retry_or_give_up(&msg, &env, delivered, stream_sequence, &why)
@@ -532,17 +745,7 @@ impl<H: EventHandler> EventConsumer<H> {
                         .await;
                 }
             };
-            self.crash_if(CrashPoint::BeforeCommit, &env)?;
-            let request = AppendRequest {
-                checks: effects.checks,
-                events: effects.events,
-                inbox: Some(InboxEntry {
-                    consumer: self.durable.clone(),
-                    message_id: event_id.clone(),
-                    reply: None,
-                }),
-            };
-            match self.store.append(request).await {
+            match queued.await {
                 Ok(AppendOutcome::Appended(_)) => {
                     self.crash_if(CrashPoint::AfterCommit, &env)?;
                     // Committed: now, and only now, the ack.
@@ -561,6 +764,12 @@ impl<H: EventHandler> EventConsumer<H> {
                     // new state.
                     conflicts += 1;
                     tracing::debug!(stream = %stream, conflicts, "bus.consumer.conflict_retry");
+                }
+                Err(AppendError::Moved { .. }) if conflicts < self.config.conflict_retries => {
+                    // Queued on top of an append that did not commit: the
+                    // handler's state is rebuilt; decide again.
+                    conflicts += 1;
+                    tracing::debug!(conflicts, "bus.consumer.moved_retry");
                 }
                 Err(AppendError::Closed) => {
                     self.nak(&msg, None).await;
@@ -681,6 +890,49 @@ impl<H: EventHandler> EventConsumer<H> {
             }),
             _ => Ok(()),
         }
+    }
+}
+
+/// A parsed message on its way through the loop.
+struct Message {
+    msg: jetstream::Message,
+    env: Envelope,
+    event_id: String,
+    delivered: u64,
+    stream_sequence: u64,
+}
+
+/// A message whose append is queued, not yet committed.
+struct InFlight {
+    message: Message,
+    queued: Queued,
+}
+
+/// Where [`EventConsumer::start`] left a message.
+enum Started {
+    /// Finished (skipped or dead-lettered).
+    Done(Handled),
+    /// Its append is queued.
+    Queued(InFlight),
+    /// To be handled on its own once everything queued committed.
+    Slow(Message),
+    /// The handler refused it (on a state that may include appends still
+    /// queued).
+    Refused(Message, HandlerError),
+}
+
+/// What woke the loop.
+enum Step {
+    Shutdown,
+    Committed(Result<AppendOutcome, AppendError>),
+    Next(Option<Result<Box<jetstream::Message>, async_nats::Error>>),
+}
+
+/// The commit of the oldest queued message; never resolves when none is.
+async fn front(window: &mut VecDeque<InFlight>) -> Result<AppendOutcome, AppendError> {
+    match window.front_mut() {
+        Some(in_flight) => (&mut in_flight.queued).await,
+        None => std::future::pending().await,
     }
 }
 

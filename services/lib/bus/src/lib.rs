@@ -28,7 +28,7 @@ pub use command::{
 pub use command_inbox::CommandInbox;
 pub use consumer::{
     ConsumerConfig, ConsumerError, CrashHook, CrashPoint, Effects, EventConsumer, EventHandler,
-    HandlerError,
+    HandlerError, Queued,
 };
 pub use publish::{publish_event, OutgoingEvent, PublishEventError};
 pub use relay::{Mapper, Relay, RelayConfig, RelayError};

@@ -84,6 +84,15 @@ pub enum AppendError {
         /// The version the stream is actually at (0 for no stream).
         actual: u64,
     },
+    /// The request's [`crate::Predicted`] head or time did not hold: the log
+    /// is not where the caller believed. Nothing of the request was written.
+    #[error("the store's last position is {actual}, the request expected {expected}")]
+    Moved {
+        /// The head position the request expected.
+        expected: i64,
+        /// The actual head position.
+        actual: i64,
+    },
     /// The store failed; the request was not written.
     #[error("event store failed while appending")]
     Store(#[from] StoreError),

@@ -50,9 +50,9 @@ mod writer;
 pub use error::{AppendError, StoreError};
 pub use model::{
     AppendOutcome, AppendRequest, Backend, DeadLetter, ExpectedVersion, InboxEntry, NewEvent,
-    StoreOptions, StoredEvent, VerifyReport, WriterStats,
+    Predicted, StoreOptions, StoredEvent, VerifyReport, WriterStats,
 };
-pub use store::Store;
+pub use store::{Pending, Store};
 
 /// Names of the immutability triggers on `events`, for tools and tests.
 pub mod triggers {

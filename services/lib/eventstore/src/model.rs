@@ -123,6 +123,31 @@ pub struct AppendRequest {
     pub events: Vec<NewEvent>,
     /// The consumed message this append handles, if any.
     pub inbox: Option<InboxEntry>,
+    /// Where the caller expects its events to land, when it has already
+    /// applied them to its own state before the commit (see [`Predicted`]).
+    pub predicted: Option<Predicted>,
+}
+
+/// What a caller that applies its events before they commit (a service
+/// engine pipelining its decisions) predicts about the store, so that the
+/// store refuses the request rather than commit something the caller's
+/// state does not match.
+///
+/// The request is refused with [`crate::AppendError::Moved`], writing
+/// nothing, unless the store's last position is exactly `head`. The events
+/// are then recorded at positions `head + 1 …` with `recorded_at` as their
+/// time. Because each request of such a caller predicts the head its
+/// predecessor leaves, a refused (or deduplicated) request makes every later
+/// one of the same chain be refused too: the committed log is always a
+/// prefix of what the caller decided, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Predicted {
+    /// The position of the store's last event before this request.
+    pub head: i64,
+    /// The time recorded for the events (microsecond precision; see
+    /// [`crate::canonical::truncate_timestamp`]). Refused as
+    /// [`crate::AppendError::Moved`] if earlier than the last event's.
+    pub recorded_at: DateTime<Utc>,
 }
 
 impl AppendRequest {

@@ -17,6 +17,17 @@ use crate::model::{
 };
 use crate::writer::{Job, PreparedAppend, Stats, Writer};
 
+/// A queued append (see [`Store::submit`]).
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<Result<AppendOutcome, AppendError>>);
+
+impl Pending {
+    /// Waits for the request's outcome: committed, or why not.
+    pub async fn outcome(self) -> Result<AppendOutcome, AppendError> {
+        self.0.await.map_err(|_| AppendError::Closed)?
+    }
+}
+
 /// Rows per page when `verify` walks the log.
 const VERIFY_PAGE: i64 = 2_000;
 
@@ -80,6 +91,15 @@ impl Store {
     /// with why it did not.
     #[tracing::instrument(name = "eventstore.append", skip_all, fields(events = req.events.len()))]
     pub async fn append(&self, req: AppendRequest) -> Result<AppendOutcome, AppendError> {
+        self.submit(req).await?.outcome().await
+    }
+
+    /// Queues a request for the writer and returns once it is queued, before
+    /// it commits: requests are applied in the order they were queued, so a
+    /// caller can queue several (each predicting the head the one before it
+    /// leaves, see [`crate::Predicted`]) and await their outcomes later.
+    /// Waits only while the writer's queue is full.
+    pub async fn submit(&self, req: AppendRequest) -> Result<Pending, AppendError> {
         // JSON encoding happens here, on the caller's task, not in the writer.
         let req = PreparedAppend::new(req)?;
         let (reply, answer) = oneshot::channel();
@@ -88,7 +108,7 @@ impl Store {
             .send(Job { req, reply })
             .await
             .map_err(|_| AppendError::Closed)?;
-        answer.await.map_err(|_| AppendError::Closed)?
+        Ok(Pending(answer))
     }
 
     /// Every event of `stream`, by version.

@@ -26,13 +26,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use gradeflow_proto::{EventId, Metadata};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::canonical::{
-    canonical_json, chain_hash, format_timestamp, parse_timestamp, HashedFields,
+    canonical_json, chain_hash, format_timestamp, parse_timestamp, truncate_timestamp, HashedFields,
 };
 use crate::db::{Head, InboxRow, Pool, RawEvent, WriteTx};
 use crate::error::{AppendError, StoreError};
@@ -66,12 +66,21 @@ pub(crate) struct PreparedInbox {
     reply_text: Option<String>,
 }
 
+/// A [`crate::Predicted`] with its time in stored form.
+#[derive(Debug)]
+pub(crate) struct PreparedPrediction {
+    head: i64,
+    recorded_at: DateTime<Utc>,
+    recorded_at_text: String,
+}
+
 /// An [`AppendRequest`] with its JSON encoded.
 #[derive(Debug)]
 pub(crate) struct PreparedAppend {
     checks: Vec<(String, ExpectedVersion)>,
     events: Vec<PreparedEvent>,
     inbox: Option<PreparedInbox>,
+    predicted: Option<PreparedPrediction>,
 }
 
 fn encode_err(what: &'static str) -> impl Fn(serde_json::Error) -> StoreError {
@@ -106,10 +115,16 @@ impl PreparedAppend {
             message_id: i.message_id,
             reply: i.reply,
         });
+        let predicted = req.predicted.map(|p| PreparedPrediction {
+            head: p.head,
+            recorded_at: truncate_timestamp(p.recorded_at),
+            recorded_at_text: format_timestamp(p.recorded_at),
+        });
         Ok(Self {
             checks: req.checks,
             events,
             inbox,
+            predicted,
         })
     }
 }
@@ -326,20 +341,13 @@ impl Writer {
             }
         }
 
-        // One timestamp per batch, never earlier than the last event's, so
-        // recorded_at is non-decreasing along positions (replay --as-of can
-        // stop at the first later event) even if the clock steps back.
-        let now = format_timestamp(Utc::now());
-        let recorded_at_text = if now > start.recorded_at {
-            now
-        } else {
-            start.recorded_at.clone()
-        };
-        let recorded_at = parse_timestamp(&recorded_at_text).map_err(|e| StoreError::Corrupt {
-            position: start.position,
-            problem: format!("recorded_at of the chain head: {e}"),
-        })?;
-
+        // One timestamp per batch (unless a request brings its own predicted
+        // one), never earlier than the last event's, so recorded_at is
+        // non-decreasing along positions (replay --as-of can stop at the
+        // first later event) even if the clock steps back.
+        let now = Utc::now();
+        let now_text = format_timestamp(now);
+        let now = truncate_timestamp(now);
         let mut head = start;
         let mut answers = Vec::with_capacity(reqs.len());
         let mut batch_inbox: HashMap<(&str, &str), Option<Value>> = HashMap::new();
@@ -348,6 +356,30 @@ impl Writer {
         let mut inbox_rows: Vec<InboxRow> = Vec::new();
 
         for req in reqs {
+            // 0. A caller that applied its events already must find the log
+            //    exactly where it believed; otherwise nothing is evaluated.
+            if let Some(p) = &req.predicted {
+                if p.head != head.position || p.recorded_at_text < head.recorded_at {
+                    answers.push(Err(AppendError::Moved {
+                        expected: p.head,
+                        actual: head.position,
+                    }));
+                    continue;
+                }
+            }
+            let (recorded_at_text, recorded_at) = match &req.predicted {
+                Some(p) => (p.recorded_at_text.clone(), p.recorded_at),
+                None if now_text > head.recorded_at => (now_text.clone(), now),
+                None => {
+                    let at =
+                        parse_timestamp(&head.recorded_at).map_err(|e| StoreError::Corrupt {
+                            position: head.position,
+                            problem: format!("recorded_at of the chain head: {e}"),
+                        })?;
+                    (head.recorded_at.clone(), at)
+                }
+            };
+
             // 1. A message handled before (in the database or earlier in
             //    this batch): answer with its reply, write nothing.
             if let Some(ib) = &req.inbox {

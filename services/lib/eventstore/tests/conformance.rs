@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use gradeflow_eventstore::{
     triggers, AppendError, AppendOutcome, AppendRequest, Backend, DeadLetter, ExpectedVersion,
-    InboxEntry, NewEvent, Store, StoreError, StoreOptions, StoredEvent,
+    InboxEntry, NewEvent, Predicted, Store, StoreError, StoreOptions, StoredEvent,
 };
 use gradeflow_proto::{Actor, CorrelationId, Metadata, OrgId, Role};
 use gradeflow_testkit::{fresh_pg, fresh_sqlite, PgDatabase, SqliteFile};
@@ -163,6 +163,9 @@ conformance!(
     committed_signals_each_commit,
     stored_bytes_are_canonical_and_read_back_identically,
     read_until_returns_what_was_recorded_by_then,
+    predicted_requests_land_where_predicted,
+    a_refused_predicted_request_refuses_the_rest_of_its_chain,
+    a_prediction_behind_the_log_is_refused,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -1145,4 +1148,144 @@ mod raw_baselines {
         .await;
         db.drop_db().await.ok();
     }
+}
+
+fn predicted(
+    mut req: AppendRequest,
+    head: i64,
+    at: chrono::DateTime<chrono::Utc>,
+) -> AppendRequest {
+    req.predicted = Some(Predicted {
+        head,
+        recorded_at: at,
+    });
+    req
+}
+
+/// Queued back to back, each predicting the head the one before leaves:
+/// they commit at the predicted positions with the predicted time, in
+/// order, and the chain still verifies.
+async fn predicted_requests_land_where_predicted(db: &Db) {
+    let store = db.open().await;
+    let t0 = chrono::Utc::now();
+    let mut pending = Vec::new();
+    for i in 0..20u64 {
+        let at = t0 + chrono::Duration::microseconds(i as i64 * 7);
+        let req = AppendRequest::new(vec![ev("s-a", 2 * i), ev(&format!("s-{i}"), 2 * i + 1)])
+            .expect("s-a", ExpectedVersion::Exactly(i));
+        let i = i as i64;
+        pending.push(store.submit(predicted(req, 2 * i, at)).await.unwrap());
+    }
+    for (i, p) in pending.into_iter().enumerate() {
+        let events = appended(p.outcome().await.unwrap());
+        let i = i as i64;
+        assert_eq!(
+            events.iter().map(|e| e.position).collect::<Vec<_>>(),
+            vec![2 * i + 1, 2 * i + 2]
+        );
+        let at = gradeflow_eventstore::canonical::truncate_timestamp(
+            t0 + chrono::Duration::microseconds(i * 7),
+        );
+        assert!(events.iter().all(|e| e.recorded_at == at));
+    }
+    let stored = all_events(&store).await;
+    assert_contiguous(&stored);
+    assert_eq!(stored.len(), 40);
+    assert_verifies(&store, 40).await;
+}
+
+/// The first request of a chain conflicts: it and every later request of
+/// the chain are refused (nothing written), while a request outside the
+/// chain queued among them commits.
+async fn a_refused_predicted_request_refuses_the_rest_of_its_chain(db: &Db) {
+    let store = db.open().await;
+    appended(
+        store
+            .append(one("s", 1, ExpectedVersion::NoStream))
+            .await
+            .unwrap(),
+    );
+    let at = chrono::Utc::now();
+    // Expects "s" to be new: a conflict.
+    let first = store
+        .submit(predicted(one("s", 2, ExpectedVersion::NoStream), 1, at))
+        .await
+        .unwrap();
+    // Predicts the head the first one would have left.
+    let second = store
+        .submit(predicted(one("t", 3, ExpectedVersion::NoStream), 2, at))
+        .await
+        .unwrap();
+    let outside = store
+        .submit(one("u", 4, ExpectedVersion::NoStream))
+        .await
+        .unwrap();
+    let third = store
+        .submit(predicted(one("v", 5, ExpectedVersion::NoStream), 3, at))
+        .await
+        .unwrap();
+    assert!(matches!(
+        first.outcome().await,
+        Err(AppendError::Conflict { .. })
+    ));
+    match second.outcome().await {
+        Err(AppendError::Moved { expected, actual }) => {
+            assert_eq!((expected, actual), (2, 1));
+        }
+        other => panic!("expected Moved, got {other:?}"),
+    }
+    let outside = appended(outside.outcome().await.unwrap());
+    assert_eq!(outside[0].position, 2);
+    assert!(matches!(
+        third.outcome().await,
+        Err(AppendError::Moved {
+            expected: 3,
+            actual: 2
+        })
+    ));
+    let stored = all_events(&store).await;
+    assert_eq!(
+        stored.iter().map(|e| e.stream.as_str()).collect::<Vec<_>>(),
+        vec!["s", "u"]
+    );
+    assert_verifies(&store, 2).await;
+}
+
+/// A predicted time earlier than the last event's is refused, so
+/// `recorded_at` never decreases along positions.
+async fn a_prediction_behind_the_log_is_refused(db: &Db) {
+    let store = db.open().await;
+    let last = appended(
+        store
+            .append(one("s", 1, ExpectedVersion::Any))
+            .await
+            .unwrap(),
+    );
+    let earlier = last[0].recorded_at - chrono::Duration::seconds(1);
+    let refused = store
+        .append(predicted(one("s", 2, ExpectedVersion::Any), 1, earlier))
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(AppendError::Moved {
+                expected: 1,
+                actual: 1
+            })
+        ),
+        "{refused:?}"
+    );
+    let later = last[0].recorded_at + chrono::Duration::milliseconds(5);
+    let ok = appended(
+        store
+            .append(predicted(one("s", 2, ExpectedVersion::Any), 1, later))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(ok[0].position, 2);
+    assert_eq!(
+        ok[0].recorded_at,
+        gradeflow_eventstore::canonical::truncate_timestamp(later)
+    );
+    assert_verifies(&store, 2).await;
 }

@@ -13,7 +13,11 @@
 //!   (by this process or, on a shared PostgreSQL store, by a replica);
 //! * a decision is appended with optimistic concurrency on every stream it
 //!   writes or reads, so two replicas deciding from the same state cannot both
-//!   win: the loser catches up and decides again.
+//!   win: the loser catches up and decides again;
+//! * a decision is applied to the model when its append is queued, before it
+//!   commits, so decisions pipeline through the store's group commit; the
+//!   store commits it only where the model predicted, and otherwise the model
+//!   is rebuilt (see [`Engine`]).
 //!
 //! Commands are idempotent by their command id: the reply is committed in the
 //! store's inbox in the same transaction as the events, and a retry gets the
@@ -25,12 +29,18 @@ pub mod trace;
 pub mod tree;
 pub mod workflow;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use gradeflow_eventstore::canonical::truncate_timestamp;
 use gradeflow_eventstore::{
-    AppendError, AppendOutcome, AppendRequest, ExpectedVersion, InboxEntry, NewEvent, Store,
-    StoreError, StoredEvent,
+    AppendError, AppendOutcome, AppendRequest, ExpectedVersion, InboxEntry, NewEvent, Pending,
+    Predicted, Store, StoreError, StoredEvent,
 };
 use gradeflow_proto::events::Event;
 use gradeflow_proto::{Actor, CorrelationId, Envelope, EventId, Metadata, Rejection};
@@ -39,7 +49,7 @@ use tokio::sync::Mutex;
 
 pub use tree::{OrgNode, OrgTree};
 use uuid::Uuid;
-pub use workflow::{answer, payload, reply, Observed, Workflow};
+pub use workflow::{answer, payload, reply, Workflow};
 
 /// A service's in-memory working state, folded from its store.
 pub trait Model: Default + Send + Sync + 'static {
@@ -166,17 +176,47 @@ struct Tracked<M> {
     model: M,
     position: i64,
     versions: HashMap<String, u64>,
+    /// `recorded_at` of the last event folded: the earliest time the next
+    /// predicted append may carry.
+    recorded_at: Option<DateTime<Utc>>,
+}
+
+/// What the answers to queued appends tell the engine. Behind a plain mutex,
+/// held only for a moment and never across an await: settling an answer must
+/// not wait for the model's lock (a consumer loop polls its queued commits
+/// only between its own decisions, so waiting there could deadlock).
+#[derive(Default)]
+struct Flags {
+    /// An append applied before its commit did not commit as applied: the
+    /// model holds facts the store does not, and is rebuilt from the store
+    /// before it is used again.
+    stale: bool,
+    /// Inbox keys of appends queued and not yet answered. A second request
+    /// with the same key waits for the first instead of deciding on a model
+    /// that already holds the first one's (uncommitted) effects.
+    in_flight: HashSet<(String, String)>,
 }
 
 impl<M: Model> Tracked<M> {
+    fn new() -> Self {
+        Self {
+            model: M::default(),
+            position: 0,
+            versions: HashMap::new(),
+            recorded_at: None,
+        }
+    }
+
     fn apply(&mut self, event: &StoredEvent) {
         // The store hands events out in position order; anything at or before
-        // the position already applied was seen (a concurrent catch-up).
+        // the position already applied was seen (a concurrent catch-up, or
+        // our own append folded before it committed).
         if event.position <= self.position {
             return;
         }
         self.model.apply(event);
         self.versions.insert(event.stream.clone(), event.version);
+        self.recorded_at = Some(event.recorded_at);
         self.position = event.position;
     }
 }
@@ -185,9 +225,26 @@ struct Inner<M> {
     store: Store,
     service: String,
     tracked: Mutex<Tracked<M>>,
+    flags: std::sync::Mutex<Flags>,
+    rebuilds: AtomicU64,
 }
 
 /// The engine of one service: its store and the model folded from it.
+///
+/// **Pipelined decisions.** A decision is applied to the model as soon as
+/// its append is queued, before it commits, and the lock is released while
+/// the commit is awaited: the next decision — of another command or of the
+/// consumer's next message — is made on a model that includes it, and many
+/// decisions share one group commit. Each append carries a
+/// [`Predicted`] head and time, so the store commits it only where the
+/// model put it; if one does not commit as predicted (a conflict with
+/// another writer, a store failure), the store refuses every later append
+/// queued on top of it, the model is marked stale and rebuilt from the store
+/// before the next decision, and the refused decisions are made again. The
+/// committed log is therefore always a prefix of the decisions, in order,
+/// each made on exactly the state the log held before it. Replies and acks
+/// wait for the commit. Reads ([`Engine::read`]) may see a decision whose
+/// commit is still in flight.
 pub struct Engine<M> {
     inner: Arc<Inner<M>>,
 }
@@ -204,6 +261,63 @@ impl<M> Clone for Engine<M> {
 const PAGE: usize = 2_000;
 /// How many times a decision is retried when another writer wins the race.
 const ATTEMPTS: u32 = 8;
+/// How long a request waits before looking again for the outcome of an
+/// in-flight request with the same inbox key.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(2);
+
+/// A decision's append, queued and applied to the model, whose commit is
+/// awaited with [`Committing::outcome`].
+pub struct Committing {
+    settle: Pin<Box<dyn Future<Output = Result<AppendOutcome, AppendError>> + Send>>,
+}
+
+impl std::fmt::Debug for Committing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Committing")
+    }
+}
+
+impl Committing {
+    /// An append that failed before it was queued.
+    pub fn failed(error: AppendError) -> Self {
+        Self {
+            settle: Box::pin(async move { Err(error) }),
+        }
+    }
+
+    /// Wraps any future yielding an append's outcome.
+    pub fn from_future(
+        fut: impl Future<Output = Result<AppendOutcome, AppendError>> + Send + 'static,
+    ) -> Self {
+        Self {
+            settle: Box::pin(fut),
+        }
+    }
+
+    /// Waits for the commit: the events as stored, the duplicate's reply, or
+    /// why it did not commit (`Conflict` or `Moved`: decide again).
+    pub async fn outcome(self) -> Result<AppendOutcome, AppendError> {
+        self.settle.await
+    }
+}
+
+impl Future for Committing {
+    type Output = Result<AppendOutcome, AppendError>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.settle.as_mut().poll(cx)
+    }
+}
+
+/// What [`Engine::submit_locked`] queued: the events as the model applied
+/// them, and the inbox key it holds until [`Engine::settle`].
+struct Queued {
+    predicted: Vec<(i64, EventId)>,
+    key: Option<(String, String)>,
+}
 
 impl<M: Model> Engine<M> {
     /// Opens the engine of `service` over `store`, replaying the whole store.
@@ -212,11 +326,9 @@ impl<M: Model> Engine<M> {
             inner: Arc::new(Inner {
                 store,
                 service: service.to_owned(),
-                tracked: Mutex::new(Tracked {
-                    model: M::default(),
-                    position: 0,
-                    versions: HashMap::new(),
-                }),
+                tracked: Mutex::new(Tracked::new()),
+                flags: std::sync::Mutex::new(Flags::default()),
+                rebuilds: AtomicU64::new(0),
             }),
         };
         {
@@ -236,7 +348,30 @@ impl<M: Model> Engine<M> {
         &self.inner.service
     }
 
+    fn flags(&self) -> std::sync::MutexGuard<'_, Flags> {
+        // A panic while holding it cannot leave the flags half-updated.
+        self.inner
+            .flags
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many times the model was rebuilt from the store because an append
+    /// did not commit as predicted.
+    pub fn rebuilds(&self) -> u64 {
+        self.inner.rebuilds.load(Ordering::Relaxed)
+    }
+
     async fn catch_up_locked(&self, tracked: &mut Tracked<M>) -> Result<(), StoreError> {
+        if std::mem::take(&mut self.flags().stale) {
+            // Start over: the model held appends that did not commit. Appends
+            // still in flight that were queued on top of them are refused by
+            // the store (their predicted head is gone), so the store alone is
+            // the truth here.
+            *tracked = Tracked::new();
+            self.inner.rebuilds.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(service = %self.inner.service, "service.model.rebuild");
+        }
         loop {
             let page = self.inner.store.read_from(tracked.position, PAGE).await?;
             let done = page.len() < PAGE;
@@ -249,14 +384,16 @@ impl<M: Model> Engine<M> {
         }
     }
 
-    /// Reads the model after catching up with the store.
+    /// Reads the model after catching up with the store. The model may
+    /// include decisions whose commit is in flight (see [`Engine`]).
     pub async fn read<R>(&self, f: impl FnOnce(&M) -> R) -> Result<R, StoreError> {
         let mut tracked = self.inner.tracked.lock().await;
         self.catch_up_locked(&mut tracked).await?;
         Ok(f(&tracked.model))
     }
 
-    /// The position of the last event folded into the model.
+    /// The position of the last event folded into the model (including
+    /// appends in flight).
     pub async fn position(&self) -> i64 {
         self.inner.tracked.lock().await.position
     }
@@ -292,11 +429,7 @@ impl<M: Model> Engine<M> {
             if checks.iter().any(|(s, _)| s == stream) {
                 continue;
             }
-            let expected = match tracked.versions.get(stream) {
-                Some(v) => ExpectedVersion::Exactly(*v),
-                None => ExpectedVersion::NoStream,
-            };
-            checks.push((stream.clone(), expected));
+            checks.push((stream.clone(), expected_version(tracked, stream)));
         }
         let events = decision
             .events
@@ -313,7 +446,102 @@ impl<M: Model> Engine<M> {
             checks,
             events,
             inbox,
+            predicted: None,
         }
+    }
+
+    /// Queues `request` with the head and time the model predicts, and
+    /// applies its events to the model at once (see [`Engine`]). Holds the
+    /// inbox key until [`Engine::settle`].
+    async fn submit_locked(
+        &self,
+        tracked: &mut Tracked<M>,
+        mut request: AppendRequest,
+    ) -> Result<(Pending, Queued), AppendError> {
+        let now = truncate_timestamp(Utc::now());
+        let at = match tracked.recorded_at {
+            Some(last) if last > now => last,
+            _ => now,
+        };
+        let head = tracked.position;
+        request.predicted = Some(Predicted {
+            head,
+            recorded_at: at,
+        });
+        // The events as the store will record them, if it does as predicted.
+        let mut versions: HashMap<&str, u64> = HashMap::new();
+        let mut seen: HashSet<EventId> = HashSet::new();
+        let mut stored = Vec::with_capacity(request.events.len());
+        for e in &request.events {
+            if !seen.insert(e.event_id) {
+                // The same id twice in one request is one event.
+                continue;
+            }
+            let version = versions
+                .entry(e.stream.as_str())
+                .or_insert_with(|| tracked.versions.get(&e.stream).copied().unwrap_or(0));
+            *version += 1;
+            stored.push(StoredEvent {
+                position: head + 1 + stored.len() as i64,
+                stream: e.stream.clone(),
+                version: *version,
+                event_id: e.event_id,
+                kind: e.kind.clone(),
+                payload: e.payload.clone(),
+                // Not kept for the model: only the store's copy is hashed.
+                payload_text: String::new(),
+                metadata: e.metadata.clone(),
+                recorded_at: at,
+                prev_hash: String::new(),
+                hash: String::new(),
+            });
+        }
+        let key = request
+            .inbox
+            .as_ref()
+            .map(|i| (i.consumer.clone(), i.message_id.clone()));
+        let pending = self.inner.store.submit(request).await?;
+        for event in &stored {
+            tracked.apply(event);
+        }
+        if let Some(key) = &key {
+            self.flags().in_flight.insert(key.clone());
+        }
+        Ok((
+            pending,
+            Queued {
+                predicted: stored.iter().map(|e| (e.position, e.event_id)).collect(),
+                key,
+            },
+        ))
+    }
+
+    /// After the answer to a queued append: releases its inbox key, and marks
+    /// the model stale unless the append committed exactly as it was applied.
+    fn settle(&self, queued: &Queued, outcome: &Result<AppendOutcome, AppendError>) {
+        let mut flags = self.flags();
+        if let Some(key) = &queued.key {
+            flags.in_flight.remove(key);
+        }
+        let as_predicted = match outcome {
+            Ok(AppendOutcome::Appended(events)) => {
+                events.len() == queued.predicted.len()
+                    && events
+                        .iter()
+                        .zip(&queued.predicted)
+                        .all(|(e, (position, id))| e.position == *position && e.event_id == *id)
+            }
+            _ => queued.predicted.is_empty(),
+        };
+        if !as_predicted {
+            flags.stale = true;
+        }
+    }
+
+    /// Whether an append with inbox key `key` is in flight; if so, the caller
+    /// waits and asks the inbox again.
+    fn busy(&self, key: &(String, String)) -> bool {
+        self.flags().in_flight.contains(key)
     }
 
     /// Decides and commits a command. `decide` runs on the caught-up model;
@@ -330,64 +558,91 @@ impl<M: Model> Engine<M> {
         F: Fn(&M) -> Result<Decision, Rejection>,
     {
         let consumer = format!("cmd:{}", self.inner.service);
-        if let Some(id) = command_id {
-            if let Some(reply) = self.inner.store.inbox_lookup(&consumer, id).await? {
-                return Ok(Outcome::Duplicate { reply });
+        let key = command_id.map(|id| (consumer.clone(), id.to_owned()));
+        let mut attempt = 0;
+        loop {
+            if let Some((consumer, id)) = &key {
+                if let Some(reply) = self.inner.store.inbox_lookup(consumer, id).await? {
+                    return Ok(Outcome::Duplicate { reply });
+                }
             }
-        }
-        for attempt in 0..ATTEMPTS {
+            if key.as_ref().is_some_and(|k| self.busy(k)) {
+                // The same command is being committed: its stored reply is
+                // the answer, once it is there.
+                tokio::time::sleep(IN_FLIGHT_POLL).await;
+                continue;
+            }
             let mut tracked = self.inner.tracked.lock().await;
             self.catch_up_locked(&mut tracked).await?;
             let decision = decide(&tracked.model).map_err(ExecuteError::Rejected)?;
-            let inbox = command_id.map(|id| InboxEntry {
+            let inbox = key.as_ref().map(|(consumer, id)| InboxEntry {
                 consumer: consumer.clone(),
-                message_id: id.to_owned(),
+                message_id: id.clone(),
                 reply: Some(decision.result.clone()),
             });
             let request = self.request(&tracked, ctx, &decision, inbox);
-            // First attempt: optimistic. The lock is released while the append
-            // waits for its group commit, so other commands decide meanwhile
-            // and share the batch; the version checks keep that safe. After a
-            // conflict the engine holds the lock through the append, so no
-            // other decision of this process can overtake this one again: a
-            // hot stream (the decision log) makes progress instead of
-            // spinning.
+            let (pending, queued) = match self.submit_locked(&mut tracked, request).await {
+                Ok(queued) => queued,
+                Err(AppendError::Closed) => return Err(ExecuteError::Closed),
+                Err(AppendError::Store(e)) => return Err(ExecuteError::Store(e)),
+                Err(AppendError::Conflict { .. } | AppendError::Moved { .. }) => {
+                    return Err(ExecuteError::Closed)
+                }
+            };
+            // First attempt: the lock is released while the append waits for
+            // its group commit, so other decisions are made meanwhile and
+            // share the batch. After a failed attempt the engine holds the
+            // lock through the commit, so no other decision of this process
+            // can overtake this one again: a hot stream (the decision log)
+            // makes progress instead of spinning.
             let held = if attempt == 0 {
                 drop(tracked);
                 None
             } else {
                 Some(tracked)
             };
-            match self.inner.store.append(request).await {
+            let outcome = pending.outcome().await;
+            self.settle(&queued, &outcome);
+            drop(held);
+            match outcome {
                 Ok(AppendOutcome::Appended(events)) => {
-                    let mut tracked = match held {
-                        Some(t) => t,
-                        None => self.inner.tracked.lock().await,
-                    };
-                    self.catch_up_locked(&mut tracked).await?;
                     return Ok(Outcome::Applied {
                         events,
                         result: decision.result,
                     });
                 }
                 Ok(AppendOutcome::Duplicate { reply }) => return Ok(Outcome::Duplicate { reply }),
-                Err(AppendError::Conflict { .. }) => continue,
+                Err(AppendError::Conflict { .. } | AppendError::Moved { .. }) => {
+                    attempt += 1;
+                    if attempt >= ATTEMPTS {
+                        return Err(ExecuteError::Contended(ATTEMPTS));
+                    }
+                }
                 Err(AppendError::Store(e)) => return Err(ExecuteError::Store(e)),
                 Err(AppendError::Closed) => return Err(ExecuteError::Closed),
             }
         }
-        Err(ExecuteError::Contended(ATTEMPTS))
     }
 
-    /// Builds the append request that records an event of another service
-    /// (copied into this store, with a deterministic id so a redelivered
-    /// message cannot be copied twice) together with this service's
-    /// reactions to it. The caller (the consumer loop) appends it with its
-    /// inbox entry; on a version conflict it calls this again.
-    pub async fn observe<F>(&self, envelope: &Envelope, react: F) -> Result<Observed, ExecuteError>
+    /// Records an event of another service: queues the append of its copy
+    /// (a deterministic id, so a redelivered message cannot be copied twice)
+    /// with this service's reactions to it and the consumer's inbox entry,
+    /// applies it to the model, and returns the commit to await. The caller
+    /// (the consumer loop) acks the message once it committed; on `Conflict`
+    /// or `Moved` it calls this again.
+    pub async fn observe<F>(
+        &self,
+        envelope: &Envelope,
+        inbox: InboxEntry,
+        react: F,
+    ) -> Result<Committing, ExecuteError>
     where
         F: FnOnce(&M, &Envelope) -> Result<Decision, Rejection>,
     {
+        let key = (inbox.consumer.clone(), inbox.message_id.clone());
+        while self.busy(&key) {
+            tokio::time::sleep(IN_FLIGHT_POLL).await;
+        }
         let mut tracked = self.inner.tracked.lock().await;
         self.catch_up_locked(&mut tracked).await?;
         let origin = gradeflow_proto::events::service_of(&envelope.kind)
@@ -408,8 +663,8 @@ impl<M: Model> Engine<M> {
             },
         };
         // The reaction sees the model as it was before the observed fact (the
-        // model only changes when the store commits the copy) and the fact
-        // itself, and must combine the two.
+        // model only changes when the copy is appended) and the fact itself,
+        // and must combine the two.
         let decision = react(&tracked.model, envelope).map_err(ExecuteError::Rejected)?;
         let ctx = Context {
             actor: envelope.actor.clone(),
@@ -417,10 +672,32 @@ impl<M: Model> Engine<M> {
             causation_id: Some(envelope.event_id.as_uuid()),
             traceparent: envelope.traceparent.clone(),
         };
-        let reaction = self.request(&tracked, &ctx, &decision, None);
-        let mut events = vec![copy];
-        events.extend(reaction.events);
-        Ok((reaction.checks, events))
+        let mut request = self.request(&tracked, &ctx, &decision, Some(inbox));
+        // The copy's stream is checked too: the model predicts its version.
+        if !request.checks.iter().any(|(s, _)| *s == copy.stream) {
+            let expected = expected_version(&tracked, &copy.stream);
+            request.checks.push((copy.stream.clone(), expected));
+        }
+        request.events.insert(0, copy);
+        let (pending, queued) = match self.submit_locked(&mut tracked, request).await {
+            Ok(queued) => queued,
+            Err(e) => return Ok(Committing::failed(e)),
+        };
+        drop(tracked);
+        let engine = self.clone();
+        Ok(Committing::from_future(async move {
+            let outcome = pending.outcome().await;
+            engine.settle(&queued, &outcome);
+            outcome
+        }))
+    }
+}
+
+/// What a stream's version must still be for a decision the model made.
+fn expected_version<M>(tracked: &Tracked<M>, stream: &str) -> ExpectedVersion {
+    match tracked.versions.get(stream) {
+        Some(v) => ExpectedVersion::Exactly(*v),
+        None => ExpectedVersion::NoStream,
     }
 }
 

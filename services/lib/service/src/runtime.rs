@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 use gradeflow_bus::{
-    CommandServer, ConsumerConfig, Effects, EventConsumer, EventHandler, HandlerError, Relay,
+    CommandServer, ConsumerConfig, EventConsumer, EventHandler, HandlerError, Queued, Relay,
 };
-use gradeflow_eventstore::Store;
+use gradeflow_eventstore::{InboxEntry, Store};
 use gradeflow_proto::{Envelope, Names};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -26,15 +26,22 @@ use crate::{ExecuteError, Workflow};
 struct Observer<W>(Arc<W>);
 
 impl<W: Workflow> EventHandler for Observer<W> {
-    async fn handle(&self, event: &Envelope) -> Result<Effects, HandlerError> {
+    async fn submit(
+        &self,
+        event: &Envelope,
+        _store: &Store,
+        inbox: InboxEntry,
+    ) -> Result<Queued, HandlerError> {
         let span = tracing::info_span!(
             "service.observe",
             kind = %event.kind,
             event_id = %event.event_id
         );
         continue_trace(&span, event.traceparent.as_deref());
-        match self.0.observe(event).instrument(span).await {
-            Ok((checks, events)) => Ok(Effects { checks, events }),
+        // The workflow's engine appends to its own store (the one the loop
+        // was given): it applies the append to its model as it queues it.
+        match self.0.observe(event, inbox).instrument(span).await {
+            Ok(committing) => Ok(Box::pin(committing)),
             // The service's rules refuse to record the event: it will never
             // fit, so it goes to the dead letters with the reason.
             Err(ExecuteError::Rejected(r)) => Err(HandlerError::Permanent(format!(

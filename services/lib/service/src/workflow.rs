@@ -5,13 +5,10 @@
 
 use std::future::Future;
 
-use gradeflow_eventstore::{ExpectedVersion, NewEvent};
+use gradeflow_eventstore::InboxEntry;
 use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode, EventId, Rejection};
 
-use crate::{ExecuteError, Outcome};
-
-/// The append that records an observed event: version checks and events.
-pub type Observed = (Vec<(String, ExpectedVersion)>, Vec<NewEvent>);
+use crate::{Committing, ExecuteError, Outcome};
 
 /// A workflow service (submission, appraisal, approval).
 pub trait Workflow: Send + Sync + 'static {
@@ -25,12 +22,14 @@ pub trait Workflow: Send + Sync + 'static {
     /// Whether the service records events of `kind` published by others.
     fn observes(&self, kind: &str) -> bool;
 
-    /// The append that records an observed event (and the service's reactions
-    /// to it); see [`crate::Engine::observe`].
+    /// Queues the append that records an observed event (and the service's
+    /// reactions to it) with the consumer's `inbox` entry, and returns its
+    /// commit to await; see [`crate::Engine::observe`].
     fn observe(
         &self,
         envelope: &Envelope,
-    ) -> impl Future<Output = Result<Observed, ExecuteError>> + Send;
+        inbox: InboxEntry,
+    ) -> impl Future<Output = Result<Committing, ExecuteError>> + Send;
 }
 
 /// Turns the outcome of [`crate::Engine::execute`] into a command reply.

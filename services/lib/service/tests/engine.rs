@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use gradeflow_eventstore::{AppendOutcome, AppendRequest, Store, StoreOptions, StoredEvent};
+use gradeflow_eventstore::{AppendOutcome, InboxEntry, Store, StoreOptions, StoredEvent};
 use gradeflow_proto::{Actor, CorrelationId, Envelope, EventId, OrgId, Role};
 use gradeflow_service::{Context, Decision, Emit, Engine, ExecuteError, Model, Outcome};
 use serde_json::json;
@@ -216,18 +216,34 @@ async fn an_observed_event_is_copied_once_and_a_reopened_engine_folds_the_same()
         traceparent: None,
         payload: json!({"x": 1}),
     };
-    for _ in 0..2 {
-        let (checks, events) = engine
-            .observe(&original, |_, _| Ok(Decision::default()))
+    // The same message twice to one consumer (a redelivery), then to a
+    // second consumer: one copy. The model applied each append as it was
+    // queued; the two that did not commit as applied (a duplicate, a copy
+    // already stored) make it rebuild from the store.
+    for (n, consumer) in ["c1", "c1", "c2"].into_iter().enumerate() {
+        let inbox = InboxEntry {
+            consumer: consumer.into(),
+            message_id: original.event_id.to_string(),
+            reply: None,
+        };
+        let out = engine
+            .observe(&original, inbox, |_, _| Ok(Decision::default()))
+            .await
+            .unwrap()
+            .outcome()
             .await
             .unwrap();
-        let mut req = AppendRequest::new(events);
-        for (s, v) in checks {
-            req = req.expect(s, v);
+        match (n, out) {
+            (0, AppendOutcome::Appended(events)) => assert_eq!(events[0].position, 1),
+            (1, AppendOutcome::Duplicate { .. }) => {}
+            (2, AppendOutcome::Appended(events)) => {
+                assert_eq!(events[0].position, 1, "the stored copy, not a new one");
+            }
+            (n, other) => panic!("observation {n}: {other:?}"),
         }
-        let out = store.append(req).await.unwrap();
-        assert!(matches!(out, AppendOutcome::Appended(_)));
+        assert_eq!(engine.read(|m| m.observed).await.unwrap(), 1);
     }
+    assert_eq!(engine.rebuilds(), 2);
     let copies = store.load_stream("dossier-x").await.unwrap();
     assert_eq!(
         copies.len(),
@@ -246,4 +262,75 @@ async fn an_observed_event_is_copied_once_and_a_reopened_engine_folds_the_same()
         .unwrap();
     let again: Engine<Ticks> = Engine::open(reopened, "approval").await.unwrap();
     assert_eq!(again.read(|m| m.observed).await.unwrap(), 1);
+}
+
+/// Decisions pipeline: each is applied to the model when its append is
+/// queued, so concurrent commands on one engine each see all the ones before
+/// them without a conflict, and the model never needs a rebuild when the
+/// engine is the store's only writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_decisions_see_each_other_and_commit_in_decision_order() {
+    let (file, store) = store().await;
+    let engine: Engine<Ticks> = Engine::open(store.clone(), "submission").await.unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let e = engine.clone();
+            tokio::spawn(async move {
+                e.execute(&ctx(), Some(&format!("p{i}")), tick_up_to(150))
+                    .await
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Outcome::Applied { .. }) => applied += 1,
+            Err(ExecuteError::Rejected(r)) => assert_eq!(r.code, "wrong_state"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(applied, 150);
+    assert_eq!(engine.rebuilds(), 0, "nothing failed, nothing rebuilt");
+    let ns: Vec<u64> = store
+        .load_stream("counter")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.payload["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, (1..=150).collect::<Vec<_>>());
+    assert_eq!(store.verify().await.unwrap().first_broken, None);
+    // What the model applied before the commits is what a fresh fold of the
+    // store gives.
+    drop(engine);
+    store.close().await;
+    let reopened = Store::connect(&file.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let again: Engine<Ticks> = Engine::open(reopened, "submission").await.unwrap();
+    assert_eq!(again.read(|m| m.ticks["counter"]).await.unwrap(), 150);
+}
+
+/// The same command id sent twice at once (a client retry while the first
+/// try commits): one decision, the same reply to both, one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_retried_while_in_flight_gets_the_first_reply() {
+    let (_f, store) = store().await;
+    let engine: Engine<Ticks> = Engine::open(store.clone(), "submission").await.unwrap();
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let e = engine.clone();
+            tokio::spawn(async move { e.execute(&ctx(), Some("same"), tick_up_to(10)).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(match t.await.unwrap().unwrap() {
+            Outcome::Applied { result, .. } => result,
+            Outcome::Duplicate { reply } => reply.unwrap(),
+        });
+    }
+    assert!(replies.iter().all(|r| *r == json!({"n": 1})), "{replies:?}");
+    assert_eq!(store.load_stream("counter").await.unwrap().len(), 1);
+    assert_eq!(engine.read(|m| m.ticks["counter"]).await.unwrap(), 1);
 }

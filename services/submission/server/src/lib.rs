@@ -28,7 +28,7 @@ pub mod refusals;
 pub mod registry;
 pub mod upward;
 
-use gradeflow_eventstore::{ExpectedVersion, NewEvent, Store, StoreError};
+use gradeflow_eventstore::{InboxEntry, Store, StoreError};
 use gradeflow_proto::commands::{
     Command, MergeOrgs, MoveOrg, OpenCycle, RecordMeeting, RegisterOrg, RegisterSubject, RenameOrg,
     SubmitSelfReview,
@@ -38,7 +38,9 @@ use gradeflow_proto::events::{
     UnitCompleted,
 };
 use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode, Rejection, Tiers};
-use gradeflow_service::{payload, reply, Context, Decision, Engine, ExecuteError, Workflow};
+use gradeflow_service::{
+    payload, reply, Committing, Context, Decision, Engine, ExecuteError, Workflow,
+};
 use serde_json::{json, Value};
 use tracing::field::{display, Empty};
 
@@ -47,10 +49,6 @@ pub use model::SubmissionModel;
 /// The service name: the `<service>` token of its subjects and the
 /// `metadata.service` of its events.
 pub const SERVICE: &str = "submission";
-
-/// What recording an observed event appends: version checks and events
-/// (the copy first, then the reactions).
-pub type ObservedAppend = (Vec<(String, ExpectedVersion)>, Vec<NewEvent>);
 
 /// The kinds of other services' events this service records.
 pub const OBSERVED_KINDS: [&str; 6] = [
@@ -276,7 +274,11 @@ impl Workflow for Submission {
         OBSERVED_KINDS.contains(&kind)
     }
 
-    async fn observe(&self, envelope: &Envelope) -> Result<ObservedAppend, ExecuteError> {
-        self.engine.observe(envelope, upward::react).await
+    async fn observe(
+        &self,
+        envelope: &Envelope,
+        inbox: InboxEntry,
+    ) -> Result<Committing, ExecuteError> {
+        self.engine.observe(envelope, inbox, upward::react).await
     }
 }

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use gradeflow_eventstore::{AppendOutcome, AppendRequest, Store, StoreOptions};
+use gradeflow_eventstore::{AppendOutcome, InboxEntry, Store, StoreOptions};
 use gradeflow_proto::events::{
     CollectiveDossierOpened, DossierAppraised, DossierReturned, Event, GradeDecided, RecordRef,
     UnitCompleted,
@@ -150,18 +150,25 @@ impl World {
     /// Plays the consumer: records an observed event (and the reactions to
     /// it) the way the consumer loop appends them.
     async fn observe(&self, env: &Envelope) -> usize {
-        let (checks, events) = self.svc.observe(env).await.unwrap();
         let before = self.head().await;
+        let inbox = InboxEntry {
+            consumer: "submission-test".into(),
+            message_id: env.event_id.to_string(),
+            reply: None,
+        };
         let outcome = self
-            .store
-            .append(AppendRequest {
-                checks,
-                events,
-                inbox: None,
-            })
+            .svc
+            .observe(env, inbox)
+            .await
+            .unwrap()
+            .outcome()
             .await
             .unwrap();
-        assert!(matches!(outcome, AppendOutcome::Appended(_)));
+        // A redelivered message is a duplicate of its first delivery.
+        assert!(matches!(
+            outcome,
+            AppendOutcome::Appended(_) | AppendOutcome::Duplicate { .. }
+        ));
         usize::try_from(self.head().await - before).unwrap()
     }
 }
