@@ -7,6 +7,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: the services allocate and free
+/// many small JSON values, strings and futures per event, and glibc's malloc
+/// was a fifth of their CPU time in the cycle benchmark's profile
+/// (`docs/performance.md`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod audit;
 mod bench;
 mod demo;
