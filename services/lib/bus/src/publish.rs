@@ -11,7 +11,9 @@
 //! writes the stored payload text into the body as it is instead of encoding
 //! the parsed payload again. The store keeps payloads as canonical JSON
 //! printed by `serde_json`, so the body is byte for byte the one
-//! [`OutgoingEvent::new`] gives for [`StoredEvent::envelope`].
+//! [`OutgoingEvent::new`] gives for [`StoredEvent::envelope`]. For rows read
+//! with `Store::read_outbox_from` ([`OutgoingEvent::from_outbox`]) the payload
+//! is never parsed at all.
 
 use async_nats::{
     header::{NATS_EXPECTED_STREAM, NATS_MESSAGE_ID},
@@ -19,7 +21,7 @@ use async_nats::{
     HeaderMap,
 };
 use bytes::Bytes;
-use gradeflow_eventstore::StoredEvent;
+use gradeflow_eventstore::{OutboxEvent, StoredEvent};
 use gradeflow_proto::{Envelope, Names};
 
 use crate::trace::inject_traceparent;
@@ -127,6 +129,30 @@ impl OutgoingEvent {
         })
     }
 
+    /// The message of an outbox row ([`gradeflow_eventstore::Store::read_outbox_from`]):
+    /// the same subject, headers and body as [`OutgoingEvent::from_stored`]
+    /// gives for the same stored event, without the payload ever being
+    /// parsed.
+    pub fn from_outbox(names: &Names, event: OutboxEvent) -> Result<Self, PublishEventError> {
+        let event_id = event.event_id.to_string();
+        let subject = names.event_subject(
+            &event.metadata.service,
+            event.metadata.province.as_deref(),
+            &event.kind,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, event_id.as_str());
+        headers.insert(NATS_EXPECTED_STREAM, names.events_stream());
+        inject_traceparent(&mut headers, event.metadata.traceparent.as_deref());
+        let body = outbox_envelope_body(event)?;
+        Ok(Self {
+            subject,
+            headers,
+            body: body.into(),
+            event_id,
+        })
+    }
+
     /// A message of `body` on `subject`, deduplicated by `message_id` and
     /// refused unless `stream` captures the subject (for mirrors other than
     /// the events stream, e.g. the decision log on `<prefix>_AUDIT`).
@@ -167,6 +193,25 @@ impl OutgoingEvent {
 /// its place: `"payload"` is the envelope's last field, and `()` is `null`.
 const PAYLOAD_SLOT: &[u8] = b"null}";
 
+/// `head` encoded (through the envelope's own `Serialize`, so field names and
+/// order cannot drift from the wire type) with `payload_text` spliced in
+/// verbatim as the payload; `None` if the encoding is not the shape this
+/// relies on or there is no stored text.
+fn spliced_body(
+    head: &Envelope<()>,
+    payload_text: &str,
+) -> Result<Option<Vec<u8>>, serde_json::Error> {
+    let mut body = Vec::with_capacity(384 + payload_text.len());
+    serde_json::to_writer(&mut body, head)?;
+    if !body.ends_with(PAYLOAD_SLOT) || payload_text.is_empty() {
+        return Ok(None);
+    }
+    body.truncate(body.len() - PAYLOAD_SLOT.len());
+    body.extend_from_slice(payload_text.as_bytes());
+    body.push(b'}');
+    Ok(Some(body))
+}
+
 /// The JSON envelope of `event` (as [`StoredEvent::envelope`] encodes),
 /// with `payload_text` spliced in verbatim as the payload.
 fn stored_envelope_body(event: &StoredEvent) -> Result<Vec<u8>, PublishEventError> {
@@ -174,8 +219,6 @@ fn stored_envelope_body(event: &StoredEvent) -> Result<Vec<u8>, PublishEventErro
         event_id: event.event_id.to_string(),
         source,
     };
-    // Everything but the payload, through the envelope's own `Serialize`, so
-    // field names and order cannot drift from the wire type.
     let head = Envelope::<()> {
         event_id: event.event_id,
         kind: event.kind.clone(),
@@ -188,17 +231,56 @@ fn stored_envelope_body(event: &StoredEvent) -> Result<Vec<u8>, PublishEventErro
         traceparent: event.metadata.traceparent.clone(),
         payload: (),
     };
-    let mut body = Vec::with_capacity(384 + event.payload_text.len());
-    serde_json::to_writer(&mut body, &head).map_err(encode_err)?;
-    if !body.ends_with(PAYLOAD_SLOT) || event.payload_text.is_empty() {
+    match spliced_body(&head, &event.payload_text).map_err(encode_err)? {
+        Some(body) => Ok(body),
         // Not the shape this relies on (or no stored text): encode the parsed
         // payload the ordinary way.
-        return serde_json::to_vec(&event.envelope()).map_err(encode_err);
+        None => serde_json::to_vec(&event.envelope()).map_err(encode_err),
     }
-    body.truncate(body.len() - PAYLOAD_SLOT.len());
-    body.extend_from_slice(event.payload_text.as_bytes());
-    body.push(b'}');
-    Ok(body)
+}
+
+/// The JSON envelope of an outbox row (as [`StoredEvent::envelope`] encodes
+/// for the same event), with its payload text spliced in verbatim; the row's
+/// strings move into the envelope instead of being copied.
+fn outbox_envelope_body(event: OutboxEvent) -> Result<Vec<u8>, PublishEventError> {
+    let event_id = event.event_id;
+    let encode_err = |source| PublishEventError::Encode {
+        event_id: event_id.to_string(),
+        source,
+    };
+    let metadata = event.metadata;
+    let head = Envelope::<()> {
+        event_id,
+        kind: event.kind,
+        stream: event.stream,
+        version: event.version,
+        occurred_at: event.recorded_at,
+        actor: metadata.actor,
+        correlation_id: metadata.correlation_id,
+        causation_id: metadata.causation_id,
+        traceparent: metadata.traceparent,
+        payload: (),
+    };
+    if let Some(body) = spliced_body(&head, &event.payload_text).map_err(encode_err)? {
+        return Ok(body);
+    }
+    // Not the shape this relies on: parse the payload and encode the
+    // envelope the ordinary way.
+    let payload: serde_json::Value =
+        serde_json::from_str(&event.payload_text).map_err(encode_err)?;
+    let envelope = Envelope {
+        event_id: head.event_id,
+        kind: head.kind,
+        stream: head.stream,
+        version: head.version,
+        occurred_at: head.occurred_at,
+        actor: head.actor,
+        correlation_id: head.correlation_id,
+        causation_id: head.causation_id,
+        traceparent: head.traceparent,
+        payload,
+    };
+    serde_json::to_vec(&envelope).map_err(encode_err)
 }
 
 /// Publishes one event and waits for the server's acknowledgment. The ack's
@@ -301,6 +383,28 @@ mod tests {
             );
             let parsed: Envelope = serde_json::from_slice(&fast.body).expect("parses");
             assert_eq!(parsed, event.envelope(), "payload {i}");
+            // The relay's unparsed row of the same event gives the same message.
+            let row = OutboxEvent {
+                position: event.position,
+                stream: event.stream.clone(),
+                version: event.version,
+                event_id: event.event_id,
+                kind: event.kind.clone(),
+                payload_text: event.payload_text.clone(),
+                metadata: event.metadata.clone(),
+                recorded_at: event.recorded_at,
+            };
+            let unparsed = OutgoingEvent::from_outbox(&names, row).expect("encodes");
+            assert_eq!(unparsed.body, old.body, "payload {i}");
+            assert_eq!(unparsed.subject, old.subject);
+            assert_eq!(unparsed.event_id, old.event_id);
+            for header in ["Nats-Msg-Id", "Nats-Expected-Stream", "traceparent"] {
+                assert_eq!(
+                    unparsed.headers.get(header),
+                    old.headers.get(header),
+                    "{header}"
+                );
+            }
         }
     }
 }

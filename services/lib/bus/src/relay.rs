@@ -20,10 +20,13 @@
 //!   record is monotonic in SQL, so writes finishing out of order cannot move
 //!   it back). Sending stays in one task, so the order on the wire is still
 //!   the position order.
-//! * **No re-encoding.** The default mapping writes each event's stored
-//!   payload text into the message body as it is
-//!   ([`OutgoingEvent::from_stored`]): the body is byte for byte the encoded
-//!   [`StoredEvent::envelope`], without encoding the payload again.
+//! * **No re-encoding, no parsing.** The default mapping (and
+//!   [`Relay::only_service`]) reads rows with `Store::read_outbox_from`,
+//!   which leaves each payload as its stored text, and writes that text into
+//!   the message body as it is ([`OutgoingEvent::from_outbox`]): the body is
+//!   byte for byte the encoded [`StoredEvent::envelope`], without parsing or
+//!   encoding the payload. Only a relay with its own mapping
+//!   ([`Relay::with_mapper`]) reads parsed [`StoredEvent`]s.
 //! * **Restart tail.** A NATS server can acknowledge a message and lose it
 //!   on power loss before its next fsync (`sync_interval`, 2 min by default).
 //!   So every start re-publishes the recent tail before the recorded
@@ -41,7 +44,8 @@
 use std::{collections::VecDeque, time::Duration};
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
-use gradeflow_eventstore::{Store, StoreError, StoredEvent};
+use chrono::{DateTime, Utc};
+use gradeflow_eventstore::{OutboxEvent, Store, StoreError, StoredEvent};
 use gradeflow_proto::{EventId, Names};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -116,13 +120,72 @@ pub type Mapper = std::sync::Arc<
     dyn Fn(&Names, &StoredEvent) -> Result<Option<OutgoingEvent>, PublishEventError> + Send + Sync,
 >;
 
-/// The default mapping: the event's envelope on
-/// `<prefix>.evt.<service>.<province|_>.<kind>`.
-fn envelope_message(
-    names: &Names,
-    event: &StoredEvent,
-) -> Result<Option<OutgoingEvent>, PublishEventError> {
-    OutgoingEvent::from_stored(names, event).map(Some)
+/// How a relay turns stored events into messages.
+#[derive(Clone)]
+enum Mapping {
+    /// Each event's envelope on `<prefix>.evt.<service>.<province|_>.<kind>`,
+    /// built from the unparsed row; only the events recorded by `service`
+    /// when it is set (the others count as published).
+    Envelope {
+        /// `metadata.service` of the events to publish; `None` for all.
+        service: Option<String>,
+    },
+    /// A caller's mapping of parsed events ([`Relay::with_mapper`]).
+    Custom(Mapper),
+}
+
+/// A page read from the store: unparsed rows for the envelope mapping,
+/// parsed events for a custom one.
+enum Page {
+    Outbox(Vec<OutboxEvent>),
+    Stored(Vec<StoredEvent>),
+}
+
+impl Page {
+    /// The position of the page's last event; `None` for an empty page.
+    fn last_position(&self) -> Option<i64> {
+        match self {
+            Page::Outbox(rows) => rows.last().map(|e| e.position),
+            Page::Stored(rows) => rows.last().map(|e| e.position),
+        }
+    }
+
+    /// The events, each ready to map.
+    fn into_items(self) -> Box<dyn Iterator<Item = Item> + Send> {
+        match self {
+            Page::Outbox(rows) => Box::new(rows.into_iter().map(Item::Outbox)),
+            Page::Stored(rows) => Box::new(rows.into_iter().map(Item::Stored)),
+        }
+    }
+}
+
+/// One event of a [`Page`].
+enum Item {
+    Outbox(OutboxEvent),
+    Stored(StoredEvent),
+}
+
+impl Item {
+    fn position(&self) -> i64 {
+        match self {
+            Item::Outbox(e) => e.position,
+            Item::Stored(e) => e.position,
+        }
+    }
+
+    fn event_id(&self) -> EventId {
+        match self {
+            Item::Outbox(e) => e.event_id,
+            Item::Stored(e) => e.event_id,
+        }
+    }
+
+    fn recorded_at(&self) -> DateTime<Utc> {
+        match self {
+            Item::Outbox(e) => e.recorded_at,
+            Item::Stored(e) => e.recorded_at,
+        }
+    }
 }
 
 /// The outbox relay of one store. Run one per service process; several
@@ -136,7 +199,7 @@ pub struct Relay {
     names: Names,
     publisher: String,
     config: RelayConfig,
-    mapper: Mapper,
+    mapping: Mapping,
 }
 
 impl std::fmt::Debug for Relay {
@@ -203,7 +266,7 @@ impl Relay {
             names,
             publisher: publisher.into(),
             config: RelayConfig::default(),
-            mapper: std::sync::Arc::new(envelope_message),
+            mapping: Mapping::Envelope { service: None },
         }
     }
 
@@ -212,14 +275,9 @@ impl Relay {
     /// events it observed from others, which came from the stream and must
     /// not be published again under its name.
     pub fn only_service(mut self, service: &str) -> Self {
-        let service = service.to_owned();
-        self.mapper = std::sync::Arc::new(move |names: &Names, event: &StoredEvent| {
-            if event.metadata.service == service {
-                envelope_message(names, event)
-            } else {
-                Ok(None)
-            }
-        });
+        self.mapping = Mapping::Envelope {
+            service: Some(service.to_owned()),
+        };
         self
     }
 
@@ -227,7 +285,7 @@ impl Relay {
     /// (e.g. the decision log mirrored to the audit stream). The mapping must
     /// give each message a stable `Nats-Msg-Id`, so re-publishes deduplicate.
     pub fn with_mapper(mut self, mapper: Mapper) -> Self {
-        self.mapper = mapper;
+        self.mapping = Mapping::Custom(mapper);
         self
     }
 
@@ -332,20 +390,21 @@ impl Relay {
         let mut sent = 0;
         let mut after = from;
         while after < recorded {
-            let page = self
-                .store
-                .read_from(after, self.config.read_batch)
+            let page = read_page(&self.store, &self.mapping, after, self.config.read_batch)
                 .await
                 .map_err(|e| self.store_error(e))?;
-            let Some(last) = page.last() else { break };
-            after = last.position;
+            let Some(last) = page.last_position() else {
+                break;
+            };
+            after = last;
             let mut acks = Vec::new();
-            for event in page.iter().filter(|e| e.position <= recorded) {
-                if cutoff.is_some_and(|c| event.recorded_at < c) {
+            for event in page.into_items().filter(|e| e.position() <= recorded) {
+                if cutoff.is_some_and(|c| event.recorded_at() < c) {
                     continue;
                 }
+                let event_id = event.event_id();
                 if let Some(ack) = self.send(event).await? {
-                    acks.push((event.event_id.to_string(), ack));
+                    acks.push((event_id.to_string(), ack));
                 }
             }
             for (event_id, ack) in acks {
@@ -389,11 +448,15 @@ impl Relay {
                 // Cancelled with the runtime: nothing more to do.
                 None => break,
             };
-            let Some(last) = page.last() else { break };
-            next_page = Some(self.read_ahead(last.position));
-            for event in &page {
+            let Some(last) = page.last_position() else {
+                break;
+            };
+            next_page = Some(self.read_ahead(last));
+            for event in page.into_items() {
+                let position = event.position();
+                let event_id = event.event_id();
                 let skip =
-                    event.position <= tail_until && cutoff.is_some_and(|c| event.recorded_at < c);
+                    position <= tail_until && cutoff.is_some_and(|c| event.recorded_at() < c);
                 let ack = if skip {
                     None
                 } else {
@@ -406,8 +469,8 @@ impl Relay {
                     }
                 };
                 inflight.push_back(InFlight {
-                    position: event.position,
-                    event_id: event.event_id,
+                    position,
+                    event_id,
                     ack,
                 });
                 // Window full: wait for the oldest acknowledgment before
@@ -465,10 +528,11 @@ impl Relay {
     }
 
     /// Starts reading the page after `position` in its own task.
-    fn read_ahead(&self, position: i64) -> Background<Result<Vec<StoredEvent>, StoreError>> {
+    fn read_ahead(&self, position: i64) -> Background<Result<Page, StoreError>> {
         let store = self.store.clone();
+        let mapping = self.mapping.clone();
         let limit = self.config.read_batch;
-        Background::spawn(async move { store.read_from(position, limit).await })
+        Background::spawn(async move { read_page(&store, &mapping, position, limit).await })
     }
 
     /// Starts recording `acked` in its own task if it moved past what was
@@ -523,8 +587,25 @@ impl Relay {
 
     /// Hands one event's message to the client; returns its acknowledgment
     /// future, or `None` when the mapping skips the event.
-    async fn send(&self, event: &StoredEvent) -> Result<Option<PublishAckFuture>, RelayError> {
-        let msg = (self.mapper)(&self.names, event).map_err(|source| RelayError::Publish {
+    async fn send(&self, event: Item) -> Result<Option<PublishAckFuture>, RelayError> {
+        let msg = match event {
+            // Read only for the envelope mapping (see `read_page`).
+            Item::Outbox(event) => {
+                if self.skips_service(&event.metadata.service) {
+                    Ok(None)
+                } else {
+                    OutgoingEvent::from_outbox(&self.names, event).map(Some)
+                }
+            }
+            Item::Stored(event) => match &self.mapping {
+                Mapping::Custom(mapper) => mapper(&self.names, &event),
+                Mapping::Envelope { .. } if self.skips_service(&event.metadata.service) => Ok(None),
+                Mapping::Envelope { .. } => {
+                    OutgoingEvent::from_stored(&self.names, &event).map(Some)
+                }
+            },
+        };
+        let msg = msg.map_err(|source| RelayError::Publish {
             publisher: self.publisher.clone(),
             source,
         })?;
@@ -538,6 +619,12 @@ impl Relay {
                 publisher: self.publisher.clone(),
                 source,
             })
+    }
+
+    /// Whether the envelope mapping leaves out events recorded by `service`
+    /// ([`Relay::only_service`]).
+    fn skips_service(&self, service: &str) -> bool {
+        matches!(&self.mapping, Mapping::Envelope { service: Some(only) } if only != service)
     }
 
     fn tail_cutoff(&self) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -563,6 +650,22 @@ impl Relay {
             publisher: self.publisher.clone(),
             source: PublishEventError::Unacknowledged { event_id, source },
         }
+    }
+}
+
+/// Reads the page after `position` in the form `mapping` needs.
+async fn read_page(
+    store: &Store,
+    mapping: &Mapping,
+    position: i64,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    match mapping {
+        Mapping::Envelope { .. } => store
+            .read_outbox_from(position, limit)
+            .await
+            .map(Page::Outbox),
+        Mapping::Custom(_) => store.read_from(position, limit).await.map(Page::Stored),
     }
 }
 

@@ -40,6 +40,14 @@ pub(crate) type EventTuple = (
     String,
 );
 
+/// The columns the outbox relay reads (see [`crate::OutboxEvent`]), in the
+/// order of [`OutboxTuple`]: the event columns without the hashes.
+pub(crate) const OUTBOX_COLUMNS: &str =
+    "position, stream, version, event_id, kind, payload, metadata, recorded_at";
+
+/// One `events` row as the outbox relay reads it (see [`OUTBOX_COLUMNS`]).
+pub(crate) type OutboxTuple = (i64, String, i64, String, String, String, String, String);
+
 /// Bind parameters per statement: SQLite's limit is 32766, PostgreSQL's 65535.
 const SQLITE_MAX_BINDS: usize = 32_766;
 const PG_MAX_BINDS: usize = 65_535;

@@ -52,7 +52,7 @@ pub use model::{
     AppendOutcome, AppendRequest, Backend, DeadLetter, ExpectedVersion, InboxEntry, NewEvent,
     Predicted, StoreOptions, StoredEvent, VerifyReport, WriterStats,
 };
-pub use store::{Pending, Store};
+pub use store::{OutboxEvent, Pending, Store};
 
 /// Names of the immutability triggers on `events`, for tools and tests.
 pub mod triggers {

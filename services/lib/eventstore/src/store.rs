@@ -8,8 +8,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::canonical::{chain_hash, format_timestamp, HashedFields, GENESIS_HASH};
-use crate::db::{self, on_pool, EventTuple, Pool, RawEvent, EVENT_COLUMNS};
+use gradeflow_proto::{EventId, Metadata};
+
+use crate::canonical::{chain_hash, format_timestamp, parse_timestamp, HashedFields, GENESIS_HASH};
+use crate::db::{
+    self, on_pool, EventTuple, OutboxTuple, Pool, RawEvent, EVENT_COLUMNS, OUTBOX_COLUMNS,
+};
 use crate::error::{AppendError, StoreError};
 use crate::model::{
     AppendOutcome, AppendRequest, Backend, DeadLetter, StoreOptions, StoredEvent, VerifyReport,
@@ -25,6 +29,56 @@ impl Pending {
     /// Waits for the request's outcome: committed, or why not.
     pub async fn outcome(self) -> Result<AppendOutcome, AppendError> {
         self.0.await.map_err(|_| AppendError::Closed)?
+    }
+}
+
+/// An event as the outbox relay reads it ([`Store::read_outbox_from`]): what
+/// its message needs, with the payload left as the stored text (canonical
+/// JSON) instead of parsed, and without the hashes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEvent {
+    /// Global position, contiguous from 1.
+    pub position: i64,
+    /// The aggregate stream.
+    pub stream: String,
+    /// Version within the stream, contiguous from 1.
+    pub version: u64,
+    /// Unique id.
+    pub event_id: EventId,
+    /// The versioned kind.
+    pub kind: String,
+    /// The exact stored payload bytes: canonical JSON, as in
+    /// [`StoredEvent::payload_text`].
+    pub payload_text: String,
+    /// The metadata.
+    pub metadata: Metadata,
+    /// When the writer recorded it.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl OutboxEvent {
+    fn decode(row: OutboxTuple) -> Result<Self, StoreError> {
+        let (position, stream, version, event_id, kind, payload_text, metadata, recorded_at) = row;
+        let corrupt = |problem: String| StoreError::Corrupt { position, problem };
+        let version =
+            u64::try_from(version).map_err(|_| corrupt(format!("negative version {version}")))?;
+        let event_id = event_id
+            .parse()
+            .map_err(|e| corrupt(format!("event_id: {e}")))?;
+        let metadata =
+            serde_json::from_str(&metadata).map_err(|e| corrupt(format!("metadata: {e}")))?;
+        let recorded_at =
+            parse_timestamp(&recorded_at).map_err(|e| corrupt(format!("recorded_at: {e}")))?;
+        Ok(Self {
+            position,
+            stream,
+            version,
+            event_id,
+            kind,
+            payload_text,
+            metadata,
+            recorded_at,
+        })
     }
 }
 
@@ -150,6 +204,27 @@ impl Store {
             .into_iter()
             .map(RawEvent::decode)
             .collect()
+    }
+
+    /// Like [`Store::read_from`], for the outbox relay: the same events in
+    /// the same order, but each payload left as its stored text (not parsed
+    /// into a `Value`) and without the hashes.
+    pub async fn read_outbox_from(
+        &self,
+        after_position: i64,
+        limit: usize,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+        );
+        let rows = on_pool!(&self.inner.pool, p, Db => {
+            sqlx::query_as::<Db, OutboxTuple>(&sql)
+                .bind(after_position)
+                .bind(limit_i64(limit))
+                .fetch_all(p)
+                .await?
+        });
+        rows.into_iter().map(OutboxEvent::decode).collect()
     }
 
     /// Like [`Store::read_from`], but only events recorded at or before `at`
@@ -572,5 +647,37 @@ mod tests {
             .unwrap();
         assert!(restored.verify().await.unwrap().is_ok());
         restored.close().await;
+    }
+
+    #[tokio::test]
+    async fn outbox_rows_are_the_read_events_with_the_payload_left_as_text() {
+        let db = gradeflow_testkit::fresh_sqlite().unwrap();
+        let store = Store::connect(&db.url, StoreOptions::default())
+            .await
+            .unwrap();
+        for n in 0..7 {
+            store
+                .append(AppendRequest::new(vec![event(n)]))
+                .await
+                .unwrap();
+        }
+        let events = store.read_from(2, 4).await.unwrap();
+        let rows = store.read_outbox_from(2, 4).await.unwrap();
+        assert_eq!(rows.len(), 4);
+        for (row, event) in rows.iter().zip(&events) {
+            let expected = OutboxEvent {
+                position: event.position,
+                stream: event.stream.clone(),
+                version: event.version,
+                event_id: event.event_id,
+                kind: event.kind.clone(),
+                payload_text: event.payload_text.clone(),
+                metadata: event.metadata.clone(),
+                recorded_at: event.recorded_at,
+            };
+            assert_eq!(*row, expected);
+        }
+        assert!(store.read_outbox_from(7, 10).await.unwrap().is_empty());
+        store.close().await;
     }
 }
