@@ -195,6 +195,12 @@ struct Flags {
     /// with the same key waits for the first instead of deciding on a model
     /// that already holds the first one's (uncommitted) effects.
     in_flight: HashSet<(String, String)>,
+    /// Appends queued and not yet answered, keyed or not.
+    queued: usize,
+    /// Counts rebuilds. An answer to an append queued before the last
+    /// rebuild does not make the model stale again: the rebuilt model holds
+    /// whatever of it committed and nothing of what did not.
+    epoch: u64,
 }
 
 impl<M: Model> Tracked<M> {
@@ -225,7 +231,7 @@ struct Inner<M> {
     store: Store,
     service: String,
     tracked: Mutex<Tracked<M>>,
-    flags: std::sync::Mutex<Flags>,
+    flags: Arc<std::sync::Mutex<Flags>>,
     rebuilds: AtomicU64,
 }
 
@@ -313,10 +319,61 @@ impl Future for Committing {
 }
 
 /// What [`Engine::submit_locked`] queued: the events as the model applied
-/// them, and the inbox key it holds until [`Engine::settle`].
+/// them, and the inbox key it holds until it is settled with the answer —
+/// or, if whoever waited for the answer gave up (a dropped future), settled
+/// as unknown when dropped, which makes the model be rebuilt from the store.
 struct Queued {
+    flags: Arc<std::sync::Mutex<Flags>>,
     predicted: Vec<(i64, EventId)>,
     key: Option<(String, String)>,
+    epoch: u64,
+    settled: bool,
+}
+
+impl Queued {
+    /// Releases the inbox key, and marks the model stale unless the append
+    /// committed exactly as it was applied.
+    fn settle(mut self, outcome: &Result<AppendOutcome, AppendError>) {
+        self.finish(Some(outcome));
+    }
+
+    fn finish(&mut self, outcome: Option<&Result<AppendOutcome, AppendError>>) {
+        self.settled = true;
+        let as_predicted = match outcome {
+            Some(Ok(AppendOutcome::Appended(events))) => {
+                events.len() == self.predicted.len()
+                    && events
+                        .iter()
+                        .zip(&self.predicted)
+                        .all(|(e, (position, id))| e.position == *position && e.event_id == *id)
+            }
+            _ => self.predicted.is_empty(),
+        };
+        let mut flags = lock_flags(&self.flags);
+        flags.queued = flags.queued.saturating_sub(1);
+        if let Some(key) = &self.key {
+            flags.in_flight.remove(key);
+        }
+        if !as_predicted && self.epoch == flags.epoch {
+            flags.stale = true;
+        }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.finish(None);
+        }
+    }
+}
+
+/// The flags, even if a panic poisoned their mutex (they are updated in
+/// single statements, never left half-changed).
+fn lock_flags(flags: &std::sync::Mutex<Flags>) -> std::sync::MutexGuard<'_, Flags> {
+    flags
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl<M: Model> Engine<M> {
@@ -327,7 +384,7 @@ impl<M: Model> Engine<M> {
                 store,
                 service: service.to_owned(),
                 tracked: Mutex::new(Tracked::new()),
-                flags: std::sync::Mutex::new(Flags::default()),
+                flags: Arc::new(std::sync::Mutex::new(Flags::default())),
                 rebuilds: AtomicU64::new(0),
             }),
         };
@@ -349,11 +406,7 @@ impl<M: Model> Engine<M> {
     }
 
     fn flags(&self) -> std::sync::MutexGuard<'_, Flags> {
-        // A panic while holding it cannot leave the flags half-updated.
-        self.inner
-            .flags
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock_flags(&self.inner.flags)
     }
 
     /// How many times the model was rebuilt from the store because an append
@@ -363,14 +416,30 @@ impl<M: Model> Engine<M> {
     }
 
     async fn catch_up_locked(&self, tracked: &mut Tracked<M>) -> Result<(), StoreError> {
-        if std::mem::take(&mut self.flags().stale) {
+        let rebuild = {
+            let mut flags = self.flags();
+            let stale = std::mem::take(&mut flags.stale);
+            if stale {
+                flags.epoch += 1;
+            }
+            stale
+        };
+        if rebuild {
             // Start over: the model held appends that did not commit. Appends
             // still in flight that were queued on top of them are refused by
-            // the store (their predicted head is gone), so the store alone is
-            // the truth here.
+            // the store (their predicted head is gone), and those queued
+            // before them committed before the failure was answered, so the
+            // store alone is the truth here.
             *tracked = Tracked::new();
             self.inner.rebuilds.fetch_add(1, Ordering::Relaxed);
             tracing::info!(service = %self.inner.service, "service.model.rebuild");
+        } else if self.flags().queued > 0 {
+            // Appends of ours are in flight: the model is ahead of the
+            // store's committed head, and what the store holds beyond the
+            // model's position can only be another writer's — whose appends
+            // make ours be refused as `Moved`, and the model rebuilt. The
+            // read can wait until nothing is in flight.
+            return Ok(());
         }
         loop {
             let page = self.inner.store.read_from(tracked.position, PAGE).await?;
@@ -504,38 +573,24 @@ impl<M: Model> Engine<M> {
         for event in &stored {
             tracked.apply(event);
         }
-        if let Some(key) = &key {
-            self.flags().in_flight.insert(key.clone());
-        }
+        let epoch = {
+            let mut flags = self.flags();
+            flags.queued += 1;
+            if let Some(key) = &key {
+                flags.in_flight.insert(key.clone());
+            }
+            flags.epoch
+        };
         Ok((
             pending,
             Queued {
+                flags: Arc::clone(&self.inner.flags),
                 predicted: stored.iter().map(|e| (e.position, e.event_id)).collect(),
                 key,
+                epoch,
+                settled: false,
             },
         ))
-    }
-
-    /// After the answer to a queued append: releases its inbox key, and marks
-    /// the model stale unless the append committed exactly as it was applied.
-    fn settle(&self, queued: &Queued, outcome: &Result<AppendOutcome, AppendError>) {
-        let mut flags = self.flags();
-        if let Some(key) = &queued.key {
-            flags.in_flight.remove(key);
-        }
-        let as_predicted = match outcome {
-            Ok(AppendOutcome::Appended(events)) => {
-                events.len() == queued.predicted.len()
-                    && events
-                        .iter()
-                        .zip(&queued.predicted)
-                        .all(|(e, (position, id))| e.position == *position && e.event_id == *id)
-            }
-            _ => queued.predicted.is_empty(),
-        };
-        if !as_predicted {
-            flags.stale = true;
-        }
     }
 
     /// Whether an append with inbox key `key` is in flight; if so, the caller
@@ -602,7 +657,7 @@ impl<M: Model> Engine<M> {
                 Some(tracked)
             };
             let outcome = pending.outcome().await;
-            self.settle(&queued, &outcome);
+            queued.settle(&outcome);
             drop(held);
             match outcome {
                 Ok(AppendOutcome::Appended(events)) => {
@@ -684,10 +739,9 @@ impl<M: Model> Engine<M> {
             Err(e) => return Ok(Committing::failed(e)),
         };
         drop(tracked);
-        let engine = self.clone();
         Ok(Committing::from_future(async move {
             let outcome = pending.outcome().await;
-            engine.settle(&queued, &outcome);
+            queued.settle(&outcome);
             outcome
         }))
     }
