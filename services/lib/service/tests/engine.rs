@@ -334,3 +334,56 @@ async fn a_command_retried_while_in_flight_gets_the_first_reply() {
     assert_eq!(store.load_stream("counter").await.unwrap().len(), 1);
     assert_eq!(engine.read(|m| m.ticks["counter"]).await.unwrap(), 1);
 }
+
+/// Whoever awaits a queued append may give up (a dropped future): the
+/// engine cannot know what became of it, so it rebuilds its model from the
+/// store, which is then the truth either way, and the inbox key is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_nobody_awaits_makes_the_model_rebuild_from_the_store() {
+    let (_f, store) = store().await;
+    let engine: Engine<Ticks> = Engine::open(store.clone(), "approval").await.unwrap();
+    let original = Envelope {
+        event_id: EventId::new(),
+        kind: "observed_thing.v1".into(),
+        stream: "dossier-y".into(),
+        version: 1,
+        occurred_at: chrono::Utc::now(),
+        actor: ctx().actor,
+        correlation_id: CorrelationId::new(),
+        causation_id: None,
+        traceparent: None,
+        payload: json!({"y": 1}),
+    };
+    let inbox = InboxEntry {
+        consumer: "c".into(),
+        message_id: original.event_id.to_string(),
+        reply: None,
+    };
+    let committing = engine
+        .observe(&original, inbox.clone(), |_, _| Ok(Decision::default()))
+        .await
+        .unwrap();
+    drop(committing);
+    // The append is still queued in the store's writer and commits; the
+    // rebuilt model catches up with it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while engine.read(|m| m.observed).await.unwrap() != 1 {
+        assert!(std::time::Instant::now() < deadline, "never caught up");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(engine.rebuilds(), 1);
+    // The key is free again: the redelivery is answered as a duplicate.
+    let again = engine
+        .observe(&original, inbox, |_, _| Ok(Decision::default()))
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, AppendOutcome::Duplicate { .. }),
+        "{again:?}"
+    );
+    assert_eq!(engine.read(|m| m.observed).await.unwrap(), 1);
+    assert_eq!(store.load_stream("dossier-y").await.unwrap().len(), 1);
+}
