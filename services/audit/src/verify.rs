@@ -236,12 +236,21 @@ pub async fn verify_stores(
         stream: None,
         problems: Vec::new(),
     };
-    for service in ALL_SERVICES {
-        let Some(store) = stores.get(service) else {
-            continue;
-        };
-        let chain = store.verify().await.map_err(AuditError::read(service))?;
-        let head = store.head().await.map_err(AuditError::read(service))?;
+    // Every store's chain, and the decision log rebuilt from the approval
+    // store, read at once: each is one sequential pass over its store, and
+    // the passes wait on different files (or on the database server).
+    let chains = futures::future::join_all(ALL_SERVICES.iter().filter_map(|service| {
+        let store = stores.get(service)?;
+        Some(async move {
+            let chain = store.verify().await.map_err(AuditError::read(service))?;
+            let head = store.head().await.map_err(AuditError::read(service))?;
+            Ok::<_, AuditError>((*service, chain, head))
+        })
+    }));
+    let approval = stores.require(APPROVAL)?;
+    let (chains, log) = tokio::join!(chains, decision_log(approval));
+    for checked in chains {
+        let (service, chain, head) = checked?;
         if let Some((position, problem)) = &chain.first_broken {
             report.problems.push(
                 Problem::new(Check::Store, problem.clone())
@@ -257,8 +266,7 @@ pub async fn verify_stores(
             ok: chain.is_ok(),
         });
     }
-    let approval = stores.require(APPROVAL)?;
-    let (log, problems) = decision_log(approval).await?;
+    let (log, problems) = log?;
     report.problems.extend(problems);
     let records: Vec<DecisionLogRecord> = log.iter().map(|(_, r)| r.clone()).collect();
     // CPU-bound (a hash and a signature check per record) but the audit

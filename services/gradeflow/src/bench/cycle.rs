@@ -20,6 +20,11 @@
 //! 4. **central** — the root decides the provinces' collectives, then files,
 //!    appraises and decides its own.
 //!
+//! With `--rate N` every attempt (resends included) takes the next slot of an
+//! evenly spaced schedule of N per second, whatever the answers' latency (an
+//! open loop), so command latencies can be read at a known load, as the
+//! target "p99 ≤ 10 ms at 1,000 commands/s" asks.
+//!
 //! Then it waits until the progress read model shows every dossier decided
 //! (the projection lag), times the whole-country progress tree query, reads
 //! the child's peak RSS, stops it (SIGTERM, drained), counts the events of
@@ -72,6 +77,11 @@ pub struct CycleArgs {
     /// Boards working at once (district boards, and cell boards in all).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub boards: u64,
+    /// Send at most this many commands per second in all (resends
+    /// included), to read latencies at a known load; unset: as fast as the
+    /// boards and services go.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub rate: Option<u64>,
     /// Seed of the names and of the planned grades.
     #[arg(long, default_value_t = 2026)]
     pub seed: u64,
@@ -186,6 +196,14 @@ async fn measure(
         Via::Nats => Driver::nats(client.clone(), place.names.clone(), actor),
         Via::Http => Driver::http(&up.printed.portal, up.printed.token.clone(), actor, boards)?,
     };
+    let driver = match args.rate {
+        Some(rate) => driver.paced(rate),
+        None => driver,
+    };
+    let paced = args
+        .rate
+        .map(|r| format!(", paced at {} commands/s", group_thousands(r)))
+        .unwrap_or_default();
     let second = args
         .preset
         .tiers()
@@ -194,7 +212,7 @@ async fn measure(
         .map(|t| t.as_str().to_owned())
         .unwrap_or_default();
     println!(
-        "gradeflow bench cycle: {} preset, {} dossiers ({} provinces, {} {second}s, {} cells, {} members, {} collectives), seed {}, via {}, {boards} boards",
+        "gradeflow bench cycle: {} preset, {} dossiers ({} provinces, {} {second}s, {} cells, {} members, {} collectives), seed {}, via {}, {boards} boards{paced}",
         args.preset.name(),
         group_thousands(shape.dossiers() as u64),
         shape.provinces,

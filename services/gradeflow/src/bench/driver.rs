@@ -95,6 +95,30 @@ pub struct Driver {
     pub not_yet: AtomicU64,
     /// Attempts that got no answer, then sent again.
     pub resent: AtomicU64,
+    /// Sends at most this many attempts per second in all, when set.
+    pace: Option<Pacer>,
+}
+
+/// Spaces attempts evenly: each takes the next free slot, `period` after the
+/// one before (an open loop: a slow answer does not delay later sends).
+struct Pacer {
+    period: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    async fn wait(&self) {
+        let slot = {
+            let Ok(mut next) = self.next.lock() else {
+                return;
+            };
+            let now = Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + self.period;
+            slot
+        };
+        tokio::time::sleep_until(slot.into()).await;
+    }
 }
 
 impl Driver {
@@ -136,7 +160,18 @@ impl Driver {
             decisions: Mutex::new(Latencies::new()),
             not_yet: AtomicU64::new(0),
             resent: AtomicU64::new(0),
+            pace: None,
         }
+    }
+
+    /// Paces every attempt (commands, decisions, resends) to `per_second`
+    /// in all, so latencies can be read at a known load.
+    pub fn paced(mut self, per_second: u64) -> Self {
+        self.pace = Some(Pacer {
+            period: Duration::from_secs_f64(1.0 / per_second.max(1) as f64),
+            next: Mutex::new(Instant::now()),
+        });
+        self
     }
 
     /// The latencies of ordinary commands and of `decide_batch.v1`.
@@ -157,6 +192,9 @@ impl Driver {
         let mut pause = Duration::from_millis(2);
         let mut transport_failures = 0;
         loop {
+            if let Some(pace) = &self.pace {
+                pace.wait().await;
+            }
             let started = Instant::now();
             match self.once(service, kind, &payload, id).await {
                 Ok(answer) => {
