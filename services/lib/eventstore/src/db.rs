@@ -294,6 +294,22 @@ impl RawEvent {
     }
 }
 
+/// An `events` row to insert: the writer's texts borrowed from the requests
+/// it commits (no copy of a payload per row), the hashes owned.
+#[derive(Debug, Clone)]
+pub(crate) struct NewRow<'a> {
+    pub position: i64,
+    pub stream: &'a str,
+    pub version: i64,
+    pub event_id: &'a str,
+    pub kind: &'a str,
+    pub payload: &'a str,
+    pub metadata: &'a str,
+    pub recorded_at: std::borrow::Cow<'a, str>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
 /// The end of the chain: last position, its hash and its `recorded_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Head {
@@ -496,7 +512,7 @@ impl WriteTx {
     }
 
     /// Inserts events with multi-row INSERTs, chunked under the bind limit.
-    pub(crate) async fn insert_events(&mut self, rows: &[RawEvent]) -> Result<(), StoreError> {
+    pub(crate) async fn insert_events(&mut self, rows: &[NewRow<'_>]) -> Result<(), StoreError> {
         const COLUMNS: usize = 10;
         let per_statement = match self {
             WriteTx::Sqlite(_) => SQLITE_MAX_BINDS / COLUMNS,
@@ -508,13 +524,13 @@ impl WriteTx {
                     QueryBuilder::<Db>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
                 qb.push_values(chunk, |mut b, e| {
                     b.push_bind(e.position)
-                        .push_bind(e.stream.as_str())
+                        .push_bind(e.stream)
                         .push_bind(e.version)
-                        .push_bind(e.event_id.as_str())
-                        .push_bind(e.kind.as_str())
-                        .push_bind(e.payload.as_str())
-                        .push_bind(e.metadata.as_str())
-                        .push_bind(e.recorded_at.as_str())
+                        .push_bind(e.event_id)
+                        .push_bind(e.kind)
+                        .push_bind(e.payload)
+                        .push_bind(e.metadata)
+                        .push_bind(e.recorded_at.as_ref())
                         .push_bind(e.prev_hash.as_str())
                         .push_bind(e.hash.as_str());
                 });

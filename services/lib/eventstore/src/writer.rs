@@ -22,6 +22,7 @@
 //! and the requests are retried one per transaction, so one bad request
 //! cannot fail its neighbours. Answers are sent only after the commit.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,7 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::canonical::{
     canonical_json, chain_hash, format_timestamp, parse_timestamp, truncate_timestamp, HashedFields,
 };
-use crate::db::{Head, InboxRow, Pool, RawEvent, WriteTx};
+use crate::db::{Head, InboxRow, NewRow, Pool, WriteTx};
 use crate::error::{AppendError, StoreError};
 use crate::model::{AppendOutcome, AppendRequest, ExpectedVersion, StoredEvent, WriterStats};
 
@@ -50,8 +51,10 @@ pub(crate) struct PreparedEvent {
     id_text: String,
     stream: String,
     kind: String,
-    /// Parsed back from `payload_text`, so a fresh event reads exactly like
-    /// the same event loaded later.
+    /// Exactly what parsing `payload_text` back gives, so a fresh event
+    /// reads like the same event loaded later: the caller's value when that
+    /// is provably the same ([`reads_back_unchanged`]), parsed back
+    /// otherwise.
     payload: Value,
     payload_text: String,
     metadata: Metadata,
@@ -95,7 +98,11 @@ impl PreparedAppend {
         let mut events = Vec::with_capacity(req.events.len());
         for e in req.events {
             let payload_text = canonical_json(&e.payload);
-            let payload = serde_json::from_str(&payload_text).map_err(encode_err("payload"))?;
+            let payload = if reads_back_unchanged(&e.payload) {
+                e.payload
+            } else {
+                serde_json::from_str(&payload_text).map_err(encode_err("payload"))?
+            };
             let metadata_value =
                 serde_json::to_value(&e.metadata).map_err(encode_err("metadata"))?;
             events.push(PreparedEvent {
@@ -126,6 +133,32 @@ impl PreparedAppend {
             inbox,
             predicted,
         })
+    }
+}
+
+/// Whether parsing the canonical text of `value` back gives `value` itself,
+/// key order included: every object's keys already in canonical order
+/// (`serde_json` is built with `preserve_order`, so a parsed object keeps
+/// the text's order, and `Map` equality ignores order), and no float
+/// (`serde_json` parses floats without guaranteed round-tripping unless its
+/// `float_roundtrip` feature is on). Strings, integers, booleans and null
+/// print and parse back losslessly.
+fn reads_back_unchanged(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => {
+            let mut keys = map.keys();
+            let mut prev = keys.next();
+            for key in keys {
+                if prev.is_some_and(|p| p.as_str() >= key.as_str()) {
+                    return false;
+                }
+                prev = Some(key);
+            }
+            map.values().all(reads_back_unchanged)
+        }
+        Value::Array(items) => items.iter().all(reads_back_unchanged),
+        Value::Number(n) => !n.is_f64(),
+        Value::Null | Value::Bool(_) | Value::String(_) => true,
     }
 }
 
@@ -349,10 +382,13 @@ impl Writer {
         let now_text = format_timestamp(now);
         let now = truncate_timestamp(now);
         let mut head = start;
-        let mut answers = Vec::with_capacity(reqs.len());
+        let mut answers: Vec<Answer> = Vec::with_capacity(reqs.len());
         let mut batch_inbox: HashMap<(&str, &str), Option<Value>> = HashMap::new();
-        let mut batch_events: HashMap<&str, StoredEvent> = HashMap::new();
-        let mut new_rows: Vec<RawEvent> = Vec::new();
+        // Where each event written by this batch is answered: (request,
+        // index in its answer); the request being applied is
+        // `answers.len()`, its answer `out`.
+        let mut batch_events: HashMap<&str, (usize, usize)> = HashMap::new();
+        let mut new_rows: Vec<NewRow<'_>> = Vec::new();
         let mut inbox_rows: Vec<InboxRow> = Vec::new();
 
         for req in reqs {
@@ -367,16 +403,16 @@ impl Writer {
                     continue;
                 }
             }
-            let (recorded_at_text, recorded_at) = match &req.predicted {
-                Some(p) => (p.recorded_at_text.clone(), p.recorded_at),
-                None if now_text > head.recorded_at => (now_text.clone(), now),
+            let (recorded_at_text, recorded_at): (Cow<'_, str>, _) = match &req.predicted {
+                Some(p) => (Cow::Borrowed(&p.recorded_at_text), p.recorded_at),
+                None if now_text > head.recorded_at => (Cow::Borrowed(&now_text), now),
                 None => {
                     let at =
                         parse_timestamp(&head.recorded_at).map_err(|e| StoreError::Corrupt {
                             position: head.position,
                             problem: format!("recorded_at of the chain head: {e}"),
                         })?;
-                    (head.recorded_at.clone(), at)
+                    (Cow::Owned(head.recorded_at.clone()), at)
                 }
             };
 
@@ -403,8 +439,11 @@ impl Writer {
             let mut stored: Vec<Option<StoredEvent>> = Vec::with_capacity(req.events.len());
             let mut broken = None;
             for e in &req.events {
-                if let Some(s) = batch_events.get(e.id_text.as_str()) {
-                    stored.push(Some(s.clone()));
+                if let Some(s) = batch_events
+                    .get(e.id_text.as_str())
+                    .and_then(|at| answered(&answers, &[], *at))
+                {
+                    stored.push(Some(s));
                 } else if let Some(raw) = db_events.get(&e.id_text) {
                     match raw.clone().decode() {
                         Ok(s) => stored.push(Some(s)),
@@ -442,14 +481,18 @@ impl Writer {
 
             // 4. Assign versions and positions, chain the hashes.
             let mut out = Vec::with_capacity(req.events.len());
+            let mut wrote = false;
             for (e, already) in req.events.iter().zip(stored) {
                 if let Some(s) = already {
                     out.push(s);
                     continue;
                 }
                 // The same id twice in one request: one event.
-                if let Some(s) = batch_events.get(e.id_text.as_str()) {
-                    out.push(s.clone());
+                if let Some(s) = batch_events
+                    .get(e.id_text.as_str())
+                    .and_then(|at| answered(&answers, &out, *at))
+                {
+                    out.push(s);
                     continue;
                 }
                 let version = versions.entry(e.stream.clone()).or_insert(0);
@@ -469,7 +512,23 @@ impl Writer {
                         recorded_at: &recorded_at_text,
                     },
                 );
-                let event = StoredEvent {
+                let prev_hash = std::mem::replace(&mut head.hash, hash.clone());
+                head.position = position;
+                wrote = true;
+                new_rows.push(NewRow {
+                    position,
+                    stream: &e.stream,
+                    version: version_i64,
+                    event_id: &e.id_text,
+                    kind: &e.kind,
+                    payload: &e.payload_text,
+                    metadata: &e.metadata_text,
+                    recorded_at: recorded_at_text.clone(),
+                    prev_hash: prev_hash.clone(),
+                    hash: hash.clone(),
+                });
+                batch_events.insert(e.id_text.as_str(), (answers.len(), out.len()));
+                out.push(StoredEvent {
                     position,
                     stream: e.stream.clone(),
                     version: *version,
@@ -479,28 +538,12 @@ impl Writer {
                     payload_text: e.payload_text.clone(),
                     metadata: e.metadata.clone(),
                     recorded_at,
-                    prev_hash: head.hash.clone(),
-                    hash: hash.clone(),
-                };
-                new_rows.push(RawEvent {
-                    position,
-                    stream: e.stream.clone(),
-                    version: version_i64,
-                    event_id: e.id_text.clone(),
-                    kind: e.kind.clone(),
-                    payload: e.payload_text.clone(),
-                    metadata: e.metadata_text.clone(),
-                    recorded_at: recorded_at_text.clone(),
-                    prev_hash: head.hash.clone(),
-                    hash: hash.clone(),
-                });
-                head = Head {
-                    position,
+                    prev_hash,
                     hash,
-                    recorded_at: recorded_at_text.clone(),
-                };
-                batch_events.insert(e.id_text.as_str(), event.clone());
-                out.push(event);
+                });
+            }
+            if wrote {
+                head.recorded_at = recorded_at_text.clone().into_owned();
             }
             if let Some(ib) = &req.inbox {
                 batch_inbox.insert(
@@ -511,7 +554,7 @@ impl Writer {
                     consumer: ib.consumer.clone(),
                     message_id: ib.message_id.clone(),
                     reply: ib.reply_text.clone(),
-                    recorded_at: recorded_at_text.clone(),
+                    recorded_at: recorded_at_text.clone().into_owned(),
                 });
             }
             answers.push(Ok(AppendOutcome::Appended(out)));
@@ -552,6 +595,26 @@ impl Writer {
     }
 }
 
+/// The event answered at `at` (see `batch_events` in [`Writer::commit`]):
+/// in the answer of an earlier request of the batch, or in `current`, the
+/// answer being built for request `answers.len()`.
+fn answered(
+    answers: &[Answer],
+    current: &[StoredEvent],
+    at: (usize, usize),
+) -> Option<StoredEvent> {
+    let (request, index) = at;
+    let events = if request == answers.len() {
+        current
+    } else {
+        match answers.get(request)? {
+            Ok(AppendOutcome::Appended(events)) => events,
+            _ => return None,
+        }
+    };
+    events.get(index).cloned()
+}
+
 fn parse_reply(text: Option<&str>) -> Result<Option<Value>, AppendError> {
     text.map(serde_json::from_str).transpose().map_err(|e| {
         AppendError::Store(StoreError::Corrupt {
@@ -559,4 +622,42 @@ fn parse_reply(text: Option<&str>) -> Result<Option<Value>, AppendError> {
             problem: format!("stored inbox reply: {e}"),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_payload_is_kept_only_when_it_reads_back_as_itself() {
+        let values = [
+            (json!({}), true),
+            (json!(null), true),
+            (
+                json!({"a": 1, "b": [true, null, "x\"\n\u{1F600}"], "c": {"d": -7}}),
+                true,
+            ),
+            (json!({"big": u64::MAX, "neg": i64::MIN}), true),
+            (json!({"p": "x".repeat(592)}), true),
+            (json!("bare"), true),
+            (json!({"b": 1, "a": 2}), false),
+            (json!({"a": {"z": 1, "y": 2}}), false),
+            (json!([{"b": 1, "a": 2}]), false),
+            (json!({"f": 0.1}), false),
+            (json!([1.0]), false),
+        ];
+        for (value, kept) in values {
+            assert_eq!(reads_back_unchanged(&value), kept, "{value}");
+            let parsed: Value = serde_json::from_str(&canonical_json(&value)).unwrap();
+            if kept {
+                // Same value, same key order, same printed form.
+                assert_eq!(parsed, value);
+                assert_eq!(parsed.to_string(), value.to_string());
+            }
+        }
+    }
 }
