@@ -305,20 +305,26 @@ impl Store {
         let mut expected = 1_i64;
         let mut prev_hash = GENESIS_HASH.to_owned();
         let mut after = 0_i64;
-        loop {
-            let page = self.read_raw(after, VERIFY_PAGE).await?;
-            let Some(last) = page.last() else { break };
+        let mut page = self.read_raw(after, VERIFY_PAGE).await?;
+        while let Some(last) = page.last() {
             after = last.position;
-            for row in &page {
-                report.events += 1;
-                if report.first_broken.is_none() {
-                    report.first_broken = check_row(row, expected, &prev_hash);
+            // The next page is asked for first and read while this one is
+            // hashed (the query runs on the database's side meanwhile: the
+            // SQLite worker thread, or the PostgreSQL server).
+            let check = async {
+                for row in &page {
+                    report.events += 1;
+                    if report.first_broken.is_none() {
+                        report.first_broken = check_row(row, expected, &prev_hash);
+                    }
+                    // Continue from what is stored, so the count and the head
+                    // stay meaningful past a break.
+                    expected = row.position + 1;
+                    prev_hash.clone_from(&row.hash);
                 }
-                // Continue from what is stored, so the count and the head
-                // stay meaningful past a break.
-                expected = row.position + 1;
-                prev_hash = row.hash.clone();
-            }
+            };
+            let (next, ()) = tokio::join!(self.read_raw(after, VERIFY_PAGE), check);
+            page = next?;
         }
         if report.events > 0 {
             report.head = Some(prev_hash.clone());
