@@ -431,6 +431,18 @@ impl Store {
         .transpose()
     }
 
+    /// Whether an event with this id is stored.
+    pub async fn contains_event(&self, event_id: EventId) -> Result<bool, StoreError> {
+        let id = event_id.to_string();
+        let found: Option<i64> = on_pool!(&self.inner.pool, p, Db => {
+            sqlx::query_scalar::<Db, i64>("SELECT position FROM events WHERE event_id = $1")
+                .bind(id.as_str())
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(found.is_some())
+    }
+
     /// Records a message `dl.consumer` gave up on. Recording the same
     /// (consumer, message id) again replaces the earlier record.
     pub async fn record_dead_letter(&self, dl: DeadLetter) -> Result<(), StoreError> {

@@ -201,7 +201,16 @@ struct Flags {
     /// rebuild does not make the model stale again: the rebuilt model holds
     /// whatever of it committed and nothing of what did not.
     epoch: u64,
+    /// Observed events still to check against the store before their copy is
+    /// applied: set when an append did not commit as applied, which is most
+    /// often a stream replayed onto a store that already holds its copies (a
+    /// restored backup, a new prefix), whose neighbours are then stored too.
+    careful: u32,
 }
+
+/// How many observed events are checked first after an append did not
+/// commit as applied.
+const CAREFUL_SPAN: u32 = 1024;
 
 impl<M: Model> Tracked<M> {
     fn new() -> Self {
@@ -356,6 +365,9 @@ impl Queued {
         }
         if !as_predicted && self.epoch == flags.epoch {
             flags.stale = true;
+        }
+        if !as_predicted {
+            flags.careful = CAREFUL_SPAN;
         }
     }
 }
@@ -698,13 +710,41 @@ impl<M: Model> Engine<M> {
         while self.busy(&key) {
             tokio::time::sleep(IN_FLIGHT_POLL).await;
         }
+        let copy_id = observed_id(envelope.event_id, &self.inner.service);
+        let careful = {
+            let mut flags = self.flags();
+            let careful = flags.careful > 0;
+            flags.careful = flags.careful.saturating_sub(1);
+            careful
+        };
         let mut tracked = self.inner.tracked.lock().await;
         self.catch_up_locked(&mut tracked).await?;
+        if careful && self.inner.store.contains_event(copy_id).await? {
+            // Recorded before (under another consumer name, or the inbox
+            // entry is what is missing): its copy and reactions are in the
+            // store and the model. Only the inbox entry is appended, so the
+            // message is known as handled; nothing is applied.
+            self.flags().careful = CAREFUL_SPAN;
+            let request = AppendRequest {
+                inbox: Some(inbox),
+                ..AppendRequest::default()
+            };
+            let (pending, queued) = match self.submit_locked(&mut tracked, request).await {
+                Ok(queued) => queued,
+                Err(e) => return Ok(Committing::failed(e)),
+            };
+            drop(tracked);
+            return Ok(Committing::from_future(async move {
+                let outcome = pending.outcome().await;
+                queued.settle(&outcome);
+                outcome
+            }));
+        }
         let origin = gradeflow_proto::events::service_of(&envelope.kind)
             .unwrap_or("unknown")
             .to_owned();
         let copy = NewEvent {
-            event_id: observed_id(envelope.event_id, &self.inner.service),
+            event_id: copy_id,
             stream: envelope.stream.clone(),
             kind: envelope.kind.clone(),
             payload: envelope.payload.clone(),
