@@ -59,7 +59,6 @@ use std::{
     collections::{HashSet, VecDeque},
     future::Future,
     pin::Pin,
-    sync::atomic::{AtomicU32, Ordering as AtomicOrdering},
     sync::Arc,
     time::Duration,
 };
@@ -361,17 +360,7 @@ pub struct EventConsumer<H> {
     durable: String,
     stream: String,
     handler: Arc<H>,
-    /// Messages still to look up in the inbox before handling, though
-    /// delivered once: set after a message turned out handled already (a
-    /// stream replayed onto a restored store, a second durable), whose
-    /// neighbours are likely handled too. Queuing such a message would be
-    /// answered `Duplicate`, and a handler that applies its appends before
-    /// they commit would have to rebuild its state for each one.
-    careful: AtomicU32,
 }
-
-/// How many messages are looked up first after a duplicate.
-const CAREFUL_SPAN: u32 = 1024;
 
 impl<H: EventHandler> EventConsumer<H> {
     /// A consumer loop over `client`, committing to `store`.
@@ -396,24 +385,7 @@ impl<H: EventHandler> EventConsumer<H> {
             durable,
             stream,
             handler,
-            careful: AtomicU32::new(0),
         }
-    }
-
-    /// Whether this message is looked up in the inbox before it is handled
-    /// (counts one message of the careful span down).
-    fn look_up_first(&self, delivered: u64) -> bool {
-        let careful = self
-            .careful
-            .fetch_update(AtomicOrdering::Relaxed, AtomicOrdering::Relaxed, |n| {
-                n.checked_sub(1)
-            })
-            .is_ok();
-        delivered > 1 || careful
-    }
-
-    fn found_duplicate(&self) {
-        self.careful.store(CAREFUL_SPAN, AtomicOrdering::Relaxed);
     }
 
     /// The durable consumer's name (also the inbox's consumer name).
@@ -634,23 +606,6 @@ impl<H: EventHandler> EventConsumer<H> {
             // what is queued committed (its first delivery may be among it).
             return Ok(Started::Slow(message));
         }
-        if self.look_up_first(delivered) {
-            // A neighbour of a message handled before: the inbox may know it.
-            match self
-                .store
-                .inbox_lookup(&self.durable, &message.event_id)
-                .await
-            {
-                Ok(Some(_)) => {
-                    self.found_duplicate();
-                    self.ack(&message.msg).await;
-                    return Ok(Started::Done(Handled::Acked));
-                }
-                Ok(None) => {}
-                // Handled on its own, where the failure is retried.
-                Err(_) => return Ok(Started::Slow(message)),
-            }
-        }
         self.crash_if(CrashPoint::BeforeCommit, &message.env)?;
         match self
             .handler
@@ -685,7 +640,6 @@ impl<H: EventHandler> EventConsumer<H> {
                 Ok(None)
             }
             Ok(AppendOutcome::Duplicate { .. }) => {
-                self.found_duplicate();
                 self.ack(&done.message.msg).await;
                 Ok(None)
             }
@@ -736,10 +690,9 @@ impl<H: EventHandler> EventConsumer<H> {
 
         // A redelivery may be of a message whose effects committed just
         // before the process died (or whose ack was lost): the inbox knows.
-        if self.look_up_first(delivered) {
+        if delivered > 1 {
             match self.store.inbox_lookup(&self.durable, &event_id).await {
                 Ok(Some(_)) => {
-                    self.found_duplicate();
                     self.ack(&msg).await;
                     return Ok(Handled::Acked);
                 }
@@ -802,7 +755,6 @@ impl<H: EventHandler> EventConsumer<H> {
                 }
                 Ok(AppendOutcome::Duplicate { .. }) => {
                     // Applied by an earlier delivery: nothing was written.
-                    self.found_duplicate();
                     self.ack(&msg).await;
                     return Ok(Handled::Acked);
                 }

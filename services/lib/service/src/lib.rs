@@ -650,11 +650,10 @@ impl<M: Model> Engine<M> {
             let request = self.request(&tracked, ctx, &decision, inbox);
             let (pending, queued) = match self.submit_locked(&mut tracked, request).await {
                 Ok(queued) => queued,
-                Err(AppendError::Closed) => return Err(ExecuteError::Closed),
+                // Queuing fails only when the store is closed or the request
+                // cannot be encoded; nothing was queued.
                 Err(AppendError::Store(e)) => return Err(ExecuteError::Store(e)),
-                Err(AppendError::Conflict { .. } | AppendError::Moved { .. }) => {
-                    return Err(ExecuteError::Closed)
-                }
+                Err(_) => return Err(ExecuteError::Closed),
             };
             // First attempt: the lock is released while the append waits for
             // its group commit, so other decisions are made meanwhile and
@@ -729,16 +728,7 @@ impl<M: Model> Engine<M> {
                 inbox: Some(inbox),
                 ..AppendRequest::default()
             };
-            let (pending, queued) = match self.submit_locked(&mut tracked, request).await {
-                Ok(queued) => queued,
-                Err(e) => return Ok(Committing::failed(e)),
-            };
-            drop(tracked);
-            return Ok(Committing::from_future(async move {
-                let outcome = pending.outcome().await;
-                queued.settle(&outcome);
-                outcome
-            }));
+            return Ok(self.committing(tracked, request).await);
         }
         let origin = gradeflow_proto::events::service_of(&envelope.kind)
             .unwrap_or("unknown")
@@ -774,16 +764,26 @@ impl<M: Model> Engine<M> {
             request.checks.push((copy.stream.clone(), expected));
         }
         request.events.insert(0, copy);
+        Ok(self.committing(tracked, request).await)
+    }
+
+    /// Queues `request` (applying it to the model), releases the model's
+    /// lock, and returns the commit to await, which settles the append.
+    async fn committing(
+        &self,
+        mut tracked: tokio::sync::MutexGuard<'_, Tracked<M>>,
+        request: AppendRequest,
+    ) -> Committing {
         let (pending, queued) = match self.submit_locked(&mut tracked, request).await {
             Ok(queued) => queued,
-            Err(e) => return Ok(Committing::failed(e)),
+            Err(e) => return Committing::failed(e),
         };
         drop(tracked);
-        Ok(Committing::from_future(async move {
+        Committing::from_future(async move {
             let outcome = pending.outcome().await;
             queued.settle(&outcome);
             outcome
-        }))
+        })
     }
 }
 
