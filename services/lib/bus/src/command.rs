@@ -7,6 +7,9 @@
 //! Serving side: [`CommandServer`] (or [`serve_commands`]) runs handlers
 //! concurrently, bounded by a semaphore, so one slow command does not hold up
 //! the others; shutdown stops taking requests and answers the ones in flight.
+//! A reply too large for one NATS message (the server's `max_payload`) is
+//! replaced by a [`REPLY_TOO_LARGE`] rejection, so the caller learns to ask
+//! for less instead of timing out.
 //!
 //! Caller side: [`send_command`].
 //!
@@ -28,6 +31,12 @@ pub const MALFORMED_COMMAND: &str = "malformed_command";
 
 /// Rejection code of a command whose handler failed unexpectedly (panicked).
 pub const INTERNAL_ERROR: &str = "internal_error";
+
+/// Rejection code of a command whose reply is larger than the server's
+/// `max_payload`: the reply cannot travel as one message, so the caller is
+/// told to ask for less (a smaller page, a shallower tree) instead of
+/// waiting for a reply that never comes.
+pub const REPLY_TOO_LARGE: &str = "reply_too_large";
 
 /// How many commands one server handles at once by default.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
@@ -262,9 +271,43 @@ async fn answer<H: CommandHandler>(client: &Client, handler: &H, msg: async_nats
             return;
         }
     };
+    let body = fit(client, body);
     if let Err(err) = client.publish(reply_to, body.into()).await {
         tracing::warn!(error = %err, "bus.command.reply_failed");
     }
+}
+
+/// `body`, or a [`REPLY_TOO_LARGE`] rejection when `body` exceeds the
+/// server's `max_payload`. The client would refuse to publish such a body,
+/// and the caller would then wait for its timeout with no hint why; the
+/// rejection is small, so it always fits.
+fn fit(client: &Client, body: Vec<u8>) -> Vec<u8> {
+    // 0 until the server's INFO has been read: no known limit to check.
+    let max_payload = client.server_info().max_payload;
+    if max_payload == 0 || body.len() <= max_payload {
+        return body;
+    }
+    tracing::warn!(
+        bytes = body.len(),
+        max_payload,
+        "bus.command.reply_too_large"
+    );
+    let rejection = Rejection::new(
+        REPLY_TOO_LARGE,
+        format!(
+            "the answer ({} bytes) is too large for one message (at most {max_payload} bytes); \
+             ask for less, e.g. a smaller page or fewer levels",
+            body.len()
+        ),
+        format!(
+            "câu trả lời ({} byte) quá lớn để gửi trong một thông điệp (tối đa {max_payload} byte); \
+             hãy yêu cầu ít dữ liệu hơn, ví dụ một trang nhỏ hơn hoặc ít cấp hơn",
+            body.len()
+        ),
+    )
+    .with_details(serde_json::json!({ "bytes": body.len(), "max_payload": max_payload }));
+    // A rejection of plain strings and numbers always encodes.
+    serde_json::to_vec(&CommandReply::Rejected(rejection)).unwrap_or_default()
 }
 
 /// Why a command got no usable reply.

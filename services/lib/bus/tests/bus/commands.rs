@@ -1,16 +1,18 @@
-//! Commands over request/reply: round trips, malformed requests, no
-//! responders, queue groups, concurrency and graceful shutdown.
+//! Commands over request/reply: round trips, malformed requests, replies
+//! too large for one message, no responders, queue groups, concurrency and
+//! graceful shutdown.
 
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use gradeflow_bus::{
-    command::MALFORMED_COMMAND, send_command, CommandError, CommandInbox, CommandServer, Effects,
+    command::{MALFORMED_COMMAND, REPLY_TOO_LARGE},
+    send_command, CommandError, CommandInbox, CommandServer, Effects,
 };
 use gradeflow_proto::{
     Actor, CommandEnvelope, CommandId, CommandReply, EventId, OrgId, Rejection, Role,
@@ -113,6 +115,63 @@ async fn a_malformed_command_is_rejected_as_such() {
             other => panic!("expected malformed_command, got {other:?}"),
         }
     }
+    shutdown.cancel();
+    served.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reply_larger_than_max_payload_comes_back_as_a_rejection_not_a_timeout() {
+    let bus = Bus::new().await;
+    let max_payload = bus.client.server_info().max_payload;
+    assert!(max_payload > 0, "the server announced its max_payload");
+    // `big.v1` answers one string longer than the server takes in a message.
+    let handler = move |cmd: CommandEnvelope| async move {
+        if cmd.kind == "big.v1" {
+            return CommandReply::Accepted {
+                event_ids: vec![],
+                result: serde_json::json!("x".repeat(max_payload + 1)),
+            };
+        }
+        decide(cmd).await
+    };
+    let shutdown = CancellationToken::new();
+    let server = CommandServer::bind(&bus.client, &bus.names, "progress", Arc::new(handler))
+        .await
+        .unwrap();
+    let served = tokio::spawn(server.run(shutdown.clone()));
+
+    let started = Instant::now();
+    let reply = send_command(
+        &bus.client,
+        &bus.names,
+        "progress",
+        &command("big.v1"),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    // Well before the caller's timeout: the rejection is the answer.
+    assert!(started.elapsed() < TIMEOUT, "{:?}", started.elapsed());
+    match reply {
+        CommandReply::Rejected(r) => {
+            assert_eq!(r.code, REPLY_TOO_LARGE);
+            assert!(!r.message.is_empty() && !r.message_vi.is_empty());
+            assert_eq!(r.details["max_payload"], serde_json::json!(max_payload));
+            assert!(r.details["bytes"].as_u64().unwrap() > max_payload as u64);
+        }
+        other => panic!("expected reply_too_large, got {other:?}"),
+    }
+    // The server still answers ordinary commands afterwards.
+    let ok = send_command(
+        &bus.client,
+        &bus.names,
+        "progress",
+        &command("ok.v1"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(ok, CommandReply::Accepted { .. }));
     shutdown.cancel();
     served.await.unwrap();
 }
