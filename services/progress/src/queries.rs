@@ -4,7 +4,11 @@
 //! the portal serves them as `API.md` § Progress, reports, audit.
 //!
 //! * [`PROGRESS`] — one node of the progress tree, with its children to a
-//!   depth (exactly `API.md`'s node, plus a few extra fields);
+//!   depth (exactly `API.md`'s node, plus a few extra fields). One answer
+//!   is one NATS message, so it stops at [`MAX_NODES`] nodes and
+//!   [`MAX_REPLY_BYTES`] bytes: the nodes left out are flagged
+//!   `children_truncated`, and `after` asks for the rest of a node's
+//!   children ([`crate::tree::assemble`] puts the pages together);
 //! * [`REPORT`] — the report of a subtree ([`crate::report`]);
 //! * [`PROGRESS_VERSION`] — the store position, polled by the portal's
 //!   live-update stream ([`crate::changes`]).
@@ -38,11 +42,44 @@ pub const PROGRESS_VERSION: &str = "progress_version.v1";
 /// Every query kind this service answers.
 pub const KINDS: [&str; 3] = [PROGRESS, REPORT, PROGRESS_VERSION];
 
-/// The most nodes one `progress.v1` answer carries; below that the deepest
-/// nodes' children are left out and flagged `children_truncated`.
+/// The most nodes one `progress.v1` answer carries; past that the
+/// remaining children are left out and their parent flagged
+/// `children_truncated`.
 pub const MAX_NODES: usize = 5_000;
 
-/// `progress.v1` payload.
+/// The most bytes of node JSON one `progress.v1` answer carries (each node
+/// measured as encoded without its children), for the same cut. Half of
+/// NATS's default `max_payload` (1 MiB): a node is about 1 KB, so the
+/// whole country at depth 2 (~3,300 communes, ~3.5 MB) comes in pages, and
+/// the reply envelope, the truncation flags and a first child forced in
+/// past the budget all fit in the other half.
+pub const MAX_REPLY_BYTES: usize = 512 * 1024;
+
+/// How much of the tree one answer may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Nodes, the asked node included.
+    pub nodes: usize,
+    /// Bytes of node JSON, each node measured without its children.
+    pub bytes: usize,
+}
+
+impl Limits {
+    /// One `progress.v1` reply, which travels as one NATS message.
+    pub const REPLY: Limits = Limits {
+        nodes: MAX_NODES,
+        bytes: MAX_REPLY_BYTES,
+    };
+    /// A reader of the model in process ([`progress`]): no message to fit
+    /// in, only the node count.
+    pub const IN_PROCESS: Limits = Limits {
+        nodes: MAX_NODES,
+        bytes: usize::MAX,
+    };
+}
+
+/// A subtree of the progress tree, as read in process ([`progress`]); the
+/// `progress.v1` payload is [`ProgressPageQuery`], which adds `after`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressQuery {
@@ -54,6 +91,38 @@ pub struct ProgressQuery {
     /// Levels of children (default 1; 0 = none).
     #[serde(default)]
     pub depth: Option<u32>,
+}
+
+/// `progress.v1` payload: a [`ProgressQuery`] and where the asked node's
+/// page of children starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressPageQuery {
+    /// The cycle.
+    pub cycle: CycleId,
+    /// The node (default: the cycle's root).
+    #[serde(default)]
+    pub org: Option<OrgId>,
+    /// Levels of children (default 1; 0 = none).
+    #[serde(default)]
+    pub depth: Option<u32>,
+    /// Only the asked node's own children whose code sorts after this one
+    /// (byte order, the order children come in): the last child present in
+    /// an answer flagged `children_truncated` asks for the next page.
+    /// Deeper levels are not filtered.
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+impl ProgressPageQuery {
+    /// The subtree asked, without the paging.
+    pub fn subtree(&self) -> ProgressQuery {
+        ProgressQuery {
+            cycle: self.cycle,
+            org: self.org,
+            depth: self.depth,
+        }
+    }
 }
 
 /// `progress_version.v1` payload (`{}` is valid).
@@ -197,8 +266,9 @@ pub struct ProgressNode {
     pub quota_groups: Vec<QuotaGroup>,
     /// The quota groups this org decides itself, as the authority.
     pub authority_quota_groups: Vec<QuotaGroup>,
-    /// Some children were left out to keep the answer under
-    /// [`MAX_NODES`].
+    /// Some children (those after the last one present) were left out to
+    /// keep the answer under [`MAX_NODES`] and [`MAX_REPLY_BYTES`]; ask
+    /// for this node again with `after` the last present child's code.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub children_truncated: bool,
     /// Children, by code, to the asked depth.
@@ -209,7 +279,7 @@ pub struct ProgressNode {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Query {
     /// `progress.v1`.
-    Progress(ProgressQuery),
+    Progress(ProgressPageQuery),
     /// `report.v1`.
     Report(ReportQuery),
     /// `progress_version.v1`.
@@ -236,7 +306,7 @@ impl Query {
         today: NaiveDate,
     ) -> Result<Value, Rejection> {
         let value = match self {
-            Query::Progress(q) => serde_json::to_value(progress(model, q, actor, today)?),
+            Query::Progress(q) => serde_json::to_value(progress_page(model, q, actor, today)?),
             Query::Report(q) => serde_json::to_value(report(model, q, actor, today)?),
             Query::Version(q) => return version(model, q),
         };
@@ -266,49 +336,149 @@ pub fn readable_org<'m>(
     Ok(node)
 }
 
-/// `progress.v1`: the node of `q.org` (default the cycle's root) with its
-/// children to `q.depth` levels (default 1).
+/// The node of `q.org` (default the cycle's root) with its children to
+/// `q.depth` levels (default 1), for a reader in process: at most
+/// [`MAX_NODES`] nodes ([`Limits::IN_PROCESS`]), with no byte budget.
 pub fn progress(
     model: &ProgressModel,
     q: &ProgressQuery,
     actor: &Actor,
     today: NaiveDate,
 ) -> Result<ProgressNode, Rejection> {
-    let cycle = cycle_info(model, q.cycle)?;
-    let node = readable_org(model, cycle, q.org, actor)?;
-    let mut budget = MAX_NODES.saturating_sub(1);
-    Ok(build(
-        model,
-        cycle,
-        node,
-        q.depth.unwrap_or(1),
-        today,
-        &mut budget,
-    ))
+    progress_within(model, q, None, actor, today, Limits::IN_PROCESS)
 }
 
-fn build(
+/// `progress.v1`: [`progress`] within one reply's [`Limits::REPLY`], the
+/// asked node's children starting after `q.after`.
+pub fn progress_page(
     model: &ProgressModel,
-    cycle: &CycleInfo,
-    org: &OrgNode,
-    depth: u32,
+    q: &ProgressPageQuery,
+    actor: &Actor,
     today: NaiveDate,
-    budget: &mut usize,
-) -> ProgressNode {
-    let mut node = node(model, cycle, org, today);
-    if depth == 0 {
-        return node;
-    }
-    for child in children(model, org) {
-        if *budget == 0 {
-            node.children_truncated = true;
-            break;
+) -> Result<ProgressNode, Rejection> {
+    progress_within(
+        model,
+        &q.subtree(),
+        q.after.as_deref(),
+        actor,
+        today,
+        Limits::REPLY,
+    )
+}
+
+/// The node of `q.org` with its children to `q.depth` levels, the asked
+/// node's own children only those whose code sorts after `after`, within
+/// `limits`. The tree is built depth first, by code; once a child does not
+/// fit, it and the children after it are left out and the parent is
+/// flagged `children_truncated`. The asked node always carries its first
+/// child, whatever the limits, so paging with `after` always advances.
+pub fn progress_within(
+    model: &ProgressModel,
+    q: &ProgressQuery,
+    after: Option<&str>,
+    actor: &Actor,
+    today: NaiveDate,
+    limits: Limits,
+) -> Result<ProgressNode, Rejection> {
+    let cycle = cycle_info(model, q.cycle)?;
+    let org = readable_org(model, cycle, q.org, actor)?;
+    let mut top = node(model, cycle, org, today);
+    let mut budget = Budget {
+        nodes: limits.nodes.saturating_sub(1),
+        bytes: limits.bytes.saturating_sub(encoded_len(&top)),
+    };
+    let tree = TreeBuilder {
+        model,
+        cycle,
+        today,
+    };
+    tree.fill(
+        &mut top,
+        org,
+        q.depth.unwrap_or(1),
+        after,
+        true,
+        &mut budget,
+    );
+    Ok(top)
+}
+
+/// What is left of an answer's [`Limits`].
+struct Budget {
+    nodes: usize,
+    bytes: usize,
+}
+
+/// What every node of one answer is built from.
+struct TreeBuilder<'m> {
+    model: &'m ProgressModel,
+    cycle: &'m CycleInfo,
+    today: NaiveDate,
+}
+
+impl TreeBuilder<'_> {
+    /// Adds `org`'s children (only those after `after`) to `parent`, to
+    /// `depth` levels, while `budget` lasts; `asked` is set for the asked
+    /// node, whose first child always comes.
+    fn fill(
+        &self,
+        parent: &mut ProgressNode,
+        org: &OrgNode,
+        depth: u32,
+        after: Option<&str>,
+        asked: bool,
+        budget: &mut Budget,
+    ) {
+        if depth == 0 {
+            return;
         }
-        *budget -= 1;
-        node.children
-            .push(build(model, cycle, child, depth - 1, today, budget));
+        let remaining = children(self.model, org)
+            .into_iter()
+            .filter(|c| after.is_none_or(|a| c.code.as_str() > a));
+        for child_org in remaining {
+            let forced = asked && parent.children.is_empty();
+            if !forced && budget.nodes == 0 {
+                parent.children_truncated = true;
+                return;
+            }
+            let mut child = node(self.model, self.cycle, child_org, self.today);
+            // One more byte for the comma between siblings.
+            let size = encoded_len(&child) + 1;
+            if !forced && size > budget.bytes {
+                parent.children_truncated = true;
+                return;
+            }
+            budget.nodes = budget.nodes.saturating_sub(1);
+            budget.bytes = budget.bytes.saturating_sub(size);
+            self.fill(&mut child, child_org, depth - 1, None, false, budget);
+            parent.children.push(child);
+        }
     }
-    node
+}
+
+/// The length of `node`'s JSON as it stands (children included, so call
+/// it on a node before its children are added).
+fn encoded_len(node: &ProgressNode) -> usize {
+    let mut count = ByteCount(0);
+    // Plain data structs always serialise; a failure would only undercount
+    // one node.
+    let _ = serde_json::to_writer(&mut count, node);
+    count.0
+}
+
+/// A writer that only counts what it is given, to measure JSON without
+/// keeping it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The current children of `org`, by code.

@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{NaiveDate, Utc};
 use gradeflow_eventstore::{AppendOutcome, InboxEntry, Store, StoreOptions};
-use gradeflow_progress::{report_csv, report_xlsx, touched, Progress, Report};
+use gradeflow_progress::queries::{progress, ProgressQuery, MAX_REPLY_BYTES};
+use gradeflow_progress::{assemble, report_csv, report_xlsx, touched, Progress, Report};
 use gradeflow_proto::commands::DecisionKind;
 use gradeflow_proto::events::{
     CycleOpened, DecisionRecorded, DossierAppraised, DossierReturned, Event, GradeDecided,
@@ -372,6 +373,52 @@ impl World {
             },
         )
         .await;
+    }
+
+    /// Registers one more org under `parent`.
+    async fn org(&self, code: &str, name: &str, tier: &str, parent: OrgId) -> OrgId {
+        let org = OrgId::new();
+        self.feed(
+            "registry",
+            &OrgRegistered {
+                org,
+                code: code.into(),
+                name: name.into(),
+                tier: Tier::new(tier),
+                parent: Some(parent),
+                province: None,
+            },
+        )
+        .await;
+        org
+    }
+
+    /// One `progress.v1` query by central, its answer or refusal.
+    async fn ask(&self, q: Value) -> Result<Value, Rejection> {
+        match self.send(&self.central(), "progress.v1", q).await {
+            CommandReply::Accepted { result, .. } => Ok(result),
+            CommandReply::Rejected(r) => Err(r),
+        }
+    }
+
+    /// The tree of `org` to `depth` as the model holds it, read in process
+    /// (no reply budget), by central.
+    async fn whole(&self, org: OrgId, depth: u32) -> Value {
+        let today = *self.today.lock().unwrap();
+        let q = ProgressQuery {
+            cycle: self.cycle,
+            org: Some(org),
+            depth: Some(depth),
+        };
+        let central = self.central();
+        let node = self
+            .progress
+            .engine()
+            .read(|m| progress(m, &q, &central, today))
+            .await
+            .unwrap()
+            .unwrap();
+        serde_json::to_value(node).unwrap()
     }
 
     fn set_today(&self, d: &str) {
@@ -1397,4 +1444,173 @@ async fn on_postgresql_the_tree_is_folded_and_rebuilt_the_same() {
         w.store.close().await;
     }
     db.drop_db().await.unwrap();
+}
+
+fn codes(node: &Value) -> Vec<String> {
+    node["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["code"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn truncated(node: &Value) -> bool {
+    node["children_truncated"] == json!(true)
+}
+
+fn node_count(node: &Value) -> usize {
+    1 + node["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(node_count)
+        .sum::<usize>()
+}
+
+#[tokio::test]
+async fn a_tree_over_the_reply_budget_comes_in_pages_that_join_into_the_whole_tree() {
+    let w = World::sqlite().await;
+    populated(&w).await;
+    // Three more provinces of 70 districts, each node about 3.5 KB (long
+    // names): ~750 KB at depth 2, over the 512 KiB a reply may carry.
+    let long = "Đảng bộ xã ".repeat(250);
+    let mut provinces = Vec::new();
+    for p in 1..=3 {
+        let code = format!("Q{p:02}");
+        let province = w.org(&code, &long, "province", w.root).await;
+        for d in 1..=70 {
+            w.org(&format!("{code}.D{d:02}"), &long, "district", province)
+                .await;
+        }
+        provinces.push(province);
+    }
+    let whole = w.whole(w.root, 2).await;
+    assert_eq!(node_count(&whole), 1 + 5 + 2 + 3 * 70);
+    assert!(serde_json::to_vec(&whole).unwrap().len() > MAX_REPLY_BYTES);
+
+    // One answer: cut, flagged at the root and where the cut fell, and
+    // within the budget.
+    let first = w.node(w.root, 2).await;
+    let size = serde_json::to_vec(&first).unwrap().len();
+    assert!(size <= MAX_REPLY_BYTES, "{size} bytes");
+    assert!(
+        size > MAX_REPLY_BYTES / 2,
+        "{size} bytes: the budget is used"
+    );
+    assert!(truncated(&first));
+    assert_eq!(codes(&first)[..3], ["P01", "P02", "Q01"]);
+    let children = first["children"].as_array().unwrap();
+    assert!(!truncated(&children[2]), "Q01 whole");
+    assert_eq!(codes(&children[2]).len(), 70);
+    let last = children.last().unwrap();
+    assert!(
+        truncated(last),
+        "the last province is cut: {}",
+        last["code"]
+    );
+    assert!(codes(last).len() < 70);
+    // Totals are the whole subtree's, whatever the children carried.
+    assert_eq!(first["totals"], whole["totals"]);
+
+    // The next page of the root: only children after the last one held,
+    // each with its own children to the levels left.
+    let after = last["code"].as_str().unwrap();
+    let page = w
+        .ok(
+            &w.central(),
+            "progress.v1",
+            json!({"cycle": w.cycle, "org": w.root, "depth": 2, "after": after}),
+        )
+        .await;
+    assert!(
+        !codes(&page).is_empty(),
+        "the first child after is always there"
+    );
+    assert!(codes(&page).iter().all(|c| c.as_str() > after));
+    assert_eq!(page["code"], "TW");
+    assert_eq!(page["totals"], whole["totals"]);
+
+    // Pages of the cut province complete it; joined, everything is there.
+    let mut province = last.clone();
+    while truncated(&province) {
+        let after = codes(&province).last().unwrap().clone();
+        let page = w
+            .ok(
+                &w.central(),
+                "progress.v1",
+                json!({"cycle": w.cycle, "org": province["org"], "depth": 1, "after": after}),
+            )
+            .await;
+        assert!(!codes(&page).is_empty());
+        let more = page["children"].as_array().unwrap().clone();
+        province["children"].as_array_mut().unwrap().extend(more);
+        province["children_truncated"] = page["children_truncated"].clone();
+    }
+    province
+        .as_object_mut()
+        .unwrap()
+        .remove("children_truncated");
+    let same = whole["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["code"] == province["code"])
+        .unwrap();
+    assert_eq!(&province, same);
+
+    // The assembler does all of that.
+    let sent = Mutex::new(0);
+    let assembled = assemble(json!({"cycle": w.cycle, "depth": 2}), |q| {
+        *sent.lock().unwrap() += 1;
+        w.ask(q)
+    })
+    .await
+    .unwrap();
+    assert_eq!(assembled, whole);
+    assert!(*sent.lock().unwrap() > 1);
+    assert_rollups(&assembled);
+
+    // A query naming another field is still refused.
+    let r = w
+        .refused(
+            &w.central(),
+            "progress.v1",
+            json!({"cycle": w.cycle, "before": "Q02"}),
+        )
+        .await;
+    assert_eq!(r.code, "invalid_input");
+}
+
+#[tokio::test]
+async fn the_asked_node_always_carries_its_first_child_even_past_the_budget() {
+    let w = World::sqlite().await;
+    // One cell whose node alone is larger than a reply's budget.
+    let huge = "Chi bộ ".repeat(MAX_REPLY_BYTES / 8 + 1);
+    let big = w.org("P02.D01.C02", &huge, "cell", w.d2).await;
+    let node = w.node(w.d2, 1).await;
+    assert_eq!(codes(&node), ["P02.D01.C01"]);
+    assert!(truncated(&node), "the big cell does not fit after C01");
+    let page = w
+        .ok(
+            &w.central(),
+            "progress.v1",
+            json!({"cycle": w.cycle, "org": w.d2, "depth": 1, "after": "P02.D01.C01"}),
+        )
+        .await;
+    assert_eq!(codes(&page), ["P02.D01.C02"], "forced in, alone");
+    assert_eq!(page["children"][0]["org"], json!(big));
+    assert!(!truncated(&page));
+    // From the top, the cut falls at the same place, two levels down: only
+    // P02.D01 is flagged, and the assembler asks for its page alone.
+    let top = w.node(w.root, 3).await;
+    assert_eq!(codes(&top), ["P01", "P02"]);
+    assert!(!truncated(&top));
+    let d2 = &top["children"][1]["children"][0];
+    assert_eq!(codes(d2), ["P02.D01.C01"]);
+    assert!(truncated(d2));
+    let tree = assemble(json!({"cycle": w.cycle, "depth": 3}), |q| w.ask(q))
+        .await
+        .unwrap();
+    assert_eq!(tree, w.whole(w.root, 3).await);
 }
