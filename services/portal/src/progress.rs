@@ -5,6 +5,11 @@
 //! progress of an org within its subtree; without `org`, the org of the
 //! caller's first grant.
 //!
+//! One `progress.v1` answer is one NATS message, so a large tree comes back
+//! cut into pages (`children_truncated`, then `after`); HTTP has no such
+//! limit, so both the node and the stream answer the whole tree, put
+//! together by [`gradeflow_progress::assemble`].
+//!
 //! The live stream (Server-Sent Events) polls `progress_version.v1` — the
 //! read model's position for the cycle, which moves on every event about
 //! it — every
@@ -21,6 +26,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::Stream;
+use gradeflow_progress::{assemble, AssembleError};
 use gradeflow_proto::{Actor, CycleId, OrgId};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -75,6 +81,27 @@ fn progress_query(cycle: CycleId, org: OrgId, depth: Option<u32>) -> Value {
     q
 }
 
+/// The whole tree `query` asks for: the `progress.v1` answer and, where it
+/// was cut, the pages of the rest.
+async fn whole_tree(
+    services: &Services,
+    actor: &Actor,
+    query: Value,
+    traceparent: Option<String>,
+) -> Result<Value, ApiError> {
+    assemble(query, |page| {
+        services.query("progress", "progress.v1", actor, page, traceparent.clone())
+    })
+    .await
+    .map_err(|e| match e {
+        AssembleError::Ask(e) => e,
+        other => {
+            tracing::error!(error = %other, "portal.progress.assemble_failed");
+            ApiError::internal("the progress tree's pages could not be put together")
+        }
+    })
+}
+
 /// `GET /api/v1/cycles/{cycle}/progress?org=&depth=` → the progress node
 /// `{org, code, tier, deadline, overdue, complete, totals, grades,
 /// quota_groups, children}`.
@@ -86,16 +113,13 @@ pub async fn node(
     authed: Authed,
 ) -> Result<Response, ApiError> {
     let (org, actor) = scope(&state, &authed.caller, params.org).await?;
-    let node = state
-        .services()
-        .query(
-            "progress",
-            "progress.v1",
-            &actor,
-            progress_query(cycle, org, params.depth),
-            authed.traceparent,
-        )
-        .await?;
+    let node = whole_tree(
+        state.services(),
+        &actor,
+        progress_query(cycle, org, params.depth),
+        authed.traceparent,
+    )
+    .await?;
     Ok(Json(node).into_response())
 }
 
@@ -114,10 +138,7 @@ pub async fn stream(
     let (org, actor) = scope(&state, &authed.caller, params.org).await?;
     let query = progress_query(cycle, org, params.depth);
     // Refuse an unknown cycle or org before the stream starts.
-    let first = state
-        .services()
-        .query("progress", "progress.v1", &actor, query.clone(), None)
-        .await?;
+    let first = whole_tree(state.services(), &actor, query.clone(), None).await?;
     let poller = Poller {
         services: state.services().clone(),
         actor,
@@ -206,16 +227,7 @@ impl Poller {
             if self.position.as_ref() == Some(&position) {
                 continue;
             }
-            let node = match self
-                .services
-                .query(
-                    "progress",
-                    "progress.v1",
-                    &self.actor,
-                    self.query.clone(),
-                    None,
-                )
-                .await
+            let node = match whole_tree(&self.services, &self.actor, self.query.clone(), None).await
             {
                 Ok(node) => node,
                 Err(e) => {

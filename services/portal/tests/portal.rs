@@ -526,7 +526,8 @@ async fn to_appraised(w: &World, submitter: &str, appraiser: &str, dossier: &str
 /// Reads Server-Sent Events from a streaming response.
 struct Events {
     resp: reqwest::Response,
-    buf: String,
+    /// Bytes, not text: a chunk may end inside a character.
+    buf: Vec<u8>,
 }
 
 impl Events {
@@ -534,8 +535,9 @@ impl Events {
     async fn next_progress(&mut self) -> Value {
         let started = Instant::now();
         loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let bytes: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let block = String::from_utf8(bytes).expect("events are UTF-8");
                 let mut event = "message";
                 let mut data = String::new();
                 for line in block.lines() {
@@ -560,7 +562,7 @@ impl Events {
                 .expect("an event in time")
                 .expect("the stream stays open")
                 .expect("the stream goes on");
-            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+            self.buf.extend_from_slice(&chunk);
         }
     }
 }
@@ -1042,7 +1044,7 @@ async fn every_call_answers_with_its_status_and_shape() -> anyhow::Result<()> {
         .starts_with("text/event-stream"));
     let mut events = Events {
         resp,
-        buf: String::new(),
+        buf: Vec::new(),
     };
     let first = events.next_progress().await;
     assert_eq!(first["org"], json!(t.district));
@@ -1758,6 +1760,84 @@ async fn the_callers_trace_reaches_the_events() -> anyhow::Result<()> {
         text.contains("portal_http_requests_total{route=\"/api/v1/dossiers/{id}/self-review\",status=\"200\"} 1"),
         "{text}"
     );
+    w.finish().await;
+    Ok(())
+}
+
+/// A progress tree larger than one NATS message (the progress service
+/// answers it in pages) comes back whole from `GET …/progress` and as the
+/// stream's first event: HTTP has no such limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_tree_larger_than_one_message_comes_back_whole() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let t = tree(&w).await;
+    // Four provinces of 80 districts, each node about 3.5 KB (long names):
+    // ~1.2 MB at depth 2, more than one NATS message may carry.
+    let long = "Đảng bộ xã ".repeat(250);
+    for p in 2..=5 {
+        let mut csv = format!("code,name,tier,parent_code\nP{p:02},{long},province,TW\n");
+        for d in 1..=80 {
+            csv.push_str(&format!("P{p:02}.D{d:02},{long},district,P{p:02}\n"));
+        }
+        let imported = w
+            .post_raw(
+                "/api/v1/orgs/import",
+                &t.central,
+                csv.as_bytes(),
+                "text/csv",
+            )
+            .await;
+        assert_eq!(imported.status, 201, "{}", imported.body);
+    }
+    fn nodes(n: &Value) -> usize {
+        assert!(n.get("children_truncated").is_none(), "{}", n["code"]);
+        1 + n["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(nodes)
+            .sum::<usize>()
+    }
+    // TW, P01, D01, and the four provinces with their districts.
+    let all = 3 + 4 * 81;
+    let path = format!("/api/v1/cycles/{}/progress?org={}&depth=2", t.cycle, t.root);
+    let whole = w
+        .get_until(&path, &t.central, |a| {
+            a.status == 200 && nodes(&a.body) == all
+        })
+        .await;
+    let max_payload = w.nats.server_info().max_payload;
+    assert!(
+        whole.bytes.len() > max_payload,
+        "{} bytes: more than one message of at most {max_payload} carries",
+        whole.bytes.len()
+    );
+    let codes: Vec<&str> = whole.body["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["P01", "P02", "P03", "P04", "P05"]);
+
+    let resp = w
+        .http
+        .get(format!(
+            "{}/api/v1/cycles/{}/progress/stream?org={}&depth=2",
+            w.url, t.cycle, t.root
+        ))
+        .bearer_auth(&t.central)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let mut events = Events {
+        resp,
+        buf: Vec::new(),
+    };
+    let first = events.next_progress().await;
+    assert_eq!(nodes(&first), all);
+    assert!(first == whole.body, "the stream's tree is the GET's");
+    w.state.end_streams();
     w.finish().await;
     Ok(())
 }

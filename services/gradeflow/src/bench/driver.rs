@@ -229,21 +229,28 @@ impl Driver {
         }
     }
 
-    /// `progress.v1` of the cycle's root to `depth` levels (the portal's
-    /// `GET /api/v1/cycles/{cycle}/progress`).
+    /// The whole progress tree of the cycle's root to `depth` levels (the
+    /// portal's `GET /api/v1/cycles/{cycle}/progress`). Over NATS, a tree
+    /// too large for one answer comes in pages, which
+    /// [`gradeflow_progress::assemble`] asks for and puts together.
     pub async fn progress(&self, cycle: &str, depth: u32) -> anyhow::Result<Value> {
         match &self.inner {
-            Inner::Nats(c) => c
-                .call(
-                    "progress",
-                    "progress.v1",
-                    &self.actor,
-                    serde_json::json!({"cycle": cycle, "depth": depth}),
-                    CommandId::new(),
-                    None,
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("progress.v1: {e}")),
+            Inner::Nats(c) => {
+                let query = serde_json::json!({"cycle": cycle, "depth": depth});
+                let ask = |page| {
+                    c.call(
+                        "progress",
+                        "progress.v1",
+                        &self.actor,
+                        page,
+                        CommandId::new(),
+                        None,
+                    )
+                };
+                gradeflow_progress::assemble(query, ask)
+                    .await
+                    .context("progress.v1: the whole tree")
+            }
             Inner::Http { http, base, token } => {
                 let url = format!("{base}/api/v1/cycles/{cycle}/progress?depth={depth}");
                 let resp = http
