@@ -107,6 +107,13 @@ pub enum AuditError {
         /// What went wrong.
         detail: String,
     },
+    /// A check running on a task of its own was cancelled before it
+    /// finished (the runtime is shutting down).
+    #[error("the {what} check was cancelled before it finished")]
+    Interrupted {
+        /// The store or check.
+        what: String,
+    },
     /// The cycle asked for is not in the stores (at the time asked).
     #[error("no review cycle {0} in the stores")]
     UnknownCycle(CycleId),

@@ -22,10 +22,13 @@
 //! store's chain rewritten after it) passes 1, fails 2 on its signature, and
 //! differs from the stream in 3.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use gradeflow_approval_server::{audit_record, verify_chain};
-use gradeflow_eventstore::Store;
+use gradeflow_approval_server::record::TrustedKey;
+use gradeflow_approval_server::{audit_record, verify_chain, ChainReport};
+use gradeflow_eventstore::{Store, StoreError, StoredEvent};
 use gradeflow_proto::events::{DecisionLogRecord, Event, GradeDecided, GradeRevised};
 use serde::Serialize;
 
@@ -177,44 +180,17 @@ async fn verify_open(
     sources: &Sources,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport, AuditError> {
-    let (mut report, log) = verify_stores(stores, keys).await?;
-    if !opts.stream {
-        return Ok(report.finish());
+    let stream = opts.stream.then_some(StreamCheck {
+        sources,
+        wait: opts.stream_wait,
+    });
+    let checked = check(stores, keys, stream.as_ref()).await?;
+    let mut report = checked.report;
+    if let Some(compared) = checked.stream {
+        let (summary, comparison) = compared?;
+        report.stream = Some(summary);
+        report.problems.extend(comparison.problems);
     }
-    let url = &sources.config.nats_url;
-    let client = sources
-        .config
-        .connect_nats()
-        .await
-        .map_err(|source| AuditError::Nats {
-            url: url.clone(),
-            source,
-        })?;
-    let approval = stores.require(APPROVAL)?;
-    let deadline = tokio::time::Instant::now() + opts.stream_wait;
-    let (summary, comparison) = loop {
-        let audit = stream::read(&client, &sources.config.names).await?;
-        let relay = approval
-            .outbox_position(AUDIT_RELAY)
-            .await
-            .map_err(AuditError::read(APPROVAL))?;
-        let comparison = stream::compare(&log, &audit, relay);
-        // Records past the relay's position may be on their way: give a
-        // live deployment's relay a moment before calling them missing.
-        if comparison.pending && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            continue;
-        }
-        let summary = StreamSummary {
-            stream: audit.name.clone(),
-            messages: audit.entries.len() as u64,
-            records: comparison.records,
-            relay_position: relay,
-        };
-        break (summary, comparison);
-    };
-    report.stream = Some(summary);
-    report.problems.extend(comparison.problems);
     Ok(report.finish())
 }
 
@@ -225,6 +201,79 @@ pub async fn verify_stores(
     stores: &Stores,
     keys: &Keys,
 ) -> Result<(VerifyReport, Vec<(i64, DecisionLogRecord)>), AuditError> {
+    let checked = check(stores, keys, None).await?;
+    Ok((checked.report, checked.log))
+}
+
+/// Check 3, when asked for: where to read the stream, and how long to wait
+/// for records not mirrored yet.
+struct StreamCheck<'a> {
+    sources: &'a Sources,
+    wait: Duration,
+}
+
+/// What [`check`] found: the report of checks 1 and 2, the log, and the
+/// outcome of check 3 when it ran.
+struct Checked {
+    report: VerifyReport,
+    log: Vec<(i64, DecisionLogRecord)>,
+    stream: Option<Result<(StreamSummary, stream::Comparison), AuditError>>,
+}
+
+/// One store's chain and its head row.
+type Chain = (gradeflow_eventstore::VerifyReport, Option<(i64, String)>);
+
+/// Checks 1 and 2, and 3 with `stream`.
+///
+/// The work is spread so that every core (and the database) stays busy:
+/// every store but approval has its chain walked on a task of its own; the
+/// approval store is read once, its chain verified and its decision log
+/// rebuilt from the same rows, the records' hashes and Ed25519 signatures
+/// checked in chunks on blocking threads as they are rebuilt
+/// ([`LogChecks`]); once the log is complete it is compared with the stream
+/// (read only then, as before, so every record the log names was committed
+/// before the stream was read) while the other chains go on. Problems and
+/// errors come in the order they always came in: the stores' in
+/// [`ALL_SERVICES`] order, then the decision log's, then the stream's.
+async fn check(
+    stores: &Stores,
+    keys: &Keys,
+    stream: Option<&StreamCheck<'_>>,
+) -> Result<Checked, AuditError> {
+    let approval = stores.require(APPROVAL)?;
+    let mut others: Vec<(&str, tokio::task::JoinHandle<Result<Chain, StoreError>>)> = ALL_SERVICES
+        .iter()
+        .filter(|service| **service != APPROVAL)
+        .filter_map(|service| {
+            let store = stores.get(service)?.clone();
+            let walk = async move {
+                let chain = store.verify().await?;
+                let head = store.head().await?;
+                Ok((chain, head))
+            };
+            Some((*service, tokio::spawn(walk)))
+        })
+        .collect();
+
+    let checks = LogChecks::new(keys.trusted.clone(), CHECK_CHUNK);
+    let (mut approval_chain, log, checks) = match approval_pass(approval, checks).await {
+        Ok((chain, log, checks)) => (Some(Ok(chain)), Some(log), Some(checks)),
+        Err(e) => (Some(Err(e)), None, None),
+    };
+    let (signatures, compared) = match (&log, checks) {
+        (Some(log), Some(checks)) => {
+            let compared = async {
+                match stream {
+                    Some(s) => Some(compare_stream(s, approval, &log.log).await),
+                    None => None,
+                }
+            };
+            let (signatures, compared) = tokio::join!(checks.finish(), compared);
+            (Some(signatures?), compared)
+        }
+        _ => (None, None),
+    };
+
     let mut report = VerifyReport {
         ok: false,
         source: "stores".to_owned(),
@@ -236,21 +285,19 @@ pub async fn verify_stores(
         stream: None,
         problems: Vec::new(),
     };
-    // Every store's chain, and the decision log rebuilt from the approval
-    // store, read at once: each is one sequential pass over its store, and
-    // the passes wait on different files (or on the database server).
-    let chains = futures::future::join_all(ALL_SERVICES.iter().filter_map(|service| {
-        let store = stores.get(service)?;
-        Some(async move {
-            let chain = store.verify().await.map_err(AuditError::read(service))?;
-            let head = store.head().await.map_err(AuditError::read(service))?;
-            Ok::<_, AuditError>((*service, chain, head))
-        })
-    }));
-    let approval = stores.require(APPROVAL)?;
-    let (chains, log) = tokio::join!(chains, decision_log(approval));
-    for checked in chains {
-        let (service, chain, head) = checked?;
+    for service in ALL_SERVICES {
+        let (chain, head) = if service == APPROVAL {
+            match approval_chain.take() {
+                Some(chain) => chain?,
+                None => continue,
+            }
+        } else {
+            let Some(i) = others.iter().position(|(s, _)| *s == service) else {
+                continue;
+            };
+            let (_, walk) = others.swap_remove(i);
+            joined(walk.await, service)?.map_err(AuditError::read(service))?
+        };
         if let Some((position, problem)) = &chain.first_broken {
             report.problems.push(
                 Problem::new(Check::Store, problem.clone())
@@ -266,12 +313,9 @@ pub async fn verify_stores(
             ok: chain.is_ok(),
         });
     }
-    let (log, problems) = log?;
+    // A failed approval pass returned above, so the log is there.
+    let DecisionLog { log, problems } = log.unwrap_or_default();
     report.problems.extend(problems);
-    let records: Vec<DecisionLogRecord> = log.iter().map(|(_, r)| r.clone()).collect();
-    // CPU-bound (a hash and a signature check per record) but the audit
-    // runs nothing else meanwhile, so it stays on this task.
-    let chain = verify_chain(&records, &keys.trusted);
     if keys.missing && !log.is_empty() {
         report.problems.push(Problem::new(
             Check::DecisionLog,
@@ -281,20 +325,282 @@ pub async fn verify_stores(
             ),
         ));
     }
-    for p in chain.problems {
-        let position = log
-            .iter()
-            .find(|(_, r)| r.seq == p.seq)
-            .map(|(position, _)| *position);
-        let mut problem = Problem::new(Check::DecisionLog, p.problem)
-            .in_store(APPROVAL)
-            .record(p.seq);
-        problem.position = position;
-        report.problems.push(problem);
+    if let Some(chain) = signatures {
+        for p in chain.problems {
+            let position = log
+                .iter()
+                .find(|(_, r)| r.seq == p.seq)
+                .map(|(position, _)| *position);
+            let mut problem = Problem::new(Check::DecisionLog, p.problem)
+                .in_store(APPROVAL)
+                .record(p.seq);
+            problem.position = position;
+            report.problems.push(problem);
+        }
+        report.records = chain.records;
+        report.head = chain.head;
     }
-    report.records = chain.records;
-    report.head = chain.head;
-    Ok((report, log))
+    Ok(Checked {
+        report,
+        log,
+        stream: compared,
+    })
+}
+
+/// The decision log rebuilt from the approval store, with the events that
+/// did not rebuild (see [`decision_log`]).
+#[derive(Debug, Default)]
+struct DecisionLog {
+    log: Vec<(i64, DecisionLogRecord)>,
+    problems: Vec<Problem>,
+}
+
+/// Rebuilds the decision log from the approval store's events, fed in store
+/// order: the one definition behind [`decision_log`] and the single pass
+/// `verify` makes over the approval store.
+#[derive(Debug, Default)]
+struct LogBuilder {
+    log: DecisionLog,
+    /// Rows that do not read back: position and why.
+    unreadable: Vec<(i64, String)>,
+}
+
+impl LogBuilder {
+    /// The next event of the store; the record it rebuilt into, if it is
+    /// one.
+    fn event(&mut self, event: &StoredEvent) -> Option<&DecisionLogRecord> {
+        if !is_own(APPROVAL, event)
+            || !(event.kind == GradeDecided::KIND || event.kind == GradeRevised::KIND)
+        {
+            return None;
+        }
+        match audit_record(event) {
+            Some(record) => {
+                self.log.log.push((event.position, record));
+                self.log.log.last().map(|(_, record)| record)
+            }
+            None => {
+                self.log.problems.push(
+                    Problem::new(
+                        Check::DecisionLog,
+                        format!(
+                            "the {} event's payload is not a decision-log record",
+                            event.kind
+                        ),
+                    )
+                    .in_store(APPROVAL)
+                    .at(event.position),
+                );
+                None
+            }
+        }
+    }
+
+    /// The log, and its problems: the events that do not rebuild, then the
+    /// rows that do not read back.
+    fn finish(mut self) -> DecisionLog {
+        for (position, why) in self.unreadable {
+            self.log.problems.push(
+                Problem::new(
+                    Check::DecisionLog,
+                    format!("the event does not read back, so its record (if any) is lost: {why}"),
+                )
+                .in_store(APPROVAL)
+                .at(position),
+            );
+        }
+        self.log
+    }
+}
+
+/// The approval store read once: its chain verified
+/// ([`Store::verify_with_events`]) and the decision log rebuilt from the
+/// same rows, each row decoded as [`decision_log`]'s reader decodes it (a
+/// row that does not read back is set aside with why, and the pass goes
+/// on). Each record is handed to `checks` as it is rebuilt.
+async fn approval_pass(
+    approval: &Store,
+    checks: LogChecks,
+) -> Result<(Chain, DecisionLog, LogChecks), AuditError> {
+    let mut builder = LogBuilder::default();
+    let mut checks = checks;
+    let mut failed = None;
+    let chain = approval
+        .verify_with_events(|read| match read {
+            Ok(event) => {
+                if let Some(record) = builder.event(&event) {
+                    checks.push(record.clone());
+                }
+            }
+            Err(StoreError::Corrupt { position, problem }) if position > 0 => {
+                builder.unreadable.push((position, problem));
+            }
+            // What the reader would fail on; kept to fail the same way.
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        })
+        .await
+        .map_err(AuditError::read(APPROVAL))?;
+    if let Some(e) = failed {
+        return Err(AuditError::read(APPROVAL)(e));
+    }
+    let head = approval.head().await.map_err(AuditError::read(APPROVAL))?;
+    Ok(((chain, head), builder.finish(), checks))
+}
+
+/// Records per chunk of the decision log checked on a blocking thread.
+const CHECK_CHUNK: usize = 1_000;
+
+/// The decision log's chain ([`verify_chain`]: seq, links, hashes,
+/// Ed25519 signatures, key owners) checked in chunks on blocking threads
+/// while the approval store is still being read, so the signature checks —
+/// the costliest part of `verify` — run beside the reads and, at the end,
+/// on every core.
+///
+/// Exactly the answer of one `verify_chain` over the whole log: a chunk is
+/// checked with the record before it as its first record (its *primer*).
+/// `verify_chain` judges each record against the record before it only
+/// (seq one more, `prev_hash` its hash), so every record of the chunk is
+/// judged as in one pass. The primer itself is judged as a first record;
+/// its problems come first in the chunk's report (problems are in log
+/// order) and are exactly those of checking it alone, so that many are
+/// dropped. Chunks' problems are then concatenated in log order.
+struct LogChecks {
+    trusted: Arc<BTreeMap<String, TrustedKey>>,
+    chunk_size: usize,
+    /// The chunk being filled: the primer (if any), then its records.
+    chunk: Vec<DecisionLogRecord>,
+    primed: bool,
+    records: u64,
+    running: Vec<tokio::task::JoinHandle<ChainReport>>,
+}
+
+impl LogChecks {
+    fn new(trusted: BTreeMap<String, TrustedKey>, chunk_size: usize) -> Self {
+        Self {
+            trusted: Arc::new(trusted),
+            chunk_size: chunk_size.max(1),
+            chunk: Vec::new(),
+            primed: false,
+            records: 0,
+            running: Vec::new(),
+        }
+    }
+
+    /// The next record of the log.
+    fn push(&mut self, record: DecisionLogRecord) {
+        self.chunk.push(record);
+        self.records += 1;
+        if self.chunk.len() - usize::from(self.primed) >= self.chunk_size {
+            self.flush();
+        }
+    }
+
+    /// Starts checking the chunk filled so far; its last record primes the
+    /// next one.
+    fn flush(&mut self) {
+        // Nothing new: empty, or only the primer.
+        if self.chunk.len() <= usize::from(self.primed) {
+            return;
+        }
+        let Some(last) = self.chunk.last().cloned() else {
+            return;
+        };
+        let chunk = std::mem::replace(&mut self.chunk, vec![last]);
+        let primed = std::mem::replace(&mut self.primed, true);
+        let trusted = self.trusted.clone();
+        self.running.push(tokio::task::spawn_blocking(move || {
+            check_chunk(&chunk, primed, &trusted)
+        }));
+    }
+
+    /// Waits for every chunk and puts their answers together.
+    async fn finish(mut self) -> Result<ChainReport, AuditError> {
+        self.flush();
+        let mut problems = Vec::new();
+        let mut head = gradeflow_approval_server::record::GENESIS_HASH.to_owned();
+        for running in self.running {
+            let chunk = joined(running.await, "decision log")?;
+            problems.extend(chunk.problems);
+            head = chunk.head;
+        }
+        Ok(ChainReport {
+            ok: problems.is_empty(),
+            records: self.records,
+            head,
+            problems,
+        })
+    }
+}
+
+/// [`verify_chain`] over `chunk`; when `primed`, its first record is the
+/// primer and its own problems are left out (see [`LogChecks`]).
+fn check_chunk(
+    chunk: &[DecisionLogRecord],
+    primed: bool,
+    trusted: &BTreeMap<String, TrustedKey>,
+) -> ChainReport {
+    let mut report = verify_chain(chunk, trusted);
+    if primed {
+        let primer = verify_chain(chunk.get(..1).unwrap_or_default(), trusted);
+        let own = primer.problems.len().min(report.problems.len());
+        report.problems.drain(..own);
+        report.records = report.records.saturating_sub(1);
+    }
+    report
+}
+
+/// Check 3: the log against the stream, re-read while records past the
+/// relay's position are not mirrored yet and `check.wait` allows.
+async fn compare_stream(
+    check: &StreamCheck<'_>,
+    approval: &Store,
+    log: &[(i64, DecisionLogRecord)],
+) -> Result<(StreamSummary, stream::Comparison), AuditError> {
+    let config = &check.sources.config;
+    let client = config
+        .connect_nats()
+        .await
+        .map_err(|source| AuditError::Nats {
+            url: config.nats_url.clone(),
+            source,
+        })?;
+    let deadline = tokio::time::Instant::now() + check.wait;
+    loop {
+        let audit = stream::read(&client, &config.names).await?;
+        let relay = approval
+            .outbox_position(AUDIT_RELAY)
+            .await
+            .map_err(AuditError::read(APPROVAL))?;
+        let comparison = stream::compare(log, &audit, relay);
+        // Records past the relay's position may be on their way: give a
+        // live deployment's relay a moment before calling them missing.
+        if comparison.pending && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        let summary = StreamSummary {
+            stream: audit.name.clone(),
+            messages: audit.entries.len() as u64,
+            records: comparison.records,
+            relay_position: relay,
+        };
+        return Ok((summary, comparison));
+    }
+}
+
+/// The outcome of a task of `what`: a panic goes on unwinding here, as if
+/// the work had run inline; a task cancelled (the runtime shutting down)
+/// is an error.
+fn joined<T>(outcome: Result<T, tokio::task::JoinError>, what: &str) -> Result<T, AuditError> {
+    match outcome {
+        Ok(value) => Ok(value),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(AuditError::Interrupted {
+            what: what.to_owned(),
+        }),
+    }
 }
 
 /// The decision log as the approval store holds it: each own
@@ -303,39 +609,154 @@ pub async fn verify_stores(
 pub async fn decision_log(
     approval: &Store,
 ) -> Result<(Vec<(i64, DecisionLogRecord)>, Vec<Problem>), AuditError> {
-    let mut log = Vec::new();
-    let mut problems = Vec::new();
+    let mut builder = LogBuilder::default();
     let mut reader = Reader::new(APPROVAL, approval, None);
     while let Some(event) = reader.next().await? {
-        if !is_own(APPROVAL, &event)
-            || !(event.kind == GradeDecided::KIND || event.kind == GradeRevised::KIND)
-        {
-            continue;
-        }
-        match audit_record(&event) {
-            Some(record) => log.push((event.position, record)),
-            None => problems.push(
-                Problem::new(
-                    Check::DecisionLog,
-                    format!(
-                        "the {} event's payload is not a decision-log record",
-                        event.kind
-                    ),
-                )
-                .in_store(APPROVAL)
-                .at(event.position),
-            ),
-        }
+        builder.event(&event);
     }
-    for (position, why) in reader.unreadable {
-        problems.push(
-            Problem::new(
-                Check::DecisionLog,
-                format!("the event does not read back, so its record (if any) is lost: {why}"),
-            )
-            .in_store(APPROVAL)
-            .at(position),
-        );
-    }
+    builder.unreadable = reader.unreadable;
+    let DecisionLog { log, problems } = builder.finish();
     Ok((log, problems))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use base64::Engine as _;
+    use chrono::{DateTime, Utc};
+    use ed25519_dalek::{Signer, SigningKey};
+    use gradeflow_approval_server::record::{record_hash, signing_message, GENESIS_HASH};
+    use gradeflow_proto::{CycleId, DecisionId, DossierId, Grade, OrgId, SubjectId};
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn org(n: u128) -> OrgId {
+        OrgId(Uuid::from_u128(n))
+    }
+
+    fn unsealed(seq: u64) -> DecisionLogRecord {
+        DecisionLogRecord {
+            seq,
+            decision: DecisionId(Uuid::from_u128(u128::from(seq))),
+            number: format!("{seq}-QĐ/HU"),
+            cycle: CycleId(Uuid::from_u128(2)),
+            dossier: DossierId(Uuid::from_u128(1_000 + u128::from(seq))),
+            subject: SubjectId(Uuid::from_u128(4)),
+            grade: Grade::Good,
+            authority: org(5),
+            actor: "tran.thi.b".into(),
+            at: DateTime::parse_from_rfc3339("2026-12-10T08:30:00.5Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            supersedes: None,
+            reason: None,
+            override_reason: None,
+            prev_hash: String::new(),
+            hash: String::new(),
+            signature: String::new(),
+            key_id: "key-a".into(),
+        }
+    }
+
+    fn seal(mut r: DecisionLogRecord, key: &SigningKey) -> DecisionLogRecord {
+        r.hash = record_hash(&r);
+        let message = signing_message(&r.hash).unwrap();
+        r.signature = BASE64.encode(key.sign(&message).to_bytes());
+        r
+    }
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    /// A sound log of `n` records, each linked to the one before.
+    fn log(n: u64) -> Vec<DecisionLogRecord> {
+        let mut out: Vec<DecisionLogRecord> = Vec::new();
+        for seq in 1..=n {
+            let mut r = unsealed(seq);
+            r.prev_hash = out
+                .last()
+                .map_or(GENESIS_HASH.to_owned(), |p| p.hash.clone());
+            out.push(seal(r, &key(7)));
+        }
+        out
+    }
+
+    fn trusted() -> BTreeMap<String, TrustedKey> {
+        BTreeMap::from([
+            (
+                "key-a".to_owned(),
+                TrustedKey {
+                    key: key(7).verifying_key(),
+                    org: Some(org(5)),
+                },
+            ),
+            (
+                "key-b".to_owned(),
+                TrustedKey {
+                    key: key(8).verifying_key(),
+                    org: Some(org(6)),
+                },
+            ),
+        ])
+    }
+
+    /// Every kind of damage, at record `at` (an index) of a sound log.
+    fn damaged(n: u64, at: usize) -> Vec<(String, Vec<DecisionLogRecord>)> {
+        let sound = log(n);
+        let mut out = vec![("sound".to_owned(), sound.clone())];
+        let mut edit = |what: &str, change: &dyn Fn(&mut Vec<DecisionLogRecord>)| {
+            let mut records = sound.clone();
+            change(&mut records);
+            out.push((format!("{what} at {at}"), records));
+        };
+        edit("regraded, hash recomputed", &|r| {
+            r[at].grade = Grade::Excellent;
+            r[at].hash = record_hash(&r[at]);
+        });
+        edit("removed", &|r| {
+            r.remove(at);
+        });
+        edit("repeated", &|r| {
+            let copy = r[at].clone();
+            r.insert(at, copy);
+        });
+        edit("link broken", &|r| r[at].prev_hash = "1".repeat(64));
+        edit("unknown key", &|r| r[at].key_id = "key-z".into());
+        edit("key of another authority", &|r| {
+            r[at].key_id = "key-b".into();
+            r[at] = seal(r[at].clone(), &key(8));
+        });
+        edit("hash not hex", &|r| r[at].hash = "not hex".into());
+        out
+    }
+
+    #[tokio::test]
+    async fn checking_the_log_in_chunks_finds_what_one_pass_finds() {
+        // Chunks of 1, 2 and 3 over 4 records put every record of every
+        // damaged log at a chunk's start, middle and end. (Few records:
+        // signature checks are slow in a debug build.)
+        let n = 4;
+        for at in 0..n as usize {
+            for (what, records) in damaged(n, at) {
+                let whole = verify_chain(&records, &trusted());
+                for chunk_size in [1, 2, 3] {
+                    let mut checks = LogChecks::new(trusted(), chunk_size);
+                    for r in &records {
+                        checks.push(r.clone());
+                    }
+                    let chunked = checks.finish().await.unwrap();
+                    assert_eq!(chunked, whole, "{what}, chunks of {chunk_size}");
+                }
+            }
+        }
+        // Not vacuous: the damage is found.
+        let (_, regraded) = damaged(n, 2).swap_remove(1);
+        assert!(!verify_chain(&regraded, &trusted()).ok);
+        let empty = LogChecks::new(trusted(), 3).finish().await.unwrap();
+        assert_eq!(empty, verify_chain(&[], &trusted()));
+    }
 }

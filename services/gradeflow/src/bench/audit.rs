@@ -14,9 +14,10 @@
 //!   workflow stores read in merged order, their own events folded into the
 //!   progress model, then the tree; its rate counts rows read.
 //!
-//! The raw side reads the same rows (position, payload, metadata) in pages
-//! and hashes them, nothing else; it runs before and after the figures and
-//! the faster run counts, so a cold cache does not flatter either side.
+//! The raw side reads the same rows in pages — every column the chain hash
+//! covers, the ten a chain verify reads — and computes one SHA-256 per row
+//! over them, nothing else; it runs before and after the figures and the
+//! faster run counts, so a cold cache does not flatter either side.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -64,7 +64,67 @@ fn write_canonical(value: &Value, out: &mut String) {
 }
 
 fn write_string(s: &str, out: &mut String) {
-    out.push_str(&Value::String(s.to_owned()).to_string());
+    put_json_string(s, out);
+}
+
+/// Where a canonical text goes: a `String`, or straight into a SHA-256
+/// hasher (the chain hashes the record without building it first). Both
+/// receive the same pieces in the same order, so the bytes hashed are the
+/// bytes of the record's text.
+trait Sink {
+    fn put(&mut self, s: &str);
+}
+
+impl Sink for String {
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+}
+
+impl Sink for Sha256 {
+    fn put(&mut self, s: &str) {
+        self.update(s.as_bytes());
+    }
+}
+
+/// `s` as a JSON string, exactly as `serde_json` prints it. `serde_json`
+/// escapes only `"`, `\` and the control characters below U+0020 (not
+/// DEL, not non-ASCII); a string with none of them is printed verbatim
+/// between quotes, which is the common case (ids, kinds, timestamps) and
+/// needs no allocation. Anything else goes through `serde_json` itself.
+fn put_json_string(s: &str, out: &mut impl Sink) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.put("\"");
+        out.put(s);
+        out.put("\"");
+    } else {
+        out.put(&Value::String(s.to_owned()).to_string());
+    }
+}
+
+/// `n` in decimal, as `i64::to_string` prints it, without allocating.
+fn put_integer(n: i64, out: &mut impl Sink) {
+    // 19 digits and a sign hold every i64.
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        // `rest % 10` is below 10, so the cast cannot truncate.
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    // Only ASCII digits and '-' were written.
+    if let Ok(text) = std::str::from_utf8(&buf[at..]) {
+        out.put(text);
+    }
 }
 
 /// The fields of one event that the hash covers, as stored (for
@@ -89,36 +149,52 @@ pub struct HashedFields<'a> {
     pub recorded_at: &'a str,
 }
 
-/// The canonical record of one event (keys in sorted order, stored texts
-/// spliced in verbatim).
+/// The canonical record of one event as text (keys in sorted order, stored
+/// texts spliced in verbatim). The product hashes it in place
+/// ([`chain_digest`]); the tests hold the two equal.
+#[cfg(test)]
 pub(crate) fn canonical_record(f: &HashedFields<'_>) -> String {
     let mut out = String::with_capacity(f.payload.len() + f.metadata.len() + 256);
-    out.push_str("{\"event_id\":");
-    write_string(f.event_id, &mut out);
-    out.push_str(",\"kind\":");
-    write_string(f.kind, &mut out);
-    out.push_str(",\"metadata\":");
-    out.push_str(f.metadata);
-    out.push_str(",\"payload\":");
-    out.push_str(f.payload);
-    out.push_str(",\"position\":");
-    out.push_str(&f.position.to_string());
-    out.push_str(",\"recorded_at\":");
-    write_string(f.recorded_at, &mut out);
-    out.push_str(",\"stream\":");
-    write_string(f.stream, &mut out);
-    out.push_str(",\"version\":");
-    out.push_str(&f.version.to_string());
-    out.push('}');
+    write_record(f, &mut out);
     out
+}
+
+/// Writes the canonical record of `f` into `out`, piece by piece: the one
+/// definition behind both `canonical_record` (the text) and
+/// [`chain_digest`] (its hash).
+fn write_record(f: &HashedFields<'_>, out: &mut impl Sink) {
+    out.put("{\"event_id\":");
+    put_json_string(f.event_id, out);
+    out.put(",\"kind\":");
+    put_json_string(f.kind, out);
+    out.put(",\"metadata\":");
+    out.put(f.metadata);
+    out.put(",\"payload\":");
+    out.put(f.payload);
+    out.put(",\"position\":");
+    put_integer(f.position, out);
+    out.put(",\"recorded_at\":");
+    put_json_string(f.recorded_at, out);
+    out.put(",\"stream\":");
+    put_json_string(f.stream, out);
+    out.put(",\"version\":");
+    put_integer(f.version, out);
+    out.put("}");
+}
+
+/// SHA-256 of `prev_hash || canonical_record`, as raw bytes. The record is
+/// fed to the hasher as it is written, never built as a `String`: this is
+/// what [`Store::verify`](crate::Store::verify) runs once per event.
+pub(crate) fn chain_digest(prev_hash: &str, f: &HashedFields<'_>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    write_record(f, &mut h);
+    h.finalize().into()
 }
 
 /// `sha256_hex(prev_hash || canonical_record)`.
 pub fn chain_hash(prev_hash: &str, f: &HashedFields<'_>) -> String {
-    let mut h = Sha256::new();
-    h.update(prev_hash.as_bytes());
-    h.update(canonical_record(f).as_bytes());
-    hex::encode(h.finalize())
+    hex::encode(chain_digest(prev_hash, f))
 }
 
 /// The metadata text the writer stores (and hashes) for `metadata`: the
@@ -220,6 +296,115 @@ mod tests {
         h.update(GENESIS_HASH.as_bytes());
         h.update(canonical_json(&whole).as_bytes());
         assert_eq!(chain_hash(GENESIS_HASH, &f), hex::encode(h.finalize()));
+    }
+
+    /// Fields whose texts exercise every branch of the record writer:
+    /// strings that need escaping and strings that do not, integers at the
+    /// ends of their range.
+    fn awkward_fields() -> Vec<(String, String, String, String, String, i64, i64)> {
+        let payload = canonical_json(&json!({"z": "tab\there", "a": [1, -2.5, null]}));
+        let metadata = canonical_json(&json!({"service": "s", "actor": {"sub": "u\u{1}"}}));
+        let plain = |s: &str| s.to_owned();
+        vec![
+            (
+                plain("dossier-1"),
+                plain("0190a7c4-0000-7000-8000-000000000000"),
+                plain("grade_decided.v1"),
+                payload.clone(),
+                metadata.clone(),
+                1,
+                1,
+            ),
+            (
+                plain("quote\" backslash\\ nl\n cr\r nul\u{0} us\u{1f} del\u{7f}"),
+                plain("Quyết định \u{2028} ✓"),
+                plain("k\u{8}\u{c}"),
+                payload,
+                metadata,
+                i64::MAX,
+                i64::MIN,
+            ),
+            (
+                plain(""),
+                plain(""),
+                plain(""),
+                plain("{}"),
+                plain("{}"),
+                0,
+                -1,
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_record_hashed_in_place_is_the_record_text_hashed() {
+        for (stream, event_id, kind, payload, metadata, position, version) in awkward_fields() {
+            let f = HashedFields {
+                position,
+                stream: &stream,
+                version,
+                event_id: &event_id,
+                kind: &kind,
+                payload: &payload,
+                metadata: &metadata,
+                recorded_at: "2025-01-02T03:04:05.000006Z",
+            };
+            // The text: the canonical JSON of the whole record.
+            let whole = json!({
+                "event_id": event_id, "kind": kind,
+                "metadata": serde_json::from_str::<Value>(&metadata).unwrap(),
+                "payload": serde_json::from_str::<Value>(&payload).unwrap(),
+                "position": position, "recorded_at": "2025-01-02T03:04:05.000006Z",
+                "stream": stream, "version": version,
+            });
+            assert_eq!(canonical_record(&f), canonical_json(&whole));
+            // The digest fed piece by piece equals the digest of that text.
+            for prev in [GENESIS_HASH, "ab".repeat(32).as_str()] {
+                let mut h = Sha256::new();
+                h.update(prev.as_bytes());
+                h.update(canonical_record(&f).as_bytes());
+                let text_digest: [u8; 32] = h.finalize().into();
+                assert_eq!(chain_digest(prev, &f), text_digest);
+                assert_eq!(chain_hash(prev, &f), hex::encode(text_digest));
+            }
+        }
+    }
+
+    #[test]
+    fn strings_and_integers_print_as_serde_json_prints_them() {
+        let mut samples: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+        samples.extend(
+            [
+                "",
+                "plain",
+                "a\"b",
+                "a\\b",
+                "\u{e9}\u{2028}\u{10ffff}",
+                "x\u{1f}y\u{7f}",
+            ]
+            .map(str::to_owned),
+        );
+        for s in samples {
+            let mut out = String::new();
+            put_json_string(&s, &mut out);
+            assert_eq!(out, Value::String(s.clone()).to_string(), "{s:?}");
+        }
+        for n in [
+            0,
+            1,
+            -1,
+            9,
+            10,
+            -10,
+            1_234_567,
+            i64::MAX,
+            i64::MIN,
+            i64::MIN + 1,
+        ] {
+            let mut out = String::new();
+            put_integer(n, &mut out);
+            assert_eq!(out, n.to_string());
+        }
     }
 
     #[test]

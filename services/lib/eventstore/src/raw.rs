@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::db::{on_pool, Pool};
 use crate::error::StoreError;
-use crate::store::Store;
+use crate::store::{read_verify_page, verify_page_rows, Store, VerifyPage};
 
 /// The outcome of one baseline run.
 #[derive(Debug, Clone, Copy)]
@@ -221,33 +221,57 @@ impl Store {
         }
     }
 
-    /// Reads every event row in pages and computes SHA-256 over its stored
-    /// payload and metadata: the floor under any chain verification.
+    /// Reads every event row and computes one SHA-256 per row over every
+    /// column the chain hash covers (`EVENT_COLUMNS`: position,
+    /// stream, version, event id, kind, payload, metadata, recorded_at,
+    /// prev_hash, hash), nothing else: the floor under any chain
+    /// verification, which must read and hash the same bytes. It reads with
+    /// [`Store::verify`]'s own page reader, so only the checking differs:
+    /// the same query and page size, texts borrowed from the driver's rows
+    /// (not copied), the next page read on a task of its own while the
+    /// current one is hashed.
     pub async fn raw_read_hash_baseline(&self) -> Result<RawRate, StoreError> {
-        let pool: &Pool = self.pool();
-        let started = Instant::now();
-        let mut after: i64 = 0;
-        let mut rows: u64 = 0;
-        loop {
-            let page: Vec<(i64, String, String)> = on_pool!(pool, p, Db => {
-                sqlx::query_as(
-                    "SELECT position, payload, metadata FROM events WHERE position > $1 \
-                     ORDER BY position LIMIT 5000",
-                )
-                .bind(after)
-                .fetch_all(p)
-                .await
-                .map_err(db_err)?
-            });
-            let Some(last) = page.last() else { break };
-            after = last.0;
-            for (_, payload, metadata) in &page {
+        /// Hashes each row's ten columns; returns how many rows.
+        fn hash_rows<R>(rows: &[R]) -> Result<u64, sqlx::Error>
+        where
+            R: sqlx::Row,
+            usize: sqlx::ColumnIndex<R>,
+            for<'r> &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+            for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        {
+            for row in rows {
+                let position: i64 = row.try_get(0)?;
+                let version: i64 = row.try_get(2)?;
                 let mut h = Sha256::new();
-                h.update(payload.as_bytes());
-                h.update(metadata.as_bytes());
+                h.update(position.to_le_bytes());
+                h.update(version.to_le_bytes());
+                // The eight text columns.
+                for column in [1, 3, 4, 5, 6, 7, 8, 9] {
+                    let text: &str = row.try_get(column)?;
+                    h.update(text.as_bytes());
+                }
                 std::hint::black_box(h.finalize());
             }
-            rows += page.len() as u64;
+            Ok(rows.len() as u64)
+        }
+
+        let pool = self.pool().clone();
+        let page_rows = verify_page_rows(&pool);
+        let started = Instant::now();
+        let mut rows: u64 = 0;
+        let mut page = read_verify_page(pool.clone(), 0, page_rows).await?;
+        while let Some(after) = page.last_position()? {
+            let next = tokio::spawn(read_verify_page(pool.clone(), after, page_rows));
+            rows += match &page {
+                VerifyPage::Sqlite(p) => hash_rows(p),
+                VerifyPage::Postgres(p) => hash_rows(p),
+            }
+            .map_err(db_err)?;
+            page = match next.await {
+                Ok(next) => next?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(db_err(sqlx::Error::Io(std::io::Error::other(e)))),
+            };
         }
         Ok(RawRate {
             rows,
