@@ -1472,9 +1472,9 @@ fn node_count(node: &Value) -> usize {
 async fn a_tree_over_the_reply_budget_comes_in_pages_that_join_into_the_whole_tree() {
     let w = World::sqlite().await;
     populated(&w).await;
-    // Three more provinces of 70 districts, each node about 3.5 KB (long
-    // names): ~750 KB at depth 2, over the 512 KiB a reply may carry.
-    let long = "Đảng bộ xã ".repeat(250);
+    // Three more provinces of 70 districts, each node about 5.5 KB (long
+    // names): ~1.2 MB at depth 2, over the 768 KiB a reply may carry.
+    let long = "Đảng bộ xã ".repeat(400);
     let mut provinces = Vec::new();
     for p in 1..=3 {
         let code = format!("Q{p:02}");
