@@ -154,7 +154,20 @@ pub(crate) async fn open(
         SQLITE_MIGRATOR.run(&pool).await.map_err(migrate)?;
         Ok(Pool::Sqlite(pool))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let mut opts = PgConnectOptions::from_str(url).map_err(connect)?;
+        // Plan every execution for the table as it is now. A pooled
+        // connection caches its prepared statements, and after a few
+        // executions PostgreSQL may settle on one generic plan for each; a
+        // generic plan made while the tables were small (a sequential scan
+        // with the IN list evaluated per row) is only replaced when the
+        // tables' statistics change. Where autovacuum is off or behind,
+        // that never happens: the 100k-dossier benchmark's progress
+        // consumer fell to ~400 messages/s on its inbox lookup, and ran at
+        // ~11,000/s again after a manual ANALYZE. Custom plans cost a
+        // planning pass per statement (well under a millisecond for these)
+        // and always see the index.
+        let mut opts = PgConnectOptions::from_str(url)
+            .map_err(connect)?
+            .options([("plan_cache_mode", "force_custom_plan")]);
         if let Some(schema) = schema {
             validate_schema(schema)?;
             create_schema(&opts, schema).await?;

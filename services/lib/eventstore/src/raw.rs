@@ -279,6 +279,20 @@ impl Store {
         })
     }
 
+    /// A PostgreSQL run-time setting as the store's own connections have it
+    /// (`current_setting`), e.g. `plan_cache_mode`; `None` on SQLite, or for
+    /// a setting PostgreSQL does not know.
+    pub async fn raw_setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        match self.pool() {
+            Pool::Sqlite(_) => Ok(None),
+            Pool::Postgres(p) => sqlx::query_scalar("SELECT current_setting($1, true)")
+                .bind(name)
+                .fetch_one(p)
+                .await
+                .map_err(db_err),
+        }
+    }
+
     /// The database server and its version, for benchmark reports:
     /// `SQLite 3.x.y` or `PostgreSQL <server_version>`.
     pub async fn raw_server_version(&self) -> Result<String, StoreError> {

@@ -141,6 +141,7 @@ macro_rules! conformance {
 const LIMIT: Duration = Duration::from_secs(30);
 
 conformance!(
+    postgres_plans_every_statement_for_the_tables_as_they_are,
     appends_with_expected_versions,
     a_conflict_is_its_own_variant_with_the_actual_version,
     a_request_is_all_or_nothing,
@@ -228,6 +229,29 @@ async fn assert_verifies(store: &Store, events: u64) {
 }
 
 // ------------------------------------------------------------------ tests
+
+/// Every pooled PostgreSQL connection plans each execution afresh: a cached
+/// generic plan made while the tables were empty (a sequential scan) would
+/// otherwise stay until statistics change, which never happens where
+/// autovacuum is off. Checked on several connections at once, after the
+/// store has run its own lookups.
+async fn postgres_plans_every_statement_for_the_tables_as_they_are(db: &Db) {
+    let store = db.open().await;
+    for i in 0..8 {
+        store
+            .append(AppendRequest::new(vec![ev(&format!("plan-{i}"), i)]))
+            .await
+            .unwrap();
+    }
+    let settings = join_all((0..8).map(|_| store.raw_setting("plan_cache_mode"))).await;
+    for setting in settings {
+        let setting = setting.unwrap();
+        match db.backend {
+            Backend::Sqlite => assert_eq!(setting, None),
+            Backend::Postgres => assert_eq!(setting.as_deref(), Some("force_custom_plan")),
+        }
+    }
+}
 
 async fn appends_with_expected_versions(db: &Db) {
     let store = db.open().await;
