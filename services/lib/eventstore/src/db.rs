@@ -13,10 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Executor, PgConnection, Postgres, QueryBuilder, Sqlite, Transaction};
+use sqlx::{
+    ConnectOptions, Connection, Executor, PgConnection, Postgres, QueryBuilder, Sqlite, Transaction,
+};
 
 use crate::canonical::{parse_timestamp, GENESIS_HASH};
 use crate::error::StoreError;
@@ -51,8 +54,37 @@ pub(crate) type OutboxTuple = (i64, String, i64, String, String, String, String,
 /// Bind parameters per statement: SQLite's limit is 32766, PostgreSQL's 65535.
 const SQLITE_MAX_BINDS: usize = 32_766;
 const PG_MAX_BINDS: usize = 65_535;
+/// `items` followed by copies of its last item up to its [`size_class`]:
+/// for `IN (…)` lists, where a repeated value changes nothing.
+fn padded<'a, T>(items: &'a [T]) -> impl Iterator<Item = &'a T> + 'a {
+    let extra = size_class(items.len()) - items.len();
+    items
+        .iter()
+        .chain(items.last().into_iter().cycle().take(extra))
+}
+
 /// Ids per `IN (…)` lookup: well under both limits.
 const IN_CHUNK: usize = 1_000;
+
+/// Statements the writer's connection keeps prepared (sqlx's default is
+/// 100): every size class of every statement the writer runs fits.
+const WRITER_STATEMENT_CACHE: usize = 256;
+
+/// The number of rows (or ids) a writer statement is built for when it
+/// carries `n`: `n` rounded up to a power of two up to 64, then to a
+/// multiple of 64. The statements of a batch then come in a few dozen
+/// shapes, each prepared once per connection and reused from sqlx's
+/// statement cache, instead of a new shape (a new parse, and on PostgreSQL
+/// a new round trip) for nearly every batch size; the unused rows cost a
+/// NULL bind each and are filtered out. At most `n + 63` and never more
+/// than twice `n`.
+pub(crate) fn size_class(n: usize) -> usize {
+    if n <= 64 {
+        n.max(1).next_power_of_two()
+    } else {
+        n.div_ceil(64) * 64
+    }
+}
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -372,22 +404,71 @@ pub(crate) async fn events_head(pool: &Pool) -> Result<Head, StoreError> {
 const HEAD_FROM_EVENTS: &str =
     "SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1";
 
-/// One append transaction of the writer.
-pub(crate) enum WriteTx {
-    Sqlite(Transaction<'static, Sqlite>),
-    Postgres(Transaction<'static, Postgres>),
+/// Longest the writer waits to open its connection.
+const WRITER_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The writer's own connection, opened with the pool's options but kept
+/// outside the pool: a batch then costs no pool checkout (and no liveness
+/// ping, which `test_before_acquire` would spend on every checkout), and the
+/// readers keep every pooled connection. Dropped after any failed batch, so
+/// the next batch starts on a fresh one.
+pub(crate) enum WriteConn {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
 }
 
-impl WriteTx {
-    pub(crate) async fn begin(pool: &Pool) -> Result<Self, StoreError> {
-        Ok(match pool {
+impl WriteConn {
+    pub(crate) async fn open(pool: &Pool) -> Result<Self, StoreError> {
+        let connect = async {
+            Ok::<_, sqlx::Error>(match pool {
+                Pool::Sqlite(p) => WriteConn::Sqlite(
+                    (*p.connect_options())
+                        .clone()
+                        .statement_cache_capacity(WRITER_STATEMENT_CACHE)
+                        .connect()
+                        .await?,
+                ),
+                Pool::Postgres(p) => WriteConn::Postgres(
+                    (*p.connect_options())
+                        .clone()
+                        .statement_cache_capacity(WRITER_STATEMENT_CACHE)
+                        .connect()
+                        .await?,
+                ),
+            })
+        };
+        match tokio::time::timeout(WRITER_CONNECT_TIMEOUT, connect).await {
+            Ok(conn) => conn.map_err(|e| StoreError::Connect(Arc::new(e))),
+            // Reported like a pool checkout that timed out: unavailable.
+            Err(_) => Err(StoreError::Connect(Arc::new(sqlx::Error::PoolTimedOut))),
+        }
+    }
+
+    /// Closes the connection, telling the server; errors are moot here.
+    pub(crate) async fn close(self) {
+        let _ = match self {
+            WriteConn::Sqlite(c) => c.close().await,
+            WriteConn::Postgres(c) => c.close().await,
+        };
+    }
+}
+
+/// One append transaction of the writer, on its [`WriteConn`].
+pub(crate) enum WriteTx<'c> {
+    Sqlite(Transaction<'c, Sqlite>),
+    Postgres(Transaction<'c, Postgres>),
+}
+
+impl<'c> WriteTx<'c> {
+    pub(crate) async fn begin(conn: &'c mut WriteConn) -> Result<Self, StoreError> {
+        Ok(match conn {
             // BEGIN IMMEDIATE takes SQLite's write lock now. A deferred
             // transaction that reads first and writes later can fail with
             // SQLITE_BUSY when it upgrades (busy_timeout cannot wait that
             // out), and this lock is also what serialises the writers of
             // several processes sharing one file.
-            Pool::Sqlite(p) => WriteTx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-            Pool::Postgres(p) => WriteTx::Postgres(p.begin().await?),
+            WriteConn::Sqlite(c) => WriteTx::Sqlite(c.begin_with("BEGIN IMMEDIATE").await?),
+            WriteConn::Postgres(c) => WriteTx::Postgres(c.begin().await?),
         })
     }
 
@@ -453,7 +534,7 @@ impl WriteTx {
                     );
                     qb.push_bind(consumer).push(" AND message_id IN (");
                     let mut list = qb.separated(", ");
-                    for id in chunk {
+                    for id in padded(chunk) {
                         list.push_bind(*id);
                     }
                     qb.push(")");
@@ -481,7 +562,7 @@ impl WriteTx {
                     "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ("
                 ));
                 let mut list = qb.separated(", ");
-                for id in chunk {
+                for id in padded(chunk) {
                     list.push_bind(*id);
                 }
                 qb.push(")");
@@ -507,7 +588,7 @@ impl WriteTx {
                     "SELECT stream, MAX(version) FROM events WHERE stream IN (",
                 );
                 let mut list = qb.separated(", ");
-                for s in chunk {
+                for s in padded(chunk) {
                     list.push_bind(*s);
                 }
                 qb.push(") GROUP BY stream");
@@ -532,22 +613,52 @@ impl WriteTx {
             WriteTx::Postgres(_) => PG_MAX_BINDS / COLUMNS,
         };
         for chunk in rows.chunks(per_statement) {
+            // Built for the chunk's size class: the rows past the chunk are
+            // all NULL, and the WHERE drops them (a real row's position is
+            // never NULL).
+            let shape = size_class(chunk.len()).min(per_statement);
             on_tx!(self, t, Db => {
-                let mut qb =
-                    QueryBuilder::<Db>::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
-                qb.push_values(chunk, |mut b, e| {
-                    b.push_bind(e.position)
-                        .push_bind(e.stream)
-                        .push_bind(e.version)
-                        .push_bind(e.event_id)
-                        .push_bind(e.kind)
-                        .push_bind(e.payload)
-                        .push_bind(e.metadata)
-                        .push_bind(e.recorded_at.as_ref())
-                        .push_bind(e.prev_hash.as_str())
-                        .push_bind(e.hash.as_str());
+                let mut qb = QueryBuilder::<Db>::new(format!(
+                    "INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM ("
+                ));
+                qb.push_values(0..shape, |mut b, i| match chunk.get(i) {
+                    Some(e) => {
+                        b.push_bind(Some(e.position))
+                            .push_bind(Some(e.stream))
+                            .push_bind(Some(e.version))
+                            .push_bind(Some(e.event_id))
+                            .push_bind(Some(e.kind))
+                            .push_bind(Some(e.payload))
+                            .push_bind(Some(e.metadata))
+                            .push_bind(Some(e.recorded_at.as_ref()))
+                            .push_bind(Some(e.prev_hash.as_str()))
+                            .push_bind(Some(e.hash.as_str()));
+                    }
+                    None => {
+                        b.push_bind(None::<i64>)
+                            .push_bind(None::<&str>)
+                            .push_bind(None::<i64>)
+                            .push_bind(None::<&str>)
+                            .push_bind(None::<&str>)
+                            .push_bind(None::<&str>)
+                            .push_bind(None::<&str>)
+                            .push_bind(None::<&str>)
+                            .push_bind(None::<&str>)
+                            .push_bind(None::<&str>);
+                    }
                 });
-                qb.build().execute(&mut **t).await?;
+                qb.push(") AS v WHERE v.column1 IS NOT NULL");
+                let done = qb.build().execute(&mut **t).await?;
+                if done.rows_affected() != chunk.len() as u64 {
+                    return Err(StoreError::Corrupt {
+                        position: chunk.first().map_or(0, |e| e.position),
+                        problem: format!(
+                            "an INSERT of {} events stored {}",
+                            chunk.len(),
+                            done.rows_affected()
+                        ),
+                    });
+                }
             });
         }
         Ok(())
@@ -596,6 +707,30 @@ impl WriteTx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn size_classes_are_few_and_never_waste_more_than_they_carry() {
+        let classes: std::collections::BTreeSet<usize> = (1..=1_000).map(size_class).collect();
+        assert_eq!(classes.len(), 7 + 15);
+        for n in 1..=5_000 {
+            let c = size_class(n);
+            assert!(c >= n && c < n + 64 && c <= 2 * n, "{n} -> {c}");
+        }
+        assert_eq!(size_class(0), 1);
+        assert_eq!(size_class(5), 8);
+        assert_eq!(size_class(64), 64);
+        assert_eq!(size_class(65), 128);
+        assert_eq!(size_class(129), 192);
+    }
+
+    #[test]
+    fn padding_repeats_the_last_item() {
+        let ids = ["a", "b", "c", "d", "e"];
+        let got: Vec<&&str> = padded(&ids).collect();
+        assert_eq!(got, [&"a", &"b", &"c", &"d", &"e", &"e", &"e", &"e"]);
+        let none: [&str; 0] = [];
+        assert_eq!(padded(&none).count(), 0);
+    }
 
     #[test]
     fn schema_names_are_plain_lowercase_identifiers() {

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::canonical::{
     canonical_json, chain_hash, format_timestamp, parse_timestamp, truncate_timestamp, HashedFields,
 };
-use crate::db::{Head, InboxRow, NewRow, Pool, WriteTx};
+use crate::db::{Head, InboxRow, NewRow, Pool, WriteConn, WriteTx};
 use crate::error::{AppendError, StoreError};
 use crate::model::{AppendOutcome, AppendRequest, ExpectedVersion, StoredEvent, WriterStats};
 
@@ -189,6 +189,9 @@ impl Stats {
 
 pub(crate) struct Writer {
     pool: Pool,
+    /// The connection every batch runs on; `None` before the first batch
+    /// and after a failed one.
+    conn: Option<WriteConn>,
     max_batch: usize,
     /// The head as of our last commit; `None` when unknown (start-up, after
     /// a failed transaction), which makes the next batch read it from the
@@ -212,6 +215,7 @@ impl Writer {
     ) -> Self {
         Self {
             pool,
+            conn: None,
             max_batch: max_batch.max(1),
             head: None,
             versions: HashMap::new(),
@@ -245,6 +249,9 @@ impl Writer {
                 break;
             }
             self.process(std::mem::take(&mut jobs)).await;
+        }
+        if let Some(conn) = self.conn.take() {
+            conn.close().await;
         }
         tracing::debug!("eventstore writer stopped");
     }
@@ -306,8 +313,50 @@ impl Writer {
 
     /// Applies `reqs` in one transaction. On `Ok`, it committed and the
     /// answers are in request order; on `Err`, nothing was written.
+    ///
+    /// A connection kept from an earlier batch may have died since (the
+    /// database restarted): if BEGIN fails on it, the batch is tried once
+    /// more on a fresh connection before it counts as failed.
     async fn commit(&mut self, reqs: &[&PreparedAppend]) -> Result<Vec<Answer>, StoreError> {
-        let mut tx = WriteTx::begin(&self.pool).await?;
+        let reused = self.conn.is_some();
+        match self.commit_on_conn(reqs).await {
+            Err(Failed::Begin(e)) if reused => {
+                tracing::debug!(error = %e, "eventstore writer connection lost, reconnecting");
+                self.commit_on_conn(reqs).await.map_err(Failed::into_inner)
+            }
+            result => result.map_err(Failed::into_inner),
+        }
+    }
+
+    /// [`Self::commit`] on the kept connection, or a new one; keeps the
+    /// connection only if the batch committed.
+    async fn commit_on_conn(&mut self, reqs: &[&PreparedAppend]) -> Result<Vec<Answer>, Failed> {
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => WriteConn::open(&self.pool).await.map_err(Failed::Begin)?,
+        };
+        let result = match WriteTx::begin(&mut conn).await {
+            Ok(tx) => self.apply(tx, reqs).await.map_err(Failed::Later),
+            Err(e) => Err(Failed::Begin(e)),
+        };
+        match result {
+            Ok(answers) => {
+                self.conn = Some(conn);
+                Ok(answers)
+            }
+            Err(e) => {
+                conn.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The body of [`Self::commit`], in the transaction `tx`.
+    async fn apply(
+        &mut self,
+        mut tx: WriteTx<'_>,
+        reqs: &[&PreparedAppend],
+    ) -> Result<Vec<Answer>, StoreError> {
         // Lock first (PostgreSQL) / already locked (SQLite): everything read
         // below is then stable until we commit.
         let locked = tx.lock_head().await?;
@@ -592,6 +641,21 @@ impl Writer {
             moved
         });
         Ok(answers)
+    }
+}
+
+/// Why [`Writer::commit_on_conn`] failed: at BEGIN (or opening the
+/// connection), before anything was sent, or later in the transaction.
+enum Failed {
+    Begin(StoreError),
+    Later(StoreError),
+}
+
+impl Failed {
+    fn into_inner(self) -> StoreError {
+        match self {
+            Failed::Begin(e) | Failed::Later(e) => e,
+        }
     }
 }
 
