@@ -41,6 +41,7 @@ use clap::Args;
 use futures::stream::{self, StreamExt as _};
 use gradeflow_audit::sources::{PROGRESS, WORKFLOW_SERVICES};
 use gradeflow_audit::Sources;
+use gradeflow_eventstore::raw::RawRows;
 use gradeflow_kit::config::redact_url;
 use gradeflow_kit::{Config, Overrides};
 use gradeflow_proto::{Actor, Grade, Names, OrgId, Role};
@@ -839,7 +840,15 @@ async fn raw_insert(place: &Place, id: &str, rows: usize) -> anyhow::Result<Rate
     };
     let store = db.open(&url).await?;
     let measured = store
-        .raw_insert_baseline(rows, 1_000, RAW_PAYLOAD_BYTES)
+        .raw_insert_baseline(
+            rows,
+            1_000,
+            RawRows {
+                payload_bytes: RAW_PAYLOAD_BYTES,
+                metadata_bytes: RAW_METADATA_BYTES,
+                streams: RAW_STREAMS,
+            },
+        )
         .await
         .context("the raw INSERT baseline");
     db.remove(&store).await;
@@ -849,6 +858,12 @@ async fn raw_insert(place: &Place, id: &str, rows: usize) -> anyhow::Result<Rate
 
 /// Payload of the raw INSERT rows: about a self-review's.
 const RAW_PAYLOAD_BYTES: usize = 400;
+/// Metadata of the raw INSERT rows: about a command's (actor, correlation
+/// and causation ids, trace context, service, province).
+const RAW_METADATA_BYTES: usize = 300;
+/// Streams the raw INSERT rows go round: every row of a transaction on a
+/// different stream, as the events of many boards' dossiers are.
+const RAW_STREAMS: usize = 1_000;
 
 /// Everything the report prints.
 struct CycleReport {

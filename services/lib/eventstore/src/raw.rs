@@ -59,23 +59,73 @@ fn is_bench_schema(schema: &str) -> bool {
     schema.len() > BENCH_SCHEMA_PREFIX.len() && schema.starts_with(BENCH_SCHEMA_PREFIX)
 }
 
-/// The payload of every raw row: `{"p":"xxx…"}`, `payload_bytes` long (at
-/// least the 8 bytes of `{"p":""}`).
-fn raw_payload(payload_bytes: usize) -> String {
-    format!(
-        "{{\"p\":\"{}\"}}",
-        "x".repeat(payload_bytes.saturating_sub(8))
-    )
+/// The rows a raw INSERT baseline writes: the event columns, shaped like the
+/// events of the figure they are compared with, so that the database does
+/// the same page work for both (row size, and how many different streams,
+/// hence `(stream, version)` index leaves, a transaction touches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawRows {
+    /// Bytes of each row's payload (at least the 8 of `{"p":""}`).
+    pub payload_bytes: usize,
+    /// Bytes of each row's metadata (at least the 8 of `{"m":""}`).
+    pub metadata_bytes: usize,
+    /// How many streams the rows go round: row `n` (from 1) is version
+    /// `(n - 1) / streams + 1` of stream `(n - 1) % streams`, so consecutive
+    /// rows hit different streams, as the appends of that many callers do.
+    pub streams: usize,
 }
 
-/// Creates the scratch table `bench_raw` (dropping any left over): the
-/// events table's columns, its primary key and `event_id UNIQUE`, nothing
-/// else.
+impl RawRows {
+    fn payload(&self) -> String {
+        json_of("p", self.payload_bytes)
+    }
+
+    fn metadata(&self) -> String {
+        json_of("m", self.metadata_bytes)
+    }
+
+    /// The stream and version of row `position` (from 1).
+    fn stream_version(&self, position: i64) -> (String, i64) {
+        let streams = i64::try_from(self.streams.max(1)).unwrap_or(i64::MAX);
+        let n = position - 1;
+        // As long as a dossier stream name (`dossier-<uuid>`), so index
+        // entries are as large as the real ones.
+        let stream = format!(
+            "dossier-{}",
+            uuid::Uuid::from_u128(u128::try_from(n % streams).unwrap_or(0))
+        );
+        (stream, n / streams + 1)
+    }
+}
+
+/// `{"<key>":"xxx…"}`, `bytes` long (at least the 8 bytes of `{"k":""}`).
+fn json_of(key: &str, bytes: usize) -> String {
+    format!("{{\"{key}\":\"{}\"}}", "x".repeat(bytes.saturating_sub(8)))
+}
+
+/// Creates the scratch table `bench_raw` (dropping any left over) exactly
+/// like the `events` table: the same columns and types, the primary key,
+/// `event_id UNIQUE`, the `(stream, version)` unique constraint and the
+/// version check; only the immutability triggers are left out (they fire
+/// on UPDATE and DELETE, never on INSERT).
 async fn create_raw_table(pool: &Pool) -> Result<(), StoreError> {
-    let create = "CREATE TABLE IF NOT EXISTS bench_raw (position BIGINT PRIMARY KEY, \
-                  stream TEXT NOT NULL, version BIGINT NOT NULL, event_id TEXT NOT NULL UNIQUE, \
-                  kind TEXT NOT NULL, payload TEXT NOT NULL, metadata TEXT NOT NULL, \
-                  recorded_at TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)";
+    let create = match pool {
+        Pool::Sqlite(_) => {
+            "CREATE TABLE bench_raw (position INTEGER PRIMARY KEY, \
+             stream TEXT NOT NULL, version INTEGER NOT NULL CHECK (version > 0), \
+             event_id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, payload TEXT NOT NULL, \
+             metadata TEXT NOT NULL, recorded_at TEXT NOT NULL, prev_hash TEXT NOT NULL, \
+             hash TEXT NOT NULL, CONSTRAINT bench_raw_stream_version UNIQUE (stream, version)) \
+             STRICT"
+        }
+        Pool::Postgres(_) => {
+            "CREATE TABLE bench_raw (position BIGINT PRIMARY KEY, \
+             stream TEXT NOT NULL, version BIGINT NOT NULL CHECK (version > 0), \
+             event_id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, payload TEXT NOT NULL, \
+             metadata TEXT NOT NULL, recorded_at TEXT NOT NULL, prev_hash TEXT NOT NULL, \
+             hash TEXT NOT NULL, CONSTRAINT bench_raw_stream_version UNIQUE (stream, version))"
+        }
+    };
     on_pool!(pool, p, Db => {
         sqlx::query("DROP TABLE IF EXISTS bench_raw").execute(p).await.map_err(db_err)?;
         sqlx::query(create).execute(p).await.map_err(db_err)?;
@@ -95,7 +145,9 @@ async fn drop_raw_table(pool: &Pool) -> Result<(), StoreError> {
 async fn insert_raw_rows(
     pool: &Pool,
     positions: std::ops::Range<i64>,
+    shape: &RawRows,
     payload: &str,
+    metadata: &str,
 ) -> Result<(), StoreError> {
     on_pool!(pool, p, Db => {
         let mut tx = p.begin().await.map_err(db_err)?;
@@ -104,13 +156,14 @@ async fn insert_raw_rows(
              metadata, recorded_at, prev_hash, hash) ",
         );
         qb.push_values(positions, |mut b, pos| {
+            let (stream, version) = shape.stream_version(pos);
             b.push_bind(pos)
-                .push_bind(format!("dossier-{}", pos % 1000))
-                .push_bind(pos / 1000 + 1)
+                .push_bind(stream)
+                .push_bind(version)
                 .push_bind(uuid::Uuid::now_v7().to_string())
                 .push_bind("self_review_submitted.v1")
                 .push_bind(payload.to_owned())
-                .push_bind("{}")
+                .push_bind(metadata.to_owned())
                 .push_bind("2026-11-26T00:00:00.000000Z")
                 .push_bind("0".repeat(64))
                 .push_bind("f".repeat(64));
@@ -128,8 +181,8 @@ fn caller_positions(caller: usize, callers: usize, rows: usize) -> impl Iterator
 }
 
 impl Store {
-    /// Inserts `rows` rows shaped like events (the same columns, with
-    /// `payload_bytes` of payload) into a scratch table, `batch` rows per
+    /// Inserts `rows` rows shaped like events (see [`RawRows`]) into a
+    /// scratch table built like `events`, `batch` rows per
     /// multi-row INSERT and one transaction per batch, one after another on
     /// one connection — the best the database does for this data — then
     /// drops the table.
@@ -137,17 +190,24 @@ impl Store {
         &self,
         rows: usize,
         batch: usize,
-        payload_bytes: usize,
+        shape: RawRows,
     ) -> Result<RawRate, StoreError> {
         let pool: &Pool = self.pool();
         let batch = batch.clamp(1, 3_000);
-        let payload = raw_payload(payload_bytes);
+        let (payload, metadata) = (shape.payload(), shape.metadata());
         create_raw_table(pool).await?;
         let started = Instant::now();
         let mut position: i64 = 0;
         while (position as usize) < rows {
             let n = batch.min(rows - position as usize) as i64;
-            insert_raw_rows(pool, position + 1..position + n + 1, &payload).await?;
+            insert_raw_rows(
+                pool,
+                position + 1..position + n + 1,
+                &shape,
+                &payload,
+                &metadata,
+            )
+            .await?;
             position += n;
         }
         let elapsed = started.elapsed();
@@ -171,21 +231,21 @@ impl Store {
         &self,
         rows: usize,
         callers: usize,
-        payload_bytes: usize,
+        shape: RawRows,
     ) -> Result<RawRate, StoreError> {
         let pool: &Pool = self.pool();
         let callers = callers.max(1);
-        let payload = std::sync::Arc::new(raw_payload(payload_bytes));
+        let texts = std::sync::Arc::new((shape.payload(), shape.metadata()));
         create_raw_table(pool).await?;
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for caller in 0..callers {
             let pool = pool.clone();
-            let payload = payload.clone();
+            let texts = texts.clone();
             let positions = caller_positions(caller, callers, rows);
             tasks.spawn(async move {
                 for pos in positions {
-                    insert_raw_rows(&pool, pos..pos + 1, &payload).await?;
+                    insert_raw_rows(&pool, pos..pos + 1, &shape, &texts.0, &texts.1).await?;
                 }
                 Ok::<(), StoreError>(())
             });
@@ -401,14 +461,14 @@ mod tests {
             .expect("opens");
         assert_eq!(store.raw_pool_size(), 8);
         let rate = store
-            .raw_concurrent_insert_baseline(500, 16, 600)
+            .raw_concurrent_insert_baseline(500, 16, SHAPE)
             .await
             .expect("inserts");
         assert_eq!(rate.rows, 500);
         assert!(rate.per_second() > 0.0);
         // The scratch table is gone afterwards, so it can run again.
         let again = store
-            .raw_concurrent_insert_baseline(40, 3, 600)
+            .raw_concurrent_insert_baseline(40, 3, SHAPE)
             .await
             .expect("inserts again");
         assert_eq!(again.rows, 40);
@@ -416,9 +476,88 @@ mod tests {
         store.close().await;
     }
 
+    const SHAPE: RawRows = RawRows {
+        payload_bytes: 600,
+        metadata_bytes: 300,
+        streams: 7,
+    };
+
     #[test]
-    fn raw_payloads_have_the_requested_size() {
-        assert_eq!(raw_payload(600).len(), 600);
-        assert_eq!(raw_payload(3), r#"{"p":""}"#);
+    fn raw_rows_have_the_requested_sizes() {
+        assert_eq!(SHAPE.payload().len(), 600);
+        assert_eq!(SHAPE.metadata().len(), 300);
+        assert_eq!(json_of("p", 3), r#"{"p":""}"#);
+        assert!(serde_json::from_str::<serde_json::Value>(&SHAPE.metadata()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_scratch_table_refuses_what_events_refuses() {
+        let f = gradeflow_testkit::fresh_sqlite().expect("a scratch SQLite file");
+        let store = Store::connect(&f.url, crate::StoreOptions::default())
+            .await
+            .expect("opens");
+        let pool = store.pool();
+        create_raw_table(pool).await.expect("creates");
+        let (payload, metadata) = (SHAPE.payload(), SHAPE.metadata());
+        insert_raw_rows(pool, 1..8, &SHAPE, &payload, &metadata)
+            .await
+            .expect("seven rows on seven streams");
+        // Another position and event id, but row 1's stream and version.
+        let (stream, version) = SHAPE.stream_version(1);
+        let Pool::Sqlite(p) = pool else {
+            panic!("a SQLite pool")
+        };
+        let err = sqlx::query(
+            "INSERT INTO bench_raw (position, stream, version, event_id, kind, payload, \
+             metadata, recorded_at, prev_hash, hash) \
+             VALUES (100, $1, $2, 'other', 'k', '{}', '{}', 't', 'p', 'h')",
+        )
+        .bind(&stream)
+        .bind(version)
+        .execute(p)
+        .await
+        .expect_err("a second (stream, version) row is refused");
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+        // Version 0 is refused too, like in `events`.
+        let err = sqlx::query(
+            "INSERT INTO bench_raw (position, stream, version, event_id, kind, payload, \
+             metadata, recorded_at, prev_hash, hash) \
+             VALUES (101, 's', 0, 'other2', 'k', '{}', '{}', 't', 'p', 'h')",
+        )
+        .execute(p)
+        .await
+        .expect_err("version 0 is refused");
+        assert!(err.to_string().contains("CHECK"), "{err}");
+        drop_raw_table(pool).await.expect("drops");
+        store.close().await;
+    }
+
+    #[test]
+    fn raw_rows_go_round_the_streams_with_unique_versions() {
+        let shape = RawRows {
+            streams: 3,
+            ..SHAPE
+        };
+        let rows: Vec<(String, i64)> = (1..=7).map(|p| shape.stream_version(p)).collect();
+        let names: std::collections::HashSet<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(names.len(), 3);
+        assert_eq!(rows[0].0, rows[3].0);
+        assert_eq!(rows[0].0, rows[6].0);
+        assert_ne!(rows[0].0, rows[1].0);
+        assert_eq!(
+            rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            vec![1, 1, 1, 2, 2, 2, 3]
+        );
+        // As long as `dossier-<uuid>`.
+        assert_eq!(rows[0].0.len(), "dossier-".len() + 36);
+        assert_eq!(
+            RawRows {
+                streams: 0,
+                ..SHAPE
+            }
+            .stream_version(5)
+            .1,
+            5
+        );
     }
 }

@@ -1138,10 +1138,22 @@ async fn bad_urls_and_schema_names_are_refused() {
 /// The benchmark baselines run on both databases and count what they did.
 mod raw_baselines {
     #![allow(clippy::unwrap_used)]
+    use gradeflow_eventstore::raw::RawRows;
     use gradeflow_eventstore::{Store, StoreOptions};
 
     async fn check(store: Store) {
-        let rate = store.raw_insert_baseline(2_500, 1_000, 600).await.unwrap();
+        let rate = store
+            .raw_insert_baseline(
+                2_500,
+                1_000,
+                RawRows {
+                    payload_bytes: 600,
+                    metadata_bytes: 300,
+                    streams: 1_000,
+                },
+            )
+            .await
+            .unwrap();
         assert_eq!(rate.rows, 2_500);
         assert!(rate.per_second() > 0.0);
         // The scratch table is gone afterwards and the log untouched.
