@@ -1117,6 +1117,48 @@ async fn postgres_schemas_isolate_stores_in_one_database() {
     pg.drop_db().await.unwrap();
 }
 
+/// The writer keeps one connection across batches. When the server ends it
+/// (here an administrator's `pg_terminate_backend`; a restart or an idle
+/// timeout alike), the next append must not fail: the batch runs again on a
+/// fresh connection. (The server's FATAL message arrives as a database
+/// error, so the one-by-one retry of a failed batch is what recovers here; a
+/// connection that merely went dead, an I/O error at BEGIN, is retried at
+/// once. The restart of a whole server is in the system tests.)
+#[tokio::test]
+async fn appends_go_on_after_the_server_kills_the_writers_connection() {
+    let db = Db::postgres().await;
+    let store = db.open().await;
+    appended(
+        store
+            .append(one("a", 1, ExpectedVersion::NoStream))
+            .await
+            .unwrap(),
+    );
+    for round in 2..=3 {
+        // Every other session on this test's own database: the writer's
+        // and the pool's.
+        let killed = db
+            .raw(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .await
+            .unwrap();
+        assert!(killed >= 1, "the writer's connection was open");
+        let events = appended(
+            store
+                .append(one("a", round, ExpectedVersion::Exactly(round - 1)))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(events[0].position, i64::try_from(round).unwrap());
+    }
+    assert_contiguous(&all_events(&store).await);
+    let report = store.verify().await.unwrap();
+    assert_eq!((report.events, report.first_broken), (3, None));
+    db.cleanup().await;
+}
+
 #[tokio::test]
 async fn bad_urls_and_schema_names_are_refused() {
     let err = Store::connect("mysql://localhost/x", StoreOptions::default())
