@@ -51,9 +51,10 @@ pub(crate) const OUTBOX_COLUMNS: &str =
 /// One `events` row as the outbox relay reads it (see [`OUTBOX_COLUMNS`]).
 pub(crate) type OutboxTuple = (i64, String, i64, String, String, String, String, String);
 
-/// Bind parameters per statement: SQLite's limit is 32766, PostgreSQL's 65535.
+/// Bind parameters per statement: SQLite's limit. (PostgreSQL's statements
+/// take arrays, one parameter per column whatever the number of rows.)
 const SQLITE_MAX_BINDS: usize = 32_766;
-const PG_MAX_BINDS: usize = 65_535;
+
 /// `items` followed by copies of its last item up to its [`size_class`]:
 /// for `IN (…)` lists, where a repeated value changes nothing.
 fn padded<'a, T>(items: &'a [T]) -> impl Iterator<Item = &'a T> + 'a {
@@ -63,6 +64,17 @@ fn padded<'a, T>(items: &'a [T]) -> impl Iterator<Item = &'a T> + 'a {
         .chain(items.last().into_iter().cycle().take(extra))
 }
 
+/// `Ok` if an INSERT of `rows` stored as many rows as it carried.
+fn inserted_all(rows: &[NewRow<'_>], stored: u64) -> Result<(), StoreError> {
+    if stored == rows.len() as u64 {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt {
+        position: rows.first().map_or(0, |e| e.position),
+        problem: format!("an INSERT of {} events stored {stored}", rows.len()),
+    })
+}
+
 /// Ids per `IN (…)` lookup: well under both limits.
 const IN_CHUNK: usize = 1_000;
 
@@ -70,14 +82,15 @@ const IN_CHUNK: usize = 1_000;
 /// 100): every size class of every statement the writer runs fits.
 const WRITER_STATEMENT_CACHE: usize = 256;
 
-/// The number of rows (or ids) a writer statement is built for when it
-/// carries `n`: `n` rounded up to a power of two up to 64, then to a
+/// The number of rows (or ids) a SQLite writer statement is built for when
+/// it carries `n`: `n` rounded up to a power of two up to 64, then to a
 /// multiple of 64. The statements of a batch then come in a few dozen
 /// shapes, each prepared once per connection and reused from sqlx's
-/// statement cache, instead of a new shape (a new parse, and on PostgreSQL
-/// a new round trip) for nearly every batch size; the unused rows cost a
-/// NULL bind each and are filtered out. At most `n + 63` and never more
-/// than twice `n`.
+/// statement cache, instead of a new shape (a new parse) for nearly every
+/// batch size; the unused rows cost a NULL bind each and are filtered out
+/// (an `IN` list repeats its last id). At most `n + 63` and never more
+/// than twice `n`. (PostgreSQL's writer statements take one array per
+/// column, so they have one shape whatever `n`.)
 pub(crate) fn size_class(n: usize) -> usize {
     if n <= 64 {
         n.max(1).next_power_of_two()
@@ -528,20 +541,32 @@ impl<'c> WriteTx<'c> {
         let mut found = HashMap::new();
         for (consumer, ids) in by_consumer {
             for chunk in ids.chunks(IN_CHUNK) {
-                let rows = on_tx!(self, t, Db => {
-                    let mut qb = QueryBuilder::<Db>::new(
-                        "SELECT consumer, message_id, reply FROM inbox WHERE consumer = ",
-                    );
-                    qb.push_bind(consumer).push(" AND message_id IN (");
-                    let mut list = qb.separated(", ");
-                    for id in padded(chunk) {
-                        list.push_bind(*id);
+                let rows = match self {
+                    WriteTx::Sqlite(t) => {
+                        let mut qb = QueryBuilder::<Sqlite>::new(
+                            "SELECT consumer, message_id, reply FROM inbox WHERE consumer = ",
+                        );
+                        qb.push_bind(consumer).push(" AND message_id IN (");
+                        let mut list = qb.separated(", ");
+                        for id in padded(chunk) {
+                            list.push_bind(*id);
+                        }
+                        qb.push(")");
+                        qb.build_query_as::<(String, String, Option<String>)>()
+                            .fetch_all(&mut **t)
+                            .await?
                     }
-                    qb.push(")");
-                    qb.build_query_as::<(String, String, Option<String>)>()
+                    WriteTx::Postgres(t) => {
+                        sqlx::query_as::<Postgres, (String, String, Option<String>)>(
+                            "SELECT consumer, message_id, reply FROM inbox \
+                             WHERE consumer = $1 AND message_id = ANY($2)",
+                        )
+                        .bind(consumer)
+                        .bind(chunk)
                         .fetch_all(&mut **t)
                         .await?
-                });
+                    }
+                };
                 for (c, m, reply) in rows {
                     found.insert((c, m), reply);
                 }
@@ -557,17 +582,29 @@ impl<'c> WriteTx<'c> {
     ) -> Result<HashMap<String, RawEvent>, StoreError> {
         let mut found = HashMap::new();
         for chunk in ids.chunks(IN_CHUNK) {
-            let rows = on_tx!(self, t, Db => {
-                let mut qb = QueryBuilder::<Db>::new(format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ("
-                ));
-                let mut list = qb.separated(", ");
-                for id in padded(chunk) {
-                    list.push_bind(*id);
+            let rows = match self {
+                WriteTx::Sqlite(t) => {
+                    let mut qb = QueryBuilder::<Sqlite>::new(format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ("
+                    ));
+                    let mut list = qb.separated(", ");
+                    for id in padded(chunk) {
+                        list.push_bind(*id);
+                    }
+                    qb.push(")");
+                    qb.build_query_as::<EventTuple>()
+                        .fetch_all(&mut **t)
+                        .await?
                 }
-                qb.push(")");
-                qb.build_query_as::<EventTuple>().fetch_all(&mut **t).await?
-            });
+                WriteTx::Postgres(t) => {
+                    sqlx::query_as::<Postgres, EventTuple>(&format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1)"
+                    ))
+                    .bind(chunk)
+                    .fetch_all(&mut **t)
+                    .await?
+                }
+            };
             for row in rows {
                 let raw = RawEvent::from(row);
                 found.insert(raw.event_id.clone(), raw);
@@ -583,17 +620,30 @@ impl<'c> WriteTx<'c> {
     ) -> Result<HashMap<String, u64>, StoreError> {
         let mut found = HashMap::new();
         for chunk in streams.chunks(IN_CHUNK) {
-            let rows = on_tx!(self, t, Db => {
-                let mut qb = QueryBuilder::<Db>::new(
-                    "SELECT stream, MAX(version) FROM events WHERE stream IN (",
-                );
-                let mut list = qb.separated(", ");
-                for s in padded(chunk) {
-                    list.push_bind(*s);
+            let rows = match self {
+                WriteTx::Sqlite(t) => {
+                    let mut qb = QueryBuilder::<Sqlite>::new(
+                        "SELECT stream, MAX(version) FROM events WHERE stream IN (",
+                    );
+                    let mut list = qb.separated(", ");
+                    for s in padded(chunk) {
+                        list.push_bind(*s);
+                    }
+                    qb.push(") GROUP BY stream");
+                    qb.build_query_as::<(String, i64)>()
+                        .fetch_all(&mut **t)
+                        .await?
                 }
-                qb.push(") GROUP BY stream");
-                qb.build_query_as::<(String, i64)>().fetch_all(&mut **t).await?
-            });
+                WriteTx::Postgres(t) => {
+                    sqlx::query_as::<Postgres, (String, i64)>(
+                        "SELECT stream, MAX(version) FROM events \
+                         WHERE stream = ANY($1) GROUP BY stream",
+                    )
+                    .bind(chunk)
+                    .fetch_all(&mut **t)
+                    .await?
+                }
+            };
             for (stream, version) in rows {
                 let version = u64::try_from(version).map_err(|_| StoreError::Corrupt {
                     position: 0,
@@ -605,13 +655,40 @@ impl<'c> WriteTx<'c> {
         Ok(found)
     }
 
-    /// Inserts events with multi-row INSERTs, chunked under the bind limit.
+    /// Inserts events: on PostgreSQL in one statement whatever their number
+    /// (one array per column, `UNNEST`ed), on SQLite with multi-row INSERTs
+    /// chunked under the bind limit.
     pub(crate) async fn insert_events(&mut self, rows: &[NewRow<'_>]) -> Result<(), StoreError> {
         const COLUMNS: usize = 10;
-        let per_statement = match self {
-            WriteTx::Sqlite(_) => SQLITE_MAX_BINDS / COLUMNS,
-            WriteTx::Postgres(_) => PG_MAX_BINDS / COLUMNS,
-        };
+        if let WriteTx::Postgres(t) = self {
+            let done = sqlx::query::<Postgres>(&format!(
+                "INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM UNNEST(\
+                 $1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], \
+                 $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[])"
+            ))
+            .bind(rows.iter().map(|e| e.position).collect::<Vec<i64>>())
+            .bind(rows.iter().map(|e| e.stream).collect::<Vec<&str>>())
+            .bind(rows.iter().map(|e| e.version).collect::<Vec<i64>>())
+            .bind(rows.iter().map(|e| e.event_id).collect::<Vec<&str>>())
+            .bind(rows.iter().map(|e| e.kind).collect::<Vec<&str>>())
+            .bind(rows.iter().map(|e| e.payload).collect::<Vec<&str>>())
+            .bind(rows.iter().map(|e| e.metadata).collect::<Vec<&str>>())
+            .bind(
+                rows.iter()
+                    .map(|e| e.recorded_at.as_ref())
+                    .collect::<Vec<&str>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|e| e.prev_hash.as_str())
+                    .collect::<Vec<&str>>(),
+            )
+            .bind(rows.iter().map(|e| e.hash.as_str()).collect::<Vec<&str>>())
+            .execute(&mut **t)
+            .await?;
+            return inserted_all(rows, done.rows_affected());
+        }
+        let per_statement = SQLITE_MAX_BINDS / COLUMNS;
         for chunk in rows.chunks(per_statement) {
             // Built for the chunk's size class: the rows past the chunk are
             // all NULL, and the WHERE drops them (a real row's position is
@@ -649,16 +726,7 @@ impl<'c> WriteTx<'c> {
                 });
                 qb.push(") AS v WHERE v.column1 IS NOT NULL");
                 let done = qb.build().execute(&mut **t).await?;
-                if done.rows_affected() != chunk.len() as u64 {
-                    return Err(StoreError::Corrupt {
-                        position: chunk.first().map_or(0, |e| e.position),
-                        problem: format!(
-                            "an INSERT of {} events stored {}",
-                            chunk.len(),
-                            done.rows_affected()
-                        ),
-                    });
-                }
+                inserted_all(chunk, done.rows_affected())?;
             });
         }
         Ok(())
