@@ -544,10 +544,20 @@ impl Writer {
                     out.push(s);
                     continue;
                 }
-                let version = versions.entry(e.stream.clone()).or_insert(0);
-                *version += 1;
+                // Every touched stream is in `versions` already (see above);
+                // the fallback only keeps this from relying on it.
+                let version = match versions.get_mut(e.stream.as_str()) {
+                    Some(v) => {
+                        *v += 1;
+                        *v
+                    }
+                    None => {
+                        versions.insert(e.stream.clone(), 1);
+                        1
+                    }
+                };
                 let position = head.position + 1;
-                let version_i64 = i64::try_from(*version).unwrap_or(i64::MAX);
+                let version_i64 = i64::try_from(version).unwrap_or(i64::MAX);
                 let hash = chain_hash(
                     &head.hash,
                     &HashedFields {
@@ -580,7 +590,7 @@ impl Writer {
                 out.push(StoredEvent {
                     position,
                     stream: e.stream.clone(),
-                    version: *version,
+                    version,
                     event_id: e.event_id,
                     kind: e.kind.clone(),
                     payload: e.payload.clone(),
