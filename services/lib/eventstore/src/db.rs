@@ -64,17 +64,6 @@ fn padded<'a, T>(items: &'a [T]) -> impl Iterator<Item = &'a T> + 'a {
         .chain(items.last().into_iter().cycle().take(extra))
 }
 
-/// `Ok` if an INSERT of `rows` stored as many rows as it carried.
-fn inserted_all(rows: &[NewRow<'_>], stored: u64) -> Result<(), StoreError> {
-    if stored == rows.len() as u64 {
-        return Ok(());
-    }
-    Err(StoreError::Corrupt {
-        position: rows.first().map_or(0, |e| e.position),
-        problem: format!("an INSERT of {} events stored {stored}", rows.len()),
-    })
-}
-
 /// Ids per `IN (…)` lookup: well under both limits.
 const IN_CHUNK: usize = 1_000;
 
@@ -655,44 +644,74 @@ impl<'c> WriteTx<'c> {
         Ok(found)
     }
 
-    /// Inserts events: on PostgreSQL in one statement whatever their number
-    /// (one array per column, `UNNEST`ed), on SQLite with multi-row INSERTs
-    /// chunked under the bind limit.
-    pub(crate) async fn insert_events(&mut self, rows: &[NewRow<'_>]) -> Result<(), StoreError> {
+    /// Inserts events and returns how many rows were stored: on PostgreSQL
+    /// in one statement whatever their number (one array per column,
+    /// `UNNEST`ed), on SQLite with multi-row INSERTs chunked under the bind
+    /// limit. With `skip_stored_ids`, a row whose `event_id` is already
+    /// stored is skipped (`ON CONFLICT (event_id) DO NOTHING`), so the
+    /// count tells whether any was; without it, such a row fails the
+    /// statement. With `head`, the `chain_head` row is moved to it in the
+    /// same transaction; on PostgreSQL in the same statement.
+    pub(crate) async fn insert_events(
+        &mut self,
+        rows: &[NewRow<'_>],
+        skip_stored_ids: bool,
+        head: Option<&Head>,
+    ) -> Result<u64, StoreError> {
         const COLUMNS: usize = 10;
+        let on_conflict = if skip_stored_ids {
+            " ON CONFLICT (event_id) DO NOTHING"
+        } else {
+            ""
+        };
         if let WriteTx::Postgres(t) = self {
-            let done = sqlx::query::<Postgres>(&format!(
-                "INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM UNNEST(\
+            // A data-modifying CTE runs exactly once, whether or not the
+            // INSERT reads it: one round trip for both.
+            let move_head = if head.is_some() {
+                "WITH moved AS (UPDATE chain_head SET position = $11, hash = $12, \
+                 recorded_at = $13 WHERE id = 1) "
+            } else {
+                ""
+            };
+            let sql = format!(
+                "{move_head}INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM UNNEST(\
                  $1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], \
-                 $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[])"
-            ))
-            .bind(rows.iter().map(|e| e.position).collect::<Vec<i64>>())
-            .bind(rows.iter().map(|e| e.stream).collect::<Vec<&str>>())
-            .bind(rows.iter().map(|e| e.version).collect::<Vec<i64>>())
-            .bind(rows.iter().map(|e| e.event_id).collect::<Vec<&str>>())
-            .bind(rows.iter().map(|e| e.kind).collect::<Vec<&str>>())
-            .bind(rows.iter().map(|e| e.payload).collect::<Vec<&str>>())
-            .bind(rows.iter().map(|e| e.metadata).collect::<Vec<&str>>())
-            .bind(
-                rows.iter()
-                    .map(|e| e.recorded_at.as_ref())
-                    .collect::<Vec<&str>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|e| e.prev_hash.as_str())
-                    .collect::<Vec<&str>>(),
-            )
-            .bind(rows.iter().map(|e| e.hash.as_str()).collect::<Vec<&str>>())
-            .execute(&mut **t)
-            .await?;
-            return inserted_all(rows, done.rows_affected());
+                 $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[]){on_conflict}"
+            );
+            let mut query = sqlx::query::<Postgres>(&sql)
+                .bind(rows.iter().map(|e| e.position).collect::<Vec<i64>>())
+                .bind(rows.iter().map(|e| e.stream).collect::<Vec<&str>>())
+                .bind(rows.iter().map(|e| e.version).collect::<Vec<i64>>())
+                .bind(rows.iter().map(|e| e.event_id).collect::<Vec<&str>>())
+                .bind(rows.iter().map(|e| e.kind).collect::<Vec<&str>>())
+                .bind(rows.iter().map(|e| e.payload).collect::<Vec<&str>>())
+                .bind(rows.iter().map(|e| e.metadata).collect::<Vec<&str>>())
+                .bind(
+                    rows.iter()
+                        .map(|e| e.recorded_at.as_ref())
+                        .collect::<Vec<&str>>(),
+                )
+                .bind(
+                    rows.iter()
+                        .map(|e| e.prev_hash.as_str())
+                        .collect::<Vec<&str>>(),
+                )
+                .bind(rows.iter().map(|e| e.hash.as_str()).collect::<Vec<&str>>());
+            if let Some(head) = head {
+                query = query
+                    .bind(head.position)
+                    .bind(head.hash.as_str())
+                    .bind(head.recorded_at.as_str());
+            }
+            return Ok(query.execute(&mut **t).await?.rows_affected());
         }
         let per_statement = SQLITE_MAX_BINDS / COLUMNS;
+        let mut stored = 0;
         for chunk in rows.chunks(per_statement) {
             // Built for the chunk's size class: the rows past the chunk are
             // all NULL, and the WHERE drops them (a real row's position is
-            // never NULL).
+            // never NULL). The WHERE also keeps SQLite from reading the
+            // upsert clause as part of the SELECT.
             let shape = size_class(chunk.len()).min(per_statement);
             on_tx!(self, t, Db => {
                 let mut qb = QueryBuilder::<Db>::new(format!(
@@ -724,12 +743,14 @@ impl<'c> WriteTx<'c> {
                             .push_bind(None::<&str>);
                     }
                 });
-                qb.push(") AS v WHERE v.column1 IS NOT NULL");
-                let done = qb.build().execute(&mut **t).await?;
-                inserted_all(chunk, done.rows_affected())?;
+                qb.push(") AS v WHERE v.column1 IS NOT NULL").push(on_conflict);
+                stored += qb.build().execute(&mut **t).await?.rows_affected();
             });
         }
-        Ok(())
+        if let Some(head) = head {
+            self.set_head(head).await?;
+        }
+        Ok(stored)
     }
 
     /// Inserts inbox rows (multi-row, chunked).
@@ -768,6 +789,11 @@ impl<'c> WriteTx<'c> {
 
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
         on_tx!(self, t, Db => t.commit().await?);
+        Ok(())
+    }
+
+    pub(crate) async fn rollback(self) -> Result<(), StoreError> {
+        on_tx!(self, t, Db => t.rollback().await?);
         Ok(())
     }
 }

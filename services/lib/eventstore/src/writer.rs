@@ -17,6 +17,14 @@
 //! 4. otherwise versions (current + 1…) and positions (head + 1…) are
 //!    assigned, hashes chained, and the inbox entry recorded.
 //!
+//! Step 2 needs the stored ids, but ids are fresh UUIDs and a stored one
+//! only comes with a retry, so a batch first runs without looking them up:
+//! its INSERT skips stored ids (`ON CONFLICT (event_id) DO NOTHING`), and if
+//! it skipped any, or any request failed its version check (a retried
+//! request whose events are stored would), the transaction is rolled back
+//! and the batch runs again with the lookup. The answers are the same either
+//! way; the common batch saves a query.
+//!
 //! A request is all-or-nothing. If the batch transaction fails as a whole,
 //! it is rolled back, what the writer believed (head, versions) is dropped,
 //! and the requests are retried one per transaction, so one bad request
@@ -314,35 +322,56 @@ impl Writer {
     /// Applies `reqs` in one transaction. On `Ok`, it committed and the
     /// answers are in request order; on `Err`, nothing was written.
     ///
+    /// Event ids are assumed new at first (ids are fresh UUIDs; a stored one
+    /// means a caller retried): the rows are inserted skipping stored ids,
+    /// with no lookup beforehand. If any row was skipped, or any request
+    /// failed its version check (as the retry of a committed request does),
+    /// that transaction is rolled back and the batch runs again with the ids
+    /// looked up, so stored events are answered as stored and real
+    /// conflicts as conflicts.
+    ///
     /// A connection kept from an earlier batch may have died since (the
     /// database restarted): if BEGIN fails on it, the batch is tried once
     /// more on a fresh connection before it counts as failed.
     async fn commit(&mut self, reqs: &[&PreparedAppend]) -> Result<Vec<Answer>, StoreError> {
         let reused = self.conn.is_some();
-        match self.commit_on_conn(reqs).await {
-            Err(Failed::Begin(e)) if reused => {
+        let mut result = self.commit_on_conn(reqs, Ids::AssumeNew).await;
+        if let Err(Failed::Begin(e)) = &result {
+            if reused {
                 tracing::debug!(error = %e, "eventstore writer connection lost, reconnecting");
-                self.commit_on_conn(reqs).await.map_err(Failed::into_inner)
+                result = self.commit_on_conn(reqs, Ids::AssumeNew).await;
             }
-            result => result.map_err(Failed::into_inner),
         }
+        if let Err(Failed::LookUpIds) = result {
+            result = self.commit_on_conn(reqs, Ids::LookUp).await;
+        }
+        result.map_err(Failed::into_inner)
     }
 
     /// [`Self::commit`] on the kept connection, or a new one; keeps the
-    /// connection only if the batch committed.
-    async fn commit_on_conn(&mut self, reqs: &[&PreparedAppend]) -> Result<Vec<Answer>, Failed> {
+    /// connection unless the batch failed in the database.
+    async fn commit_on_conn(
+        &mut self,
+        reqs: &[&PreparedAppend],
+        ids: Ids,
+    ) -> Result<Vec<Answer>, Failed> {
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
             None => WriteConn::open(&self.pool).await.map_err(Failed::Begin)?,
         };
         let result = match WriteTx::begin(&mut conn).await {
-            Ok(tx) => self.apply(tx, reqs).await.map_err(Failed::Later),
+            Ok(tx) => self.apply(tx, reqs, ids).await,
             Err(e) => Err(Failed::Begin(e)),
         };
         match result {
             Ok(answers) => {
                 self.conn = Some(conn);
                 Ok(answers)
+            }
+            // Rolled back cleanly: the connection is fine.
+            Err(Failed::LookUpIds) => {
+                self.conn = Some(conn);
+                Err(Failed::LookUpIds)
             }
             Err(e) => {
                 conn.close().await;
@@ -356,7 +385,8 @@ impl Writer {
         &mut self,
         mut tx: WriteTx<'_>,
         reqs: &[&PreparedAppend],
-    ) -> Result<Vec<Answer>, StoreError> {
+        ids: Ids,
+    ) -> Result<Vec<Answer>, Failed> {
         // Lock first (PostgreSQL) / already locked (SQLite): everything read
         // below is then stable until we commit.
         let locked = tx.lock_head().await?;
@@ -382,7 +412,7 @@ impl Writer {
         } else {
             tx.existing_inbox(&inbox_keys).await?
         };
-        let ids: Vec<&str> = {
+        let event_ids: Vec<&str> = {
             let mut seen = HashSet::new();
             reqs.iter()
                 .flat_map(|r| r.events.iter())
@@ -390,10 +420,10 @@ impl Writer {
                 .filter(|id| seen.insert(*id))
                 .collect()
         };
-        let db_events = if ids.is_empty() {
+        let db_events = if event_ids.is_empty() || ids == Ids::AssumeNew {
             HashMap::new()
         } else {
-            tx.existing_events(&ids).await?
+            tx.existing_events(&event_ids).await?
         };
         let mut versions: HashMap<String, u64> = HashMap::new();
         {
@@ -523,6 +553,12 @@ impl Writer {
                     })
                 });
                 if let Some(conflict) = failed {
+                    if ids == Ids::AssumeNew {
+                        // Perhaps a retry of a request that committed, whose
+                        // events are stored: only the lookup can tell.
+                        tx.rollback().await?;
+                        return Err(Failed::LookUpIds);
+                    }
                     answers.push(Err(conflict));
                     continue;
                 }
@@ -619,14 +655,29 @@ impl Writer {
             answers.push(Ok(AppendOutcome::Appended(out)));
         }
 
-        if !new_rows.is_empty() {
-            tx.insert_events(&new_rows).await?;
+        let moved = (head != locked).then_some(&head);
+        if new_rows.is_empty() {
+            if let Some(head) = moved {
+                tx.set_head(head).await?;
+            }
+        } else {
+            let skip_stored_ids = ids == Ids::AssumeNew;
+            let stored = tx.insert_events(&new_rows, skip_stored_ids, moved).await?;
+            if stored != new_rows.len() as u64 {
+                if skip_stored_ids {
+                    // Some id was stored before: run the batch again with the
+                    // ids looked up (see `commit`).
+                    tx.rollback().await?;
+                    return Err(Failed::LookUpIds);
+                }
+                return Err(Failed::Later(StoreError::Corrupt {
+                    position: new_rows.first().map_or(0, |e| e.position),
+                    problem: format!("an INSERT of {} events stored {stored}", new_rows.len()),
+                }));
+            }
         }
         if !inbox_rows.is_empty() {
             tx.insert_inbox(&inbox_rows).await?;
-        }
-        if head != locked {
-            tx.set_head(&head).await?;
         }
         tx.commit().await?;
 
@@ -654,17 +705,43 @@ impl Writer {
     }
 }
 
+/// How a batch learns which of its event ids are stored already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ids {
+    /// Not at all: the INSERT skips stored ids, and a skipped row or a
+    /// failed version check (which a retried request meets) sends the batch
+    /// back to be run with [`Ids::LookUp`] ([`Failed::LookUpIds`]).
+    AssumeNew,
+    /// By looking them up before anything is decided.
+    LookUp,
+}
+
 /// Why [`Writer::commit_on_conn`] failed: at BEGIN (or opening the
-/// connection), before anything was sent, or later in the transaction.
+/// connection), before anything was sent; because the batch must be run
+/// with its ids looked up (rolled back, nothing written); or later in the
+/// transaction.
 enum Failed {
     Begin(StoreError),
+    LookUpIds,
     Later(StoreError),
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Self {
+        Failed::Later(e)
+    }
 }
 
 impl Failed {
     fn into_inner(self) -> StoreError {
         match self {
             Failed::Begin(e) | Failed::Later(e) => e,
+            // `commit` runs a batch that reported this again with lookups,
+            // which never report it.
+            Failed::LookUpIds => StoreError::Corrupt {
+                position: 0,
+                problem: "a batch kept finding stored event ids".into(),
+            },
         }
     }
 }

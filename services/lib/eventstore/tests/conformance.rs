@@ -147,6 +147,7 @@ conformance!(
     a_request_is_all_or_nothing,
     read_from_is_in_global_order_with_contiguous_positions,
     reappending_an_event_id_is_idempotent,
+    a_retry_a_conflict_and_new_requests_queued_together_get_their_own_answers,
     an_inbox_duplicate_returns_the_stored_reply_and_writes_nothing,
     an_inbox_only_request_records_the_message,
     a_conflicting_request_does_not_fail_its_batch_neighbours,
@@ -430,6 +431,66 @@ async fn read_from_is_in_global_order_with_contiguous_positions(db: &Db) {
         store.head().await.unwrap(),
         Some((30, all[29].hash.clone()))
     );
+}
+
+/// The writer runs a batch without looking its ids up first, and again with
+/// the lookup when a stored id or a failed check shows up: whichever way a
+/// batch goes, each request gets the answer it would get alone.
+async fn a_retry_a_conflict_and_new_requests_queued_together_get_their_own_answers(db: &Db) {
+    let store = db.open().await;
+    let retried = AppendRequest::new(vec![ev("r", 1)]).expect("r", ExpectedVersion::NoStream);
+    let first = appended(store.append(retried.clone()).await.unwrap());
+    appended(
+        store
+            .append(one("k", 1, ExpectedVersion::NoStream))
+            .await
+            .unwrap(),
+    );
+    for round in 0..3 {
+        let (n1, n2) = (format!("n1-{round}"), format!("n2-{round}"));
+        // Queued back to back, so the writer mostly takes them as one batch.
+        let pending = vec![
+            store
+                .submit(one(&n1, 1, ExpectedVersion::NoStream))
+                .await
+                .unwrap(),
+            store.submit(retried.clone()).await.unwrap(),
+            store
+                .submit(one("k", 9, ExpectedVersion::NoStream))
+                .await
+                .unwrap(),
+            store
+                .submit(one(&n2, 1, ExpectedVersion::NoStream))
+                .await
+                .unwrap(),
+        ];
+        let mut outcomes = Vec::new();
+        for p in pending {
+            outcomes.push(p.outcome().await);
+        }
+        let mut outcomes = outcomes.into_iter();
+        let fresh = appended(outcomes.next().unwrap().unwrap());
+        assert_eq!(
+            (fresh[0].stream.as_str(), fresh[0].version),
+            (n1.as_str(), 1)
+        );
+        assert_eq!(appended(outcomes.next().unwrap().unwrap()), first);
+        match outcomes.next().unwrap() {
+            Err(AppendError::Conflict { stream, actual, .. }) => {
+                assert_eq!((stream.as_str(), actual), ("k", 1));
+            }
+            other => panic!("expected a conflict on k, got {other:?}"),
+        }
+        let fresh = appended(outcomes.next().unwrap().unwrap());
+        assert_eq!(
+            (fresh[0].stream.as_str(), fresh[0].version),
+            (n2.as_str(), 1)
+        );
+    }
+    let all = all_events(&store).await;
+    assert_eq!(all.len(), 2 + 3 * 2);
+    assert_contiguous(&all);
+    assert_verifies(&store, 8).await;
 }
 
 async fn reappending_an_event_id_is_idempotent(db: &Db) {
