@@ -664,47 +664,50 @@ impl<'c> WriteTx<'c> {
         } else {
             ""
         };
-        if let WriteTx::Postgres(t) = self {
-            // A data-modifying CTE runs exactly once, whether or not the
-            // INSERT reads it: one round trip for both.
-            let move_head = if head.is_some() {
-                "WITH moved AS (UPDATE chain_head SET position = $11, hash = $12, \
-                 recorded_at = $13 WHERE id = 1) "
-            } else {
-                ""
-            };
-            let sql = format!(
-                "{move_head}INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM UNNEST(\
-                 $1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], \
-                 $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[]){on_conflict}"
-            );
-            let mut query = sqlx::query::<Postgres>(&sql)
-                .bind(rows.iter().map(|e| e.position).collect::<Vec<i64>>())
-                .bind(rows.iter().map(|e| e.stream).collect::<Vec<&str>>())
-                .bind(rows.iter().map(|e| e.version).collect::<Vec<i64>>())
-                .bind(rows.iter().map(|e| e.event_id).collect::<Vec<&str>>())
-                .bind(rows.iter().map(|e| e.kind).collect::<Vec<&str>>())
-                .bind(rows.iter().map(|e| e.payload).collect::<Vec<&str>>())
-                .bind(rows.iter().map(|e| e.metadata).collect::<Vec<&str>>())
-                .bind(
-                    rows.iter()
-                        .map(|e| e.recorded_at.as_ref())
-                        .collect::<Vec<&str>>(),
-                )
-                .bind(
-                    rows.iter()
-                        .map(|e| e.prev_hash.as_str())
-                        .collect::<Vec<&str>>(),
-                )
-                .bind(rows.iter().map(|e| e.hash.as_str()).collect::<Vec<&str>>());
-            if let Some(head) = head {
-                query = query
-                    .bind(head.position)
-                    .bind(head.hash.as_str())
-                    .bind(head.recorded_at.as_str());
+        let t = match &mut *self {
+            WriteTx::Sqlite(t) => t,
+            WriteTx::Postgres(t) => {
+                // A data-modifying CTE runs exactly once, whether or not the
+                // INSERT reads it: one round trip for both.
+                let move_head = if head.is_some() {
+                    "WITH moved AS (UPDATE chain_head SET position = $11, hash = $12, \
+                     recorded_at = $13 WHERE id = 1) "
+                } else {
+                    ""
+                };
+                let sql = format!(
+                    "{move_head}INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM UNNEST(\
+                     $1::BIGINT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], \
+                     $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[]){on_conflict}"
+                );
+                let mut query = sqlx::query::<Postgres>(&sql)
+                    .bind(rows.iter().map(|e| e.position).collect::<Vec<i64>>())
+                    .bind(rows.iter().map(|e| e.stream).collect::<Vec<&str>>())
+                    .bind(rows.iter().map(|e| e.version).collect::<Vec<i64>>())
+                    .bind(rows.iter().map(|e| e.event_id).collect::<Vec<&str>>())
+                    .bind(rows.iter().map(|e| e.kind).collect::<Vec<&str>>())
+                    .bind(rows.iter().map(|e| e.payload).collect::<Vec<&str>>())
+                    .bind(rows.iter().map(|e| e.metadata).collect::<Vec<&str>>())
+                    .bind(
+                        rows.iter()
+                            .map(|e| e.recorded_at.as_ref())
+                            .collect::<Vec<&str>>(),
+                    )
+                    .bind(
+                        rows.iter()
+                            .map(|e| e.prev_hash.as_str())
+                            .collect::<Vec<&str>>(),
+                    )
+                    .bind(rows.iter().map(|e| e.hash.as_str()).collect::<Vec<&str>>());
+                if let Some(head) = head {
+                    query = query
+                        .bind(head.position)
+                        .bind(head.hash.as_str())
+                        .bind(head.recorded_at.as_str());
+                }
+                return Ok(query.execute(&mut **t).await?.rows_affected());
             }
-            return Ok(query.execute(&mut **t).await?.rows_affected());
-        }
+        };
         let per_statement = SQLITE_MAX_BINDS / COLUMNS;
         let mut stored = 0;
         for chunk in rows.chunks(per_statement) {
@@ -713,39 +716,38 @@ impl<'c> WriteTx<'c> {
             // never NULL). The WHERE also keeps SQLite from reading the
             // upsert clause as part of the SELECT.
             let shape = size_class(chunk.len()).min(per_statement);
-            on_tx!(self, t, Db => {
-                let mut qb = QueryBuilder::<Db>::new(format!(
-                    "INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM ("
-                ));
-                qb.push_values(0..shape, |mut b, i| match chunk.get(i) {
-                    Some(e) => {
-                        b.push_bind(Some(e.position))
-                            .push_bind(Some(e.stream))
-                            .push_bind(Some(e.version))
-                            .push_bind(Some(e.event_id))
-                            .push_bind(Some(e.kind))
-                            .push_bind(Some(e.payload))
-                            .push_bind(Some(e.metadata))
-                            .push_bind(Some(e.recorded_at.as_ref()))
-                            .push_bind(Some(e.prev_hash.as_str()))
-                            .push_bind(Some(e.hash.as_str()));
-                    }
-                    None => {
-                        b.push_bind(None::<i64>)
-                            .push_bind(None::<&str>)
-                            .push_bind(None::<i64>)
-                            .push_bind(None::<&str>)
-                            .push_bind(None::<&str>)
-                            .push_bind(None::<&str>)
-                            .push_bind(None::<&str>)
-                            .push_bind(None::<&str>)
-                            .push_bind(None::<&str>)
-                            .push_bind(None::<&str>);
-                    }
-                });
-                qb.push(") AS v WHERE v.column1 IS NOT NULL").push(on_conflict);
-                stored += qb.build().execute(&mut **t).await?.rows_affected();
+            let mut qb = QueryBuilder::<Sqlite>::new(format!(
+                "INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM ("
+            ));
+            qb.push_values(0..shape, |mut b, i| match chunk.get(i) {
+                Some(e) => {
+                    b.push_bind(Some(e.position))
+                        .push_bind(Some(e.stream))
+                        .push_bind(Some(e.version))
+                        .push_bind(Some(e.event_id))
+                        .push_bind(Some(e.kind))
+                        .push_bind(Some(e.payload))
+                        .push_bind(Some(e.metadata))
+                        .push_bind(Some(e.recorded_at.as_ref()))
+                        .push_bind(Some(e.prev_hash.as_str()))
+                        .push_bind(Some(e.hash.as_str()));
+                }
+                None => {
+                    b.push_bind(None::<i64>)
+                        .push_bind(None::<&str>)
+                        .push_bind(None::<i64>)
+                        .push_bind(None::<&str>)
+                        .push_bind(None::<&str>)
+                        .push_bind(None::<&str>)
+                        .push_bind(None::<&str>)
+                        .push_bind(None::<&str>)
+                        .push_bind(None::<&str>)
+                        .push_bind(None::<&str>);
+                }
             });
+            qb.push(") AS v WHERE v.column1 IS NOT NULL")
+                .push(on_conflict);
+            stored += qb.build().execute(&mut **t).await?.rows_affected();
         }
         if let Some(head) = head {
             self.set_head(head).await?;

@@ -103,33 +103,40 @@ fn json_of(key: &str, bytes: usize) -> String {
     format!("{{\"{key}\":\"{}\"}}", "x".repeat(bytes.saturating_sub(8)))
 }
 
-/// Creates the scratch table `bench_raw` (dropping any left over) exactly
-/// like the `events` table: the same columns and types, the primary key,
-/// `event_id UNIQUE`, the `(stream, version)` unique constraint and the
-/// version check; only the immutability triggers are left out (they fire
-/// on UPDATE and DELETE, never on INSERT).
+/// Creates the scratch table `bench_raw` (dropping any left over) from the
+/// `events` table itself, so it cannot drift from it: the same columns and
+/// types, the primary key, `event_id UNIQUE`, the `(stream, version)` unique
+/// constraint and the version check. Only the immutability triggers are
+/// left out (they fire on UPDATE and DELETE, never on INSERT).
 async fn create_raw_table(pool: &Pool) -> Result<(), StoreError> {
-    let create = match pool {
-        Pool::Sqlite(_) => {
-            "CREATE TABLE bench_raw (position INTEGER PRIMARY KEY, \
-             stream TEXT NOT NULL, version INTEGER NOT NULL CHECK (version > 0), \
-             event_id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, payload TEXT NOT NULL, \
-             metadata TEXT NOT NULL, recorded_at TEXT NOT NULL, prev_hash TEXT NOT NULL, \
-             hash TEXT NOT NULL, CONSTRAINT bench_raw_stream_version UNIQUE (stream, version)) \
-             STRICT"
-        }
-        Pool::Postgres(_) => {
-            "CREATE TABLE bench_raw (position BIGINT PRIMARY KEY, \
-             stream TEXT NOT NULL, version BIGINT NOT NULL CHECK (version > 0), \
-             event_id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, payload TEXT NOT NULL, \
-             metadata TEXT NOT NULL, recorded_at TEXT NOT NULL, prev_hash TEXT NOT NULL, \
-             hash TEXT NOT NULL, CONSTRAINT bench_raw_stream_version UNIQUE (stream, version))"
-        }
-    };
     on_pool!(pool, p, Db => {
         sqlx::query("DROP TABLE IF EXISTS bench_raw").execute(p).await.map_err(db_err)?;
-        sqlx::query(create).execute(p).await.map_err(db_err)?;
     });
+    match pool {
+        Pool::Sqlite(p) => {
+            // SQLite has no `LIKE`: its own CREATE statement, renamed.
+            let events: String = sqlx::query_scalar(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+            )
+            .fetch_one(p)
+            .await
+            .map_err(db_err)?;
+            let create = events
+                .strip_prefix("CREATE TABLE events ")
+                .map(|rest| format!("CREATE TABLE bench_raw {rest}"))
+                .ok_or_else(|| StoreError::Corrupt {
+                    position: 0,
+                    problem: format!("unexpected definition of `events`: {events}"),
+                })?;
+            sqlx::query(&create).execute(p).await.map_err(db_err)?;
+        }
+        Pool::Postgres(p) => {
+            sqlx::query("CREATE TABLE bench_raw (LIKE events INCLUDING ALL)")
+                .execute(p)
+                .await
+                .map_err(db_err)?;
+        }
+    }
     Ok(())
 }
 
