@@ -84,8 +84,8 @@ struct Deployment {
 
 /// The audit mirror as `gradeflow up` runs it: the approval service's own
 /// mapping, its position recorded as `approval-audit`.
-fn audit_relay(store: Store, js: jetstream::Context, names: Names) -> Relay {
-    Relay::new(store, js, names, "approval-audit").with_mapper(Arc::new(audit_message))
+fn audit_relay(store: Store, client: &async_nats::Client, names: Names) -> Relay {
+    Relay::new(store, client, names, "approval-audit").with_mapper(Arc::new(audit_message))
 }
 
 fn strings(kinds: &[&str]) -> Vec<String> {
@@ -156,8 +156,7 @@ impl Deployment {
                     let kinds = strings(gradeflow_approval_server::OBSERVED_KINDS);
                     let mut t = spawn(Arc::new(w), wiring(kinds), stop).await.unwrap();
                     t.push(tokio::spawn(
-                        audit_relay(store.clone(), js.clone(), d.names.clone())
-                            .run(d.relay.clone()),
+                        audit_relay(store.clone(), &d.nats, d.names.clone()).run(d.relay.clone()),
                     ));
                     t
                 }

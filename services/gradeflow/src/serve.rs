@@ -246,8 +246,7 @@ async fn run(
                 )
                 .await?;
                 t.push(tokio::spawn(
-                    audit_relay(store.clone(), js.clone(), config.names.clone())
-                        .run(shutdown.clone()),
+                    audit_relay(store.clone(), &client, config.names.clone()).run(shutdown.clone()),
                 ));
                 t
             }
@@ -364,8 +363,8 @@ async fn open_store(config: &Config, service: &str) -> anyhow::Result<Store> {
 /// Mirrors the decision log to `<prefix>_AUDIT` (see
 /// [`audit_message`]), with its own recorded position so it resumes where it
 /// stopped.
-fn audit_relay(store: Store, js: jetstream::Context, names: Names) -> Relay {
-    Relay::new(store, js, names, "approval-audit").with_mapper(Arc::new(audit_message))
+fn audit_relay(store: Store, client: &async_nats::Client, names: Names) -> Relay {
+    Relay::new(store, client, names, "approval-audit").with_mapper(Arc::new(audit_message))
 }
 
 /// Connects to NATS; when nothing listens at a loopback URL and `nats-server`

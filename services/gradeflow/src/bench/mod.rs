@@ -215,7 +215,7 @@ async fn section(
     transport::create_raw_stream(js, names).await?;
     let appends = appends::measure(store, events, payload_bytes).await?;
     let mut rows = appends.rows;
-    rows.push(transport::publish(store, js, names, appends.appended).await?);
+    rows.push(transport::publish(store, client, js, names, appends.appended).await?);
     let (consume_rows, consume_commits) = transport::consume(
         store,
         client,

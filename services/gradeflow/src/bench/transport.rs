@@ -75,6 +75,7 @@ pub async fn create_raw_stream(js: &jetstream::Context, names: &Names) -> anyhow
 /// bare pipelined publish of as many messages of the relay's message size.
 pub async fn publish(
     store: &Store,
+    client: &async_nats::Client,
     js: &jetstream::Context,
     names: &Names,
     total: u64,
@@ -95,7 +96,7 @@ pub async fn publish(
     let raw = raw_publish(js, names, total, message_bytes).await?;
 
     eprintln!("  relay drain…");
-    let relay = Relay::new(store.clone(), js.clone(), names.clone(), "bench");
+    let relay = Relay::new(store.clone(), client, names.clone(), "bench");
     let started = Instant::now();
     let acked = relay.drain().await.context("draining the outbox relay")?;
     let elapsed = started.elapsed();

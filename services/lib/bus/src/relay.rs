@@ -33,7 +33,13 @@
 //!   position: at most [`RelayConfig::tail_events`] events, recorded within
 //!   [`RelayConfig::tail_max_age`]. The age bound must stay below the
 //!   stream's duplicate window: then whatever the stream still has is
-//!   absorbed by dedup, and nothing is stored twice.
+//!   absorbed by dedup, and nothing is stored twice. The same tail is
+//!   re-published whenever the NATS client connects again (its connect count
+//!   moved): a server killed and restarted under a running relay may have
+//!   lost what it acknowledged last. The tail then runs back from the last
+//!   position the relay had acknowledged *before* the reconnect, so the
+//!   events acknowledged between the server's death and the relay noticing
+//!   it are covered too.
 //! * **No polling latency.** When caught up it sleeps on the store's
 //!   `committed()` watch and wakes on the next commit. A slow fallback poll
 //!   ([`RelayConfig::idle_poll`]) covers commits made by another process
@@ -79,6 +85,9 @@ pub struct RelayConfig {
     pub retry_min: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// How long a publish waits for its acknowledgment before the pass
+    /// fails and is retried.
+    pub ack_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -92,6 +101,8 @@ impl Default for RelayConfig {
             idle_poll: Duration::from_secs(1),
             retry_min: Duration::from_millis(100),
             retry_max: Duration::from_secs(5),
+            // JetStream's own default.
+            ack_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -201,6 +212,8 @@ impl Item {
 #[derive(Clone)]
 pub struct Relay {
     store: Store,
+    /// The connection, watched for reconnects.
+    client: async_nats::Client,
     js: jetstream::Context,
     names: Names,
     publisher: String,
@@ -255,23 +268,32 @@ impl<T> Drop for Background<T> {
 struct Pass {
     acked: i64,
     error: Option<RelayError>,
+    /// Set when the client's connect count moved during the pass: the
+    /// position acknowledged at the last page boundary before it was seen
+    /// to move (the restart tail must reach back from there).
+    reconnected_after: Option<i64>,
 }
 
 impl Relay {
-    /// A relay publishing `store`'s events under `names`, recording its
-    /// progress as `publisher` (e.g. the service name).
+    /// A relay publishing `store`'s events to JetStream over `client` under
+    /// `names`, recording its progress as `publisher` (e.g. the service
+    /// name).
     pub fn new(
         store: Store,
-        js: jetstream::Context,
+        client: &async_nats::Client,
         names: Names,
         publisher: impl Into<String>,
     ) -> Self {
+        let config = RelayConfig::default();
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(config.ack_timeout);
         Self {
             store,
+            client: client.clone(),
             js,
             names,
             publisher: publisher.into(),
-            config: RelayConfig::default(),
+            config,
             mapping: Mapping::Envelope { service: None },
         }
     }
@@ -297,6 +319,7 @@ impl Relay {
 
     /// The same relay with `config`.
     pub fn with_config(mut self, config: RelayConfig) -> Self {
+        self.js.set_timeout(config.ack_timeout);
         self.config = config;
         self
     }
@@ -308,9 +331,10 @@ impl Relay {
 
     /// Runs until `shutdown`: re-publishes the restart tail, then every event
     /// committed since the recorded position, then each new commit as it
-    /// happens. Failures are logged and retried with backoff; on shutdown it
-    /// stops reading, awaits the acknowledgments in flight, records its
-    /// position and returns.
+    /// happens; after every reconnect of the client, the restart tail again.
+    /// Failures are logged and retried with backoff; on shutdown it stops
+    /// reading, awaits the acknowledgments in flight, records its position
+    /// and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(self.config.retry_min, self.config.retry_max);
         // Where the previous run got to. Everything after `tail_start` is
@@ -327,13 +351,30 @@ impl Relay {
                 }
             }
         };
-        let tail = i64::try_from(self.config.tail_events).unwrap_or(i64::MAX);
-        let mut position = recorded.saturating_sub(tail).max(0);
+        // Read before the first publish: a reconnect from here on counts.
+        let mut connects = self.connects();
+        let mut position = self.tail_start(recorded);
+        // Events up to here belong to a restart tail (sent again only if
+        // recent).
+        let mut tail_until = recorded;
         tracing::info!(publisher = %self.publisher, recorded, tail_from = position, "bus.relay.started");
         let mut committed = self.store.committed();
         loop {
-            let pass = self.pass(position, recorded, &shutdown).await;
+            let pass = self.pass(position, tail_until, connects, &shutdown).await;
             position = pass.acked;
+            if let Some(before) = pass.reconnected_after {
+                // The server may be a new one that lost what the old one
+                // acknowledged last: send the tail again, up to everything
+                // acknowledged so far.
+                connects = self.connects();
+                tail_until = position;
+                position = self.tail_start(before.min(position));
+                tracing::info!(publisher = %self.publisher, acked = tail_until, tail_from = position, "bus.relay.reconnected");
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
             if let Some(err) = pass.error {
                 tracing::warn!(error = %err, position, "bus.relay.failed");
                 if !sleep_or_shutdown(backoff.next(), &shutdown).await {
@@ -348,6 +389,10 @@ impl Relay {
             // Caught up: sleep until the writer commits past `position`.
             // (The watch guard is dropped inside the future: it must not be
             // held across an await.)
+            if self.connects() != connects {
+                // Reconnected while idle: the next pass finds it at once.
+                continue;
+            }
             let wait = async { committed.wait_for(|&c| c > position).await.is_ok() };
             let woken = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -373,7 +418,12 @@ impl Relay {
             .await
             .map_err(|e| self.store_error(e))?;
         let pass = self
-            .pass(recorded, recorded, &CancellationToken::new())
+            .pass(
+                recorded,
+                recorded,
+                self.connects(),
+                &CancellationToken::new(),
+            )
             .await;
         match pass.error {
             Some(err) => Err(err),
@@ -390,8 +440,7 @@ impl Relay {
             .outbox_position(&self.publisher)
             .await
             .map_err(|e| self.store_error(e))?;
-        let tail = i64::try_from(self.config.tail_events).unwrap_or(i64::MAX);
-        let from = recorded.saturating_sub(tail).max(0);
+        let from = self.tail_start(recorded);
         let cutoff = self.tail_cutoff();
         let mut sent = 0;
         let mut after = from;
@@ -423,10 +472,17 @@ impl Relay {
     }
 
     /// One pass: publishes the events after `after`, pipelined, until the
-    /// store has no more (or shutdown), and records the acknowledged
-    /// position. Events at or before `tail_until` belong to the restart tail
-    /// and are skipped when older than `tail_max_age`.
-    async fn pass(&self, after: i64, tail_until: i64, shutdown: &CancellationToken) -> Pass {
+    /// store has no more (or shutdown, or the client's connect count is no
+    /// longer `connects`), and records the acknowledged position. Events at
+    /// or before `tail_until` belong to the restart tail and are skipped
+    /// when older than `tail_max_age`.
+    async fn pass(
+        &self,
+        after: i64,
+        tail_until: i64,
+        connects: u64,
+        shutdown: &CancellationToken,
+    ) -> Pass {
         let cutoff = self.tail_cutoff();
         let window = self.config.window.max(1);
         // In position order; `ack` is `None` for a skipped tail event, which
@@ -440,8 +496,17 @@ impl Relay {
         let mut next_page = Some(self.read_ahead(after));
         // The last progress record, written meanwhile.
         let mut saving = None;
+        // Acknowledged at the last page boundary where the connect count
+        // was still `connects`.
+        let mut before_reconnect = acked;
+        let mut reconnected_after = None;
 
         'reading: while !shutdown.is_cancelled() {
+            if self.connects() != connects {
+                reconnected_after = Some(before_reconnect);
+                break;
+            }
+            before_reconnect = acked;
             let Some(reading) = next_page.take() else {
                 break;
             };
@@ -514,7 +579,31 @@ impl Relay {
         if let Err(e) = self.save(acked, &mut saved).await {
             error.get_or_insert(e);
         }
-        Pass { acked, error }
+        if reconnected_after.is_none() && self.connects() != connects {
+            // Seen only after the last page (or at a failure the reconnect
+            // caused): the tail must reach back past this whole pass's
+            // acknowledgments made since the last check.
+            reconnected_after = Some(before_reconnect);
+        }
+        Pass {
+            acked,
+            error,
+            reconnected_after,
+        }
+    }
+
+    /// How many times the client has connected (the first connect counts).
+    fn connects(&self) -> u64 {
+        self.client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Where a restart tail ending at `position` starts.
+    fn tail_start(&self, position: i64) -> i64 {
+        let tail = i64::try_from(self.config.tail_events).unwrap_or(i64::MAX);
+        position.saturating_sub(tail).max(0)
     }
 
     /// Awaits the oldest in-flight acknowledgment and advances `acked`.

@@ -110,7 +110,7 @@ pub async fn spawn<W: Workflow>(
     // observed events in its store came from the stream in the first place.
     let relay = Relay::new(
         wiring.store.clone(),
-        js.clone(),
+        &wiring.client,
         wiring.names.clone(),
         service,
     )

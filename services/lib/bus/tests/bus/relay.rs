@@ -44,17 +44,13 @@ async fn every_event_reaches_the_stream_exactly_once_across_relay_aborts() {
     };
 
     let relay = |window: usize, read_batch: usize| {
-        Relay::new(
-            store.clone(),
-            bus.js.clone(),
-            bus.names.clone(),
-            "submission",
+        Relay::new(store.clone(), &bus.client, bus.names.clone(), "submission").with_config(
+            RelayConfig {
+                window,
+                read_batch,
+                ..RelayConfig::default()
+            },
         )
-        .with_config(RelayConfig {
-            window,
-            read_batch,
-            ..RelayConfig::default()
-        })
     };
     // Abort the relay task mid-flight, each time once the stream has grown
     // past a mark: whatever it published but had not recorded is published
@@ -161,11 +157,12 @@ async fn the_restart_tail_restores_events_the_server_lost() {
         })
         .collect();
     store.append(AppendRequest::new(events)).await.unwrap();
-    let relay = Relay::new(store.clone(), bus.js.clone(), bus.names.clone(), "approval")
-        .with_config(RelayConfig {
+    let relay = Relay::new(store.clone(), &bus.client, bus.names.clone(), "approval").with_config(
+        RelayConfig {
             tail_events: 20,
             ..RelayConfig::default()
-        });
+        },
+    );
     assert_eq!(relay.drain().await.unwrap(), 50);
     assert_eq!(stream_len(&bus.js, &bus.names.events_stream()).await, 50);
 
@@ -230,11 +227,12 @@ async fn a_caught_up_relay_wakes_on_commit_with_subject_and_headers() {
         .unwrap();
     let (store, db) = sqlite_store().await;
     // The fallback poll is an hour: only the commit signal can wake it.
-    let relay = Relay::new(store.clone(), bus.js.clone(), bus.names.clone(), "approval")
-        .with_config(RelayConfig {
+    let relay = Relay::new(store.clone(), &bus.client, bus.names.clone(), "approval").with_config(
+        RelayConfig {
             idle_poll: Duration::from_secs(3600),
             ..RelayConfig::default()
-        });
+        },
+    );
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(relay.run(shutdown.clone()));
 
@@ -367,9 +365,7 @@ async fn the_relay_rides_out_a_nats_restart() {
         .connect(server.url())
         .await
         .unwrap();
-    let mut js = async_nats::jetstream::new(client);
-    // Fail in-flight publishes fast while the server is away.
-    js.set_timeout(Duration::from_millis(500));
+    let js = async_nats::jetstream::new(client.clone());
     let names = gradeflow_testkit::fresh_names();
     ensure_streams(&js, &names, &StreamSettings::default())
         .await
@@ -395,8 +391,10 @@ async fn the_relay_rides_out_a_nats_restart() {
 
     let shutdown = CancellationToken::new();
     let relay =
-        Relay::new(store.clone(), js.clone(), names.clone(), "approval").with_config(RelayConfig {
+        Relay::new(store.clone(), &client, names.clone(), "approval").with_config(RelayConfig {
             retry_max: Duration::from_millis(300),
+            // Fail in-flight publishes fast while the server is away.
+            ack_timeout: Duration::from_millis(500),
             ..RelayConfig::default()
         });
     let task = tokio::spawn(relay.run(shutdown.clone()));
@@ -445,6 +443,103 @@ async fn the_relay_rides_out_a_nats_restart() {
     db.cleanup(store).await;
 }
 
+/// The payload numbers of the stream's events, in stream order.
+async fn numbers(js: &async_nats::jetstream::Context, names: &gradeflow_proto::Names) -> Vec<i64> {
+    read_all(js, &names.events_stream(), &names.events_filter())
+        .await
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<Envelope>(&m.payload)
+                .unwrap()
+                .payload["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_running_relay_sends_its_tail_again_to_a_server_that_lost_what_it_acknowledged() {
+    let mut server = OwnServer::new();
+    server.start().await;
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(server.url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let names = gradeflow_testkit::fresh_names();
+    ensure_streams(&js, &names, &StreamSettings::default())
+        .await
+        .unwrap();
+    let (store, db) = sqlite_store().await;
+    let append = |from: i64| {
+        let events = (from..from + 100)
+            .map(|n| {
+                new_event(
+                    "approval",
+                    "decision-1",
+                    "grade_decided.v1",
+                    serde_json::json!({"n": n}),
+                )
+            })
+            .collect();
+        store.append(AppendRequest::new(events))
+    };
+    let len = || async {
+        let mut s = js.get_stream(names.events_stream()).await.ok()?;
+        Some(s.info().await.ok()?.state.messages)
+    };
+
+    let shutdown = CancellationToken::new();
+    let relay =
+        Relay::new(store.clone(), &client, names.clone(), "approval").with_config(RelayConfig {
+            retry_max: Duration::from_millis(300),
+            ack_timeout: Duration::from_millis(500),
+            ..RelayConfig::default()
+        });
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    append(0).await.unwrap();
+    eventually(Duration::from_secs(10), "the first hundred", || async {
+        (len().await == Some(100) && store.outbox_position("approval").await.unwrap() == 100)
+            .then_some(())
+    })
+    .await;
+
+    // The server dies and comes back without the messages it had
+    // acknowledged (as a kill before its buffered writes reach the disk can
+    // leave it); the relay keeps running and nothing new is committed.
+    server.stop().await;
+    let msgs = server
+        .dir
+        .join("jetstream")
+        .join("$G")
+        .join("streams")
+        .join(names.events_stream())
+        .join("msgs");
+    assert!(msgs.is_dir(), "the stream's message files at {msgs:?}");
+    std::fs::remove_dir_all(&msgs).unwrap();
+    std::fs::create_dir(&msgs).unwrap();
+    server.start().await;
+    eventually(
+        Duration::from_secs(20),
+        "the relay to send the lost events again after the reconnect",
+        || async { (len().await == Some(100)).then_some(()) },
+    )
+    .await;
+
+    // And it goes on with new commits: each event once, in order.
+    append(100).await.unwrap();
+    eventually(Duration::from_secs(10), "the next hundred", || async {
+        (len().await == Some(200)).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    assert_eq!(numbers(&js, &names).await, (0..200).collect::<Vec<_>>());
+    db.cleanup(store).await;
+}
+
 #[tokio::test]
 async fn a_relay_for_one_service_skips_the_copies_of_observed_events() {
     let bus = Bus::new().await;
@@ -465,7 +560,7 @@ async fn a_relay_for_one_service_skips_the_copies_of_observed_events() {
         })
         .collect();
     store.append(AppendRequest::new(events)).await.unwrap();
-    let relay = Relay::new(store.clone(), bus.js.clone(), bus.names.clone(), "approval")
+    let relay = Relay::new(store.clone(), &bus.client, bus.names.clone(), "approval")
         .only_service("approval");
     // Every position counts as handled, published or skipped.
     assert_eq!(relay.drain().await.unwrap(), 6);
@@ -520,7 +615,7 @@ async fn published_bodies_are_the_encoded_envelopes_of_the_stored_events() {
         })
         .collect();
     store.append(AppendRequest::new(events)).await.unwrap();
-    let relay = Relay::new(store.clone(), bus.js.clone(), bus.names.clone(), "approval");
+    let relay = Relay::new(store.clone(), &bus.client, bus.names.clone(), "approval");
     assert_eq!(relay.drain().await.unwrap(), payloads.len() as i64);
 
     let stored = store.read_from(0, 100).await.unwrap();
