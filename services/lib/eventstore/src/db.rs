@@ -18,7 +18,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{
-    ConnectOptions, Connection, Executor, PgConnection, Postgres, QueryBuilder, Sqlite, Transaction,
+    ConnectOptions, Connection, Executor, PgConnection, Postgres, QueryBuilder, Row, Sqlite,
+    Transaction,
 };
 
 use crate::canonical::{parse_timestamp, GENESIS_HASH};
@@ -458,23 +459,20 @@ impl WriteConn {
 /// One append transaction of the writer, on its [`WriteConn`].
 pub(crate) enum WriteTx<'c> {
     Sqlite(Transaction<'c, Sqlite>),
-    Postgres(Transaction<'c, Postgres>),
+    /// Opened by hand together with the head lock (see
+    /// [`WriteTx::begin_locked`]) and ended by [`WriteTx::commit`] or
+    /// [`WriteTx::rollback`]. One dropped without either leaves the
+    /// connection inside the transaction: the writer then closes the
+    /// connection (it keeps one only after a commit or a rollback).
+    Postgres(&'c mut PgConnection),
 }
 
-impl<'c> WriteTx<'c> {
-    pub(crate) async fn begin(conn: &'c mut WriteConn) -> Result<Self, StoreError> {
-        Ok(match conn {
-            // BEGIN IMMEDIATE takes SQLite's write lock now. A deferred
-            // transaction that reads first and writes later can fail with
-            // SQLITE_BUSY when it upgrades (busy_timeout cannot wait that
-            // out), and this lock is also what serialises the writers of
-            // several processes sharing one file.
-            WriteConn::Sqlite(c) => WriteTx::Sqlite(c.begin_with("BEGIN IMMEDIATE").await?),
-            WriteConn::Postgres(c) => WriteTx::Postgres(c.begin().await?),
-        })
-    }
+/// BEGIN and the head lock in one simple-protocol round trip.
+const PG_BEGIN_LOCKED: &str =
+    "BEGIN; SELECT position, hash, recorded_at FROM chain_head WHERE id = 1 FOR UPDATE";
 
-    /// Reads the `chain_head` row, locking it on PostgreSQL.
+impl<'c> WriteTx<'c> {
+    /// Opens the transaction and reads the `chain_head` row, locked.
     ///
     /// PostgreSQL: `FOR UPDATE` makes every append transaction — of this
     /// process or any other sharing the schema — queue here, so batches
@@ -482,26 +480,42 @@ impl<'c> WriteTx<'c> {
     /// see position n+1 committed before n). Under READ COMMITTED, after
     /// waiting for the lock the row read is the one the previous holder
     /// committed, and every later statement of this transaction takes a new
-    /// snapshot, so it sees that holder's events and inbox rows too.
+    /// snapshot, so it sees that holder's events and inbox rows too. BEGIN
+    /// and the SELECT travel in one simple-protocol message: one round trip
+    /// instead of two.
     ///
-    /// SQLite: `BEGIN IMMEDIATE` already holds the database's write lock.
-    pub(crate) async fn lock_head(&mut self) -> Result<Head, StoreError> {
-        let row =
-            match self {
-                WriteTx::Sqlite(t) => {
-                    sqlx::query_as::<Sqlite, (i64, String, String)>(
-                        "SELECT position, hash, recorded_at FROM chain_head WHERE id = 1",
-                    )
-                    .fetch_one(&mut **t)
-                    .await?
-                }
-                WriteTx::Postgres(t) => sqlx::query_as::<Postgres, (i64, String, String)>(
-                    "SELECT position, hash, recorded_at FROM chain_head WHERE id = 1 FOR UPDATE",
+    /// SQLite: BEGIN IMMEDIATE takes the database's write lock now. A
+    /// deferred transaction that reads first and writes later can fail with
+    /// SQLITE_BUSY when it upgrades (busy_timeout cannot wait that out), and
+    /// this lock is also what serialises the writers of several processes
+    /// sharing one file.
+    pub(crate) async fn begin_locked(conn: &'c mut WriteConn) -> Result<(Self, Head), StoreError> {
+        match conn {
+            WriteConn::Sqlite(c) => {
+                let mut tx = c.begin_with("BEGIN IMMEDIATE").await?;
+                let row = sqlx::query_as::<Sqlite, (i64, String, String)>(
+                    "SELECT position, hash, recorded_at FROM chain_head WHERE id = 1",
                 )
-                .fetch_one(&mut **t)
-                .await?,
-            };
-        Ok(Head::from_tuple(row))
+                .fetch_one(&mut *tx)
+                .await?;
+                Ok((WriteTx::Sqlite(tx), Head::from_tuple(row)))
+            }
+            WriteConn::Postgres(c) => {
+                // A query without arguments goes by the simple protocol, which
+                // takes several statements in one message.
+                let rows = (&mut *c).fetch_all(PG_BEGIN_LOCKED).await?;
+                let [row] = rows.as_slice() else {
+                    // Inside the transaction still: the caller closes the
+                    // connection on any error.
+                    return Err(StoreError::Corrupt {
+                        position: 0,
+                        problem: format!("the chain_head table has {} rows, not 1", rows.len()),
+                    });
+                };
+                let head = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+                Ok((WriteTx::Postgres(c), Head::from_tuple(head)))
+            }
+        }
     }
 
     /// The last event in the table: the truth when the in-memory head is
@@ -790,12 +804,22 @@ impl<'c> WriteTx<'c> {
     }
 
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
-        on_tx!(self, t, Db => t.commit().await?);
+        match self {
+            WriteTx::Sqlite(t) => t.commit().await?,
+            WriteTx::Postgres(c) => {
+                (&mut *c).execute("COMMIT").await?;
+            }
+        }
         Ok(())
     }
 
     pub(crate) async fn rollback(self) -> Result<(), StoreError> {
-        on_tx!(self, t, Db => t.rollback().await?);
+        match self {
+            WriteTx::Sqlite(t) => t.rollback().await?,
+            WriteTx::Postgres(c) => {
+                (&mut *c).execute("ROLLBACK").await?;
+            }
+        }
         Ok(())
     }
 }

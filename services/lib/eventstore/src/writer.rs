@@ -29,6 +29,13 @@
 //! it is rolled back, what the writer believed (head, versions) is dropped,
 //! and the requests are retried one per transaction, so one bad request
 //! cannot fail its neighbours. Answers are sent only after the commit.
+//!
+//! Answering is a task of its own: after a commit the writer hands the batch
+//! and its plans (what each request's answer is made of) to the answerer
+//! and goes on to the next batch. The answerer builds each answer by moving
+//! the request's own texts and values into it (no copy of any payload), sends
+//! the answers in queue order and frees the requests, while the writer is
+//! already waiting on its next round trip.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -50,6 +57,9 @@ use crate::model::{AppendOutcome, AppendRequest, ExpectedVersion, StoredEvent, W
 /// Beyond this many cached stream versions the cache is emptied (it refills
 /// from the database on demand); bounds the writer's memory.
 const VERSION_CACHE_LIMIT: usize = 100_000;
+
+/// Committed batches waiting for the answerer at most.
+const ANSWER_QUEUE: usize = 64;
 
 /// An event encoded on the caller's task, so JSON work happens outside the
 /// single writer.
@@ -197,6 +207,8 @@ impl Stats {
 
 pub(crate) struct Writer {
     pool: Pool,
+    /// Where committed (or failed) batches go to be answered.
+    answers: Option<mpsc::Sender<Answering>>,
     /// The connection every batch runs on; `None` before the first batch
     /// and after a failed one.
     conn: Option<WriteConn>,
@@ -212,7 +224,126 @@ pub(crate) struct Writer {
     stats: Arc<Stats>,
 }
 
-type Answer = Result<AppendOutcome, AppendError>;
+/// What one request's answer is made of, decided in its transaction and
+/// built after the commit by [`answer`], from the request itself.
+type Planned = Result<Plan, AppendError>;
+
+#[derive(Debug)]
+enum Plan {
+    /// Appended (or found stored): one slot per event of the request.
+    Appended(Vec<Slot>),
+    /// A handled message's stored reply.
+    Duplicate { reply: Option<Value> },
+}
+
+/// One event of an [`Plan::Appended`] answer.
+#[derive(Debug)]
+enum Slot {
+    /// Stored before this batch, read back from the database.
+    Loaded(Box<StoredEvent>),
+    /// Written by this batch from the request's own event at this index.
+    Fresh(Fresh),
+    /// The event written for (request, event index) earlier in the batch
+    /// (the same id again).
+    Same(usize, usize),
+}
+
+/// What the writer assigned to a fresh event.
+#[derive(Debug)]
+struct Fresh {
+    position: i64,
+    version: u64,
+    recorded_at: DateTime<Utc>,
+    prev_hash: String,
+    hash: String,
+}
+
+/// A batch to answer: its jobs and, in the same order, their plans.
+struct Answering {
+    jobs: Vec<Job>,
+    plans: Vec<Planned>,
+}
+
+/// Answers every batch handed over, in order, until the writer is gone.
+async fn answerer(mut rx: mpsc::Receiver<Answering>) {
+    while let Some(Answering { jobs, plans }) = rx.recv().await {
+        answer(jobs, plans);
+    }
+}
+
+/// Builds each job's answer from its plan, moving the request's texts and
+/// values into it, and sends it (the caller may have given up waiting; what
+/// committed stays committed).
+fn answer(jobs: Vec<Job>, plans: Vec<Planned>) {
+    // The fresh events another slot of the batch repeats (rare: an id
+    // twice in one batch); a copy of each is kept while answering.
+    let repeated: HashSet<(usize, usize)> = plans
+        .iter()
+        .filter_map(|p| match p {
+            Ok(Plan::Appended(slots)) => Some(slots),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|slot| match slot {
+            Slot::Same(i, j) => Some((*i, *j)),
+            _ => None,
+        })
+        .collect();
+    let mut kept: HashMap<(usize, usize), StoredEvent> = HashMap::new();
+    for (i, (job, plan)) in jobs.into_iter().zip(plans).enumerate() {
+        let Job { req, reply } = job;
+        let answer = match plan {
+            Err(e) => Err(e),
+            Ok(Plan::Duplicate { reply }) => Ok(AppendOutcome::Duplicate { reply }),
+            Ok(Plan::Appended(slots)) => {
+                appended(i, slots, req.events, &repeated, &mut kept).map(AppendOutcome::Appended)
+            }
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+/// The stored events answering request `i` of a batch, one per slot.
+fn appended(
+    i: usize,
+    slots: Vec<Slot>,
+    events: Vec<PreparedEvent>,
+    repeated: &HashSet<(usize, usize)>,
+    kept: &mut HashMap<(usize, usize), StoredEvent>,
+) -> Result<Vec<StoredEvent>, AppendError> {
+    let mut out = Vec::with_capacity(slots.len());
+    for (j, (slot, e)) in slots.into_iter().zip(events).enumerate() {
+        let event = match slot {
+            Slot::Loaded(event) => *event,
+            Slot::Fresh(f) => StoredEvent {
+                position: f.position,
+                stream: e.stream,
+                version: f.version,
+                event_id: e.event_id,
+                kind: e.kind,
+                payload: e.payload,
+                payload_text: e.payload_text,
+                metadata: e.metadata,
+                recorded_at: f.recorded_at,
+                prev_hash: f.prev_hash,
+                hash: f.hash,
+            },
+            // A repeat points at a fresh event earlier in the batch, which
+            // was kept when it was built.
+            Slot::Same(i2, j2) => kept.get(&(i2, j2)).cloned().ok_or_else(|| {
+                AppendError::Store(StoreError::Corrupt {
+                    position: 0,
+                    problem: "an event repeated in a batch lost its first answer".into(),
+                })
+            })?,
+        };
+        if repeated.contains(&(i, j)) {
+            kept.insert((i, j), event.clone());
+        }
+        out.push(event);
+    }
+    Ok(out)
+}
 
 impl Writer {
     pub(crate) fn new(
@@ -223,6 +354,7 @@ impl Writer {
     ) -> Self {
         Self {
             pool,
+            answers: None,
             conn: None,
             max_batch: max_batch.max(1),
             head: None,
@@ -236,6 +368,11 @@ impl Writer {
     /// queue is drained: after `close()` no new request is accepted, but
     /// every request already queued is still committed and answered.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Job>, shutdown: Arc<Notify>) {
+        // A few batches may wait to be answered; beyond that the writer
+        // waits for the answerer (which only sends and frees).
+        let (answers, answering) = mpsc::channel(ANSWER_QUEUE);
+        let answerer = tokio::spawn(answerer(answering));
+        self.answers = Some(answers);
         let mut jobs = Vec::with_capacity(self.max_batch);
         let mut closing = false;
         loop {
@@ -261,6 +398,14 @@ impl Writer {
         if let Some(conn) = self.conn.take() {
             conn.close().await;
         }
+        // Every batch handed over is answered before the writer counts as
+        // stopped.
+        drop(self.answers.take());
+        if let Err(e) = answerer.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
         tracing::debug!("eventstore writer stopped");
     }
 
@@ -269,19 +414,16 @@ impl Writer {
         let result = self.commit(&reqs).await;
         drop(reqs);
         match result {
-            Ok(answers) => {
-                for (job, answer) in jobs.into_iter().zip(answers) {
-                    // The caller may have given up waiting; it is committed anyway.
-                    let _ = job.reply.send(answer);
-                }
-            }
+            Ok(plans) => self.hand_over(jobs, plans).await,
             Err(err) => {
                 self.forget();
                 if err.is_unavailable() {
                     tracing::warn!(error = %err, requests = jobs.len(), "eventstore batch failed");
-                    for job in jobs {
-                        let _ = job.reply.send(Err(AppendError::Store(err.clone())));
-                    }
+                    let plans = jobs
+                        .iter()
+                        .map(|_| Err(AppendError::Store(err.clone())))
+                        .collect();
+                    self.hand_over(jobs, plans).await;
                     return;
                 }
                 // Something in the batch was refused by the database: one bad
@@ -293,24 +435,37 @@ impl Writer {
                 tracing::warn!(error = %err, requests = jobs.len(), "eventstore batch failed, retrying one by one");
                 let mut unavailable: Option<StoreError> = None;
                 for job in jobs {
-                    if let Some(e) = &unavailable {
-                        let _ = job.reply.send(Err(AppendError::Store(e.clone())));
-                        continue;
-                    }
-                    let answer = match self.commit(&[&job.req]).await {
-                        Ok(mut answers) => answers.pop().unwrap_or(Err(AppendError::Closed)),
-                        Err(e) => {
-                            self.forget();
-                            if e.is_unavailable() {
-                                unavailable = Some(e.clone());
+                    let plan = match &unavailable {
+                        Some(e) => Err(AppendError::Store(e.clone())),
+                        None => match self.commit(&[&job.req]).await {
+                            Ok(mut plans) => plans.pop().unwrap_or(Err(AppendError::Closed)),
+                            Err(e) => {
+                                self.forget();
+                                if e.is_unavailable() {
+                                    unavailable = Some(e.clone());
+                                }
+                                Err(AppendError::Store(e))
                             }
-                            Err(AppendError::Store(e))
-                        }
+                        },
                     };
-                    let _ = job.reply.send(answer);
+                    self.hand_over(vec![job], vec![plan]).await;
                 }
             }
         }
+    }
+
+    /// Hands a batch to the answerer, or answers it here if the answerer
+    /// is gone.
+    async fn hand_over(&self, jobs: Vec<Job>, plans: Vec<Planned>) {
+        let batch = Answering { jobs, plans };
+        let batch = match &self.answers {
+            Some(tx) => match tx.send(batch).await {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(batch)) => batch,
+            },
+            None => batch,
+        };
+        answer(batch.jobs, batch.plans);
     }
 
     /// Drops what we believed about the database; the next batch re-reads it.
@@ -320,7 +475,8 @@ impl Writer {
     }
 
     /// Applies `reqs` in one transaction. On `Ok`, it committed and the
-    /// answers are in request order; on `Err`, nothing was written.
+    /// plans of the answers are in request order; on `Err`, nothing was
+    /// written.
     ///
     /// Event ids are assumed new at first (ids are fresh UUIDs; a stored one
     /// means a caller retried): the rows are inserted skipping stored ids,
@@ -333,7 +489,7 @@ impl Writer {
     /// A connection kept from an earlier batch may have died since (the
     /// database restarted): if BEGIN fails on it, the batch is tried once
     /// more on a fresh connection before it counts as failed.
-    async fn commit(&mut self, reqs: &[&PreparedAppend]) -> Result<Vec<Answer>, StoreError> {
+    async fn commit(&mut self, reqs: &[&PreparedAppend]) -> Result<Vec<Planned>, StoreError> {
         let reused = self.conn.is_some();
         let mut result = self.commit_on_conn(reqs, Ids::AssumeNew).await;
         if let Err(Failed::Begin(e)) = &result {
@@ -354,13 +510,13 @@ impl Writer {
         &mut self,
         reqs: &[&PreparedAppend],
         ids: Ids,
-    ) -> Result<Vec<Answer>, Failed> {
+    ) -> Result<Vec<Planned>, Failed> {
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
             None => WriteConn::open(&self.pool).await.map_err(Failed::Begin)?,
         };
-        let result = match WriteTx::begin(&mut conn).await {
-            Ok(tx) => self.apply(tx, reqs, ids).await,
+        let result = match WriteTx::begin_locked(&mut conn).await {
+            Ok((tx, locked)) => self.apply(tx, locked, reqs, ids).await,
             Err(e) => Err(Failed::Begin(e)),
         };
         match result {
@@ -380,16 +536,17 @@ impl Writer {
         }
     }
 
-    /// The body of [`Self::commit`], in the transaction `tx`.
+    /// The body of [`Self::commit`], in the transaction `tx`, which found
+    /// the chain head at `locked`.
     async fn apply(
         &mut self,
         mut tx: WriteTx<'_>,
+        locked: Head,
         reqs: &[&PreparedAppend],
         ids: Ids,
-    ) -> Result<Vec<Answer>, Failed> {
-        // Lock first (PostgreSQL) / already locked (SQLite): everything read
-        // below is then stable until we commit.
-        let locked = tx.lock_head().await?;
+    ) -> Result<Vec<Planned>, Failed> {
+        // `locked` was read under the head lock (PostgreSQL) / the write
+        // lock (SQLite): everything read below is stable until we commit.
         let start = match &self.head {
             Some(h) if *h == locked => h.clone(),
             _ => {
@@ -461,11 +618,11 @@ impl Writer {
         let now_text = format_timestamp(now);
         let now = truncate_timestamp(now);
         let mut head = start;
-        let mut answers: Vec<Answer> = Vec::with_capacity(reqs.len());
+        let mut plans: Vec<Planned> = Vec::with_capacity(reqs.len());
         let mut batch_inbox: HashMap<(&str, &str), Option<Value>> = HashMap::new();
         // Where each event written by this batch is answered: (request,
-        // index in its answer); the request being applied is
-        // `answers.len()`, its answer `out`.
+        // index of the event in it); the request being applied is
+        // `plans.len()`, its slots `out`.
         let mut batch_events: HashMap<&str, (usize, usize)> = HashMap::new();
         let mut new_rows: Vec<NewRow<'_>> = Vec::new();
         let mut inbox_rows: Vec<InboxRow> = Vec::new();
@@ -475,7 +632,7 @@ impl Writer {
             //    exactly where it believed; otherwise nothing is evaluated.
             if let Some(p) = &req.predicted {
                 if p.head != head.position || p.recorded_at_text < head.recorded_at {
-                    answers.push(Err(AppendError::Moved {
+                    plans.push(Err(AppendError::Moved {
                         expected: p.head,
                         actual: head.position,
                     }));
@@ -500,32 +657,26 @@ impl Writer {
             if let Some(ib) = &req.inbox {
                 let key = (ib.consumer.as_str(), ib.message_id.as_str());
                 if let Some(reply) = batch_inbox.get(&key) {
-                    answers.push(Ok(AppendOutcome::Duplicate {
+                    plans.push(Ok(Plan::Duplicate {
                         reply: reply.clone(),
                     }));
                     continue;
                 }
                 if let Some(text) = db_inbox.get(&(key.0.to_owned(), key.1.to_owned())) {
-                    answers.push(
-                        parse_reply(text.as_deref())
-                            .map(|reply| AppendOutcome::Duplicate { reply }),
-                    );
+                    plans.push(parse_reply(text.as_deref()).map(|reply| Plan::Duplicate { reply }));
                     continue;
                 }
             }
 
             // 2. Events already stored are answered as stored.
-            let mut stored: Vec<Option<StoredEvent>> = Vec::with_capacity(req.events.len());
+            let mut stored: Vec<Option<Slot>> = Vec::with_capacity(req.events.len());
             let mut broken = None;
             for e in &req.events {
-                if let Some(s) = batch_events
-                    .get(e.id_text.as_str())
-                    .and_then(|at| answered(&answers, &[], *at))
-                {
-                    stored.push(Some(s));
+                if let Some(&(i, j)) = batch_events.get(e.id_text.as_str()) {
+                    stored.push(Some(Slot::Same(i, j)));
                 } else if let Some(raw) = db_events.get(&e.id_text) {
                     match raw.clone().decode() {
-                        Ok(s) => stored.push(Some(s)),
+                        Ok(s) => stored.push(Some(Slot::Loaded(Box::new(s)))),
                         Err(err) => {
                             broken = Some(err);
                             break;
@@ -536,7 +687,7 @@ impl Writer {
                 }
             }
             if let Some(err) = broken {
-                answers.push(Err(AppendError::Store(err)));
+                plans.push(Err(AppendError::Store(err)));
                 continue;
             }
             let any_new = stored.iter().any(Option::is_none);
@@ -559,7 +710,7 @@ impl Writer {
                         tx.rollback().await?;
                         return Err(Failed::LookUpIds);
                     }
-                    answers.push(Err(conflict));
+                    plans.push(Err(conflict));
                     continue;
                 }
             }
@@ -573,11 +724,8 @@ impl Writer {
                     continue;
                 }
                 // The same id twice in one request: one event.
-                if let Some(s) = batch_events
-                    .get(e.id_text.as_str())
-                    .and_then(|at| answered(&answers, &out, *at))
-                {
-                    out.push(s);
+                if let Some(&(i, j)) = batch_events.get(e.id_text.as_str()) {
+                    out.push(Slot::Same(i, j));
                     continue;
                 }
                 // Every touched stream is in `versions` already (see above);
@@ -622,20 +770,16 @@ impl Writer {
                     prev_hash: prev_hash.clone(),
                     hash: hash.clone(),
                 });
-                batch_events.insert(e.id_text.as_str(), (answers.len(), out.len()));
-                out.push(StoredEvent {
+                batch_events.insert(e.id_text.as_str(), (plans.len(), out.len()));
+                // The answer takes the request's own texts and values once
+                // the batch is committed (see `answer`).
+                out.push(Slot::Fresh(Fresh {
                     position,
-                    stream: e.stream.clone(),
                     version,
-                    event_id: e.event_id,
-                    kind: e.kind.clone(),
-                    payload: e.payload.clone(),
-                    payload_text: e.payload_text.clone(),
-                    metadata: e.metadata.clone(),
                     recorded_at,
                     prev_hash,
                     hash,
-                });
+                }));
             }
             if wrote {
                 head.recorded_at = recorded_at_text.clone().into_owned();
@@ -652,7 +796,7 @@ impl Writer {
                     recorded_at: recorded_at_text.clone().into_owned(),
                 });
             }
-            answers.push(Ok(AppendOutcome::Appended(out)));
+            plans.push(Ok(Plan::Appended(out)));
         }
 
         let moved = (head != locked).then_some(&head);
@@ -701,7 +845,7 @@ impl Writer {
             *p = position;
             moved
         });
-        Ok(answers)
+        Ok(plans)
     }
 }
 
@@ -746,26 +890,6 @@ impl Failed {
     }
 }
 
-/// The event answered at `at` (see `batch_events` in [`Writer::commit`]):
-/// in the answer of an earlier request of the batch, or in `current`, the
-/// answer being built for request `answers.len()`.
-fn answered(
-    answers: &[Answer],
-    current: &[StoredEvent],
-    at: (usize, usize),
-) -> Option<StoredEvent> {
-    let (request, index) = at;
-    let events = if request == answers.len() {
-        current
-    } else {
-        match answers.get(request)? {
-            Ok(AppendOutcome::Appended(events)) => events,
-            _ => return None,
-        }
-    };
-    events.get(index).cloned()
-}
-
 fn parse_reply(text: Option<&str>) -> Result<Option<Value>, AppendError> {
     text.map(serde_json::from_str).transpose().map_err(|e| {
         AppendError::Store(StoreError::Corrupt {
@@ -782,6 +906,73 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn job(
+        events: Vec<crate::NewEvent>,
+    ) -> (Job, oneshot::Receiver<Result<AppendOutcome, AppendError>>) {
+        let (reply, rx) = oneshot::channel();
+        let req = PreparedAppend::new(AppendRequest::new(events)).unwrap();
+        (Job { req, reply }, rx)
+    }
+
+    fn fresh(position: i64, hash: &str) -> Slot {
+        Slot::Fresh(Fresh {
+            position,
+            version: 1,
+            recorded_at: Utc::now(),
+            prev_hash: "0".repeat(64),
+            hash: hash.into(),
+        })
+    }
+
+    #[test]
+    fn answers_take_the_requests_own_events_and_repeats_copy_the_first() {
+        let metadata = gradeflow_proto::Metadata {
+            actor: gradeflow_proto::Actor {
+                sub: "t".into(),
+                role: gradeflow_proto::Role::System,
+                org: gradeflow_proto::OrgId::new(),
+            },
+            correlation_id: gradeflow_proto::CorrelationId::new(),
+            causation_id: None,
+            traceparent: None,
+            service: "t".into(),
+            province: None,
+        };
+        let x = crate::NewEvent::new("s", "k.v1", json!({"n": 1}), metadata.clone());
+        let y = crate::NewEvent::new("s", "k.v1", json!({"n": 2}), metadata);
+        // Request 0 writes x then y; request 1 repeats y; request 2 failed.
+        let (j0, r0) = job(vec![x.clone(), y.clone()]);
+        let (j1, r1) = job(vec![y.clone()]);
+        let (j2, r2) = job(vec![x.clone()]);
+        let plans = vec![
+            Ok(Plan::Appended(vec![fresh(1, "h1"), fresh(2, "h2")])),
+            Ok(Plan::Appended(vec![Slot::Same(0, 1)])),
+            Err(AppendError::Closed),
+        ];
+        answer(vec![j0, j1, j2], plans);
+        let got = |r: oneshot::Receiver<Result<AppendOutcome, AppendError>>| match r
+            .blocking_recv()
+            .unwrap()
+        {
+            Ok(AppendOutcome::Appended(events)) => events,
+            other => panic!("{other:?}"),
+        };
+        let first = got(r0);
+        assert_eq!(first.len(), 2);
+        assert_eq!((first[0].event_id, first[0].position), (x.event_id, 1));
+        assert_eq!(first[0].payload, json!({"n": 1}));
+        assert_eq!(first[0].payload_text, r#"{"n":1}"#);
+        assert_eq!(
+            (first[1].event_id, first[1].hash.as_str()),
+            (y.event_id, "h2")
+        );
+        assert_eq!(got(r1), vec![first[1].clone()]);
+        assert!(matches!(
+            r2.blocking_recv().unwrap(),
+            Err(AppendError::Closed)
+        ));
+    }
 
     #[test]
     fn a_payload_is_kept_only_when_it_reads_back_as_itself() {
