@@ -19,7 +19,6 @@ use sqlx::sqlite::{
 };
 use sqlx::{
     ConnectOptions, Connection, Executor, PgConnection, Postgres, QueryBuilder, Row, Sqlite,
-    Transaction,
 };
 
 use crate::canonical::{parse_timestamp, GENESIS_HASH};
@@ -457,19 +456,44 @@ impl WriteConn {
 }
 
 /// One append transaction of the writer, on its [`WriteConn`].
+///
+/// Both are opened by hand together with the head read (see
+/// [`WriteTx::begin_locked`]) and ended by [`WriteTx::commit`] or
+/// [`WriteTx::rollback`]. One dropped without either leaves the connection
+/// inside the transaction: the writer then closes the connection (it keeps
+/// one only after a commit or a rollback).
 pub(crate) enum WriteTx<'c> {
-    Sqlite(Transaction<'c, Sqlite>),
-    /// Opened by hand together with the head lock (see
-    /// [`WriteTx::begin_locked`]) and ended by [`WriteTx::commit`] or
-    /// [`WriteTx::rollback`]. One dropped without either leaves the
-    /// connection inside the transaction: the writer then closes the
-    /// connection (it keeps one only after a commit or a rollback).
+    Sqlite(&'c mut SqliteConnection),
     Postgres(&'c mut PgConnection),
 }
 
 /// BEGIN and the head lock in one simple-protocol round trip.
 const PG_BEGIN_LOCKED: &str =
     "BEGIN; SELECT position, hash, recorded_at FROM chain_head WHERE id = 1 FOR UPDATE";
+
+/// BEGIN IMMEDIATE and the head read in one call to SQLite's worker thread.
+const SQLITE_BEGIN_LOCKED: &str =
+    "BEGIN IMMEDIATE; SELECT position, hash, recorded_at FROM chain_head WHERE id = 1";
+
+/// The head row of a [`PG_BEGIN_LOCKED`] or [`SQLITE_BEGIN_LOCKED`] answer.
+fn head_row<R: Row>(rows: &[R]) -> Result<Head, StoreError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let [row] = rows else {
+        return Err(StoreError::Corrupt {
+            position: 0,
+            problem: format!("the chain_head table has {} rows, not 1", rows.len()),
+        });
+    };
+    Ok(Head::from_tuple((
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+    )))
+}
 
 impl<'c> WriteTx<'c> {
     /// Opens the transaction and reads the `chain_head` row, locked.
@@ -488,32 +512,22 @@ impl<'c> WriteTx<'c> {
     /// deferred transaction that reads first and writes later can fail with
     /// SQLITE_BUSY when it upgrades (busy_timeout cannot wait that out), and
     /// this lock is also what serialises the writers of several processes
-    /// sharing one file.
+    /// sharing one file. Both statements go to SQLite's worker thread as one
+    /// call.
+    ///
+    /// On an error the connection may be inside the transaction still; the
+    /// caller closes it.
     pub(crate) async fn begin_locked(conn: &'c mut WriteConn) -> Result<(Self, Head), StoreError> {
         match conn {
             WriteConn::Sqlite(c) => {
-                let mut tx = c.begin_with("BEGIN IMMEDIATE").await?;
-                let row = sqlx::query_as::<Sqlite, (i64, String, String)>(
-                    "SELECT position, hash, recorded_at FROM chain_head WHERE id = 1",
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-                Ok((WriteTx::Sqlite(tx), Head::from_tuple(row)))
+                let rows = (&mut *c).fetch_all(SQLITE_BEGIN_LOCKED).await?;
+                Ok((WriteTx::Sqlite(c), head_row(&rows)?))
             }
             WriteConn::Postgres(c) => {
                 // A query without arguments goes by the simple protocol, which
                 // takes several statements in one message.
                 let rows = (&mut *c).fetch_all(PG_BEGIN_LOCKED).await?;
-                let [row] = rows.as_slice() else {
-                    // Inside the transaction still: the caller closes the
-                    // connection on any error.
-                    return Err(StoreError::Corrupt {
-                        position: 0,
-                        problem: format!("the chain_head table has {} rows, not 1", rows.len()),
-                    });
-                };
-                let head = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                Ok((WriteTx::Postgres(c), Head::from_tuple(head)))
+                Ok((WriteTx::Postgres(c), head_row(&rows)?))
             }
         }
     }
@@ -724,7 +738,8 @@ impl<'c> WriteTx<'c> {
         };
         let per_statement = SQLITE_MAX_BINDS / COLUMNS;
         let mut stored = 0;
-        for chunk in rows.chunks(per_statement) {
+        let chunks = rows.chunks(per_statement).count();
+        for (n, chunk) in rows.chunks(per_statement).enumerate() {
             // Built for the chunk's size class: the rows past the chunk are
             // all NULL, and the WHERE drops them (a real row's position is
             // never NULL). The WHERE also keeps SQLite from reading the
@@ -761,10 +776,21 @@ impl<'c> WriteTx<'c> {
             });
             qb.push(") AS v WHERE v.column1 IS NOT NULL")
                 .push(on_conflict);
-            stored += qb.build().execute(&mut **t).await?.rows_affected();
-        }
-        if let Some(head) = head {
-            self.set_head(head).await?;
+            // The last chunk carries the `chain_head` update as a second
+            // statement of the same call (its parameters follow the rows');
+            // its one changed row is not counted as stored.
+            let move_head = head.filter(|_| n + 1 == chunks);
+            if let Some(head) = move_head {
+                qb.push("; UPDATE chain_head SET position = ")
+                    .push_bind(head.position)
+                    .push(", hash = ")
+                    .push_bind(head.hash.as_str())
+                    .push(", recorded_at = ")
+                    .push_bind(head.recorded_at.as_str())
+                    .push(" WHERE id = 1");
+            }
+            let changed = qb.build().execute(&mut **t).await?.rows_affected();
+            stored += changed.saturating_sub(u64::from(move_head.is_some()));
         }
         Ok(stored)
     }
@@ -805,7 +831,9 @@ impl<'c> WriteTx<'c> {
 
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
         match self {
-            WriteTx::Sqlite(t) => t.commit().await?,
+            WriteTx::Sqlite(c) => {
+                (&mut *c).execute("COMMIT").await?;
+            }
             WriteTx::Postgres(c) => {
                 (&mut *c).execute("COMMIT").await?;
             }
@@ -815,7 +843,9 @@ impl<'c> WriteTx<'c> {
 
     pub(crate) async fn rollback(self) -> Result<(), StoreError> {
         match self {
-            WriteTx::Sqlite(t) => t.rollback().await?,
+            WriteTx::Sqlite(c) => {
+                (&mut *c).execute("ROLLBACK").await?;
+            }
             WriteTx::Postgres(c) => {
                 (&mut *c).execute("ROLLBACK").await?;
             }
