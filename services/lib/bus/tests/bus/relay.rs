@@ -356,22 +356,44 @@ impl Drop for OwnServer {
     }
 }
 
-#[tokio::test]
-async fn the_relay_rides_out_a_nats_restart() {
-    let mut server = OwnServer::new();
-    server.start().await;
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(server.url())
-        .await
-        .unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    let names = gradeflow_testkit::fresh_names();
-    ensure_streams(&js, &names, &StreamSettings::default())
-        .await
-        .unwrap();
-    let (store, db) = sqlite_store().await;
-    let append = |from: usize| {
+/// A relay on a SQLite store publishing to a private server that a test
+/// stops and starts.
+struct RestartRig {
+    server: OwnServer,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    names: gradeflow_proto::Names,
+    store: gradeflow_eventstore::Store,
+    db: crate::support::Db,
+}
+
+impl RestartRig {
+    async fn new() -> RestartRig {
+        let mut server = OwnServer::new();
+        server.start().await;
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(server.url())
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let names = gradeflow_testkit::fresh_names();
+        ensure_streams(&js, &names, &StreamSettings::default())
+            .await
+            .unwrap();
+        let (store, db) = sqlite_store().await;
+        RestartRig {
+            server,
+            client,
+            js,
+            names,
+            store,
+            db,
+        }
+    }
+
+    /// Commits the events numbered `from..from + 100` in one request.
+    async fn append(&self, from: i64) {
         let events = (from..from + 100)
             .map(|n| {
                 new_event(
@@ -382,70 +404,43 @@ async fn the_relay_rides_out_a_nats_restart() {
                 )
             })
             .collect();
-        store.append(AppendRequest::new(events))
-    };
-    let len = || async {
-        let mut s = js.get_stream(names.events_stream()).await.ok()?;
-        Some(s.info().await.ok()?.state.messages)
-    };
+        self.store.append(AppendRequest::new(events)).await.unwrap();
+    }
 
-    let shutdown = CancellationToken::new();
-    let relay =
-        Relay::new(store.clone(), &client, names.clone(), "approval").with_config(RelayConfig {
+    /// Messages in the events stream; `None` while the server is away.
+    async fn len(&self) -> Option<u64> {
+        let mut s = self.js.get_stream(self.names.events_stream()).await.ok()?;
+        Some(s.info().await.ok()?.state.messages)
+    }
+
+    async fn recorded(&self) -> i64 {
+        self.store.outbox_position("approval").await.unwrap()
+    }
+
+    /// The running relay, retrying fast and failing in-flight publishes
+    /// fast while the server is away.
+    fn spawn_relay(&self, shutdown: &CancellationToken) -> tokio::task::JoinHandle<()> {
+        let relay = Relay::new(
+            self.store.clone(),
+            &self.client,
+            self.names.clone(),
+            "approval",
+        )
+        .with_config(RelayConfig {
             retry_max: Duration::from_millis(300),
-            // Fail in-flight publishes fast while the server is away.
             ack_timeout: Duration::from_millis(500),
             ..RelayConfig::default()
         });
-    let task = tokio::spawn(relay.run(shutdown.clone()));
-    append(0).await.unwrap();
-    eventually(Duration::from_secs(10), "the first hundred", || async {
-        (len().await == Some(100)).then_some(())
-    })
-    .await;
+        tokio::spawn(relay.run(shutdown.clone()))
+    }
 
-    // The server goes away while the service keeps committing.
-    server.stop().await;
-    append(100).await.unwrap();
-    // The outage lasts three publish timeouts, so the relay's publishes
-    // fail and it has to retry (this sleep is the outage, not a wait for a
-    // condition).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(store.outbox_position("approval").await.unwrap(), 100);
-    server.start().await;
-    eventually(
-        Duration::from_secs(20),
-        "the relay to catch up after the restart",
-        || async {
-            (store.outbox_position("approval").await.unwrap() == 200 && len().await == Some(200))
-                .then_some(())
-        },
-    )
-    .await;
-    shutdown.cancel();
-    task.await.unwrap();
-    let messages = read_all(&js, &names.events_stream(), &names.events_filter()).await;
-    let ns: Vec<i64> = messages
-        .iter()
-        .map(|m| {
-            serde_json::from_slice::<Envelope>(&m.payload)
-                .unwrap()
-                .payload["n"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(
-        ns,
-        (0..200).collect::<Vec<_>>(),
-        "each event once, in order"
-    );
-    db.cleanup(store).await;
-}
-
-/// The payload numbers of the stream's events, in stream order.
-async fn numbers(js: &async_nats::jetstream::Context, names: &gradeflow_proto::Names) -> Vec<i64> {
-    read_all(js, &names.events_stream(), &names.events_filter())
+    /// The payload numbers of the stream's events, in stream order.
+    async fn numbers(&self) -> Vec<i64> {
+        read_all(
+            &self.js,
+            &self.names.events_stream(),
+            &self.names.events_filter(),
+        )
         .await
         .iter()
         .map(|m| {
@@ -456,88 +451,93 @@ async fn numbers(js: &async_nats::jetstream::Context, names: &gradeflow_proto::N
                 .unwrap()
         })
         .collect()
+    }
+
+    async fn cleanup(self) {
+        self.db.cleanup(self.store).await;
+    }
+}
+
+#[tokio::test]
+async fn the_relay_rides_out_a_nats_restart() {
+    let mut rig = RestartRig::new().await;
+    let shutdown = CancellationToken::new();
+    let task = rig.spawn_relay(&shutdown);
+    rig.append(0).await;
+    eventually(Duration::from_secs(10), "the first hundred", || async {
+        (rig.len().await == Some(100)).then_some(())
+    })
+    .await;
+
+    // The server goes away while the service keeps committing.
+    rig.server.stop().await;
+    rig.append(100).await;
+    // The outage lasts three publish timeouts, so the relay's publishes
+    // fail and it has to retry (this sleep is the outage, not a wait for a
+    // condition).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(rig.recorded().await, 100);
+    rig.server.start().await;
+    eventually(
+        Duration::from_secs(20),
+        "the relay to catch up after the restart",
+        || async { (rig.recorded().await == 200 && rig.len().await == Some(200)).then_some(()) },
+    )
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        rig.numbers().await,
+        (0..200).collect::<Vec<_>>(),
+        "each event once, in order"
+    );
+    rig.cleanup().await;
 }
 
 #[tokio::test]
 async fn a_running_relay_sends_its_tail_again_to_a_server_that_lost_what_it_acknowledged() {
-    let mut server = OwnServer::new();
-    server.start().await;
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(server.url())
-        .await
-        .unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    let names = gradeflow_testkit::fresh_names();
-    ensure_streams(&js, &names, &StreamSettings::default())
-        .await
-        .unwrap();
-    let (store, db) = sqlite_store().await;
-    let append = |from: i64| {
-        let events = (from..from + 100)
-            .map(|n| {
-                new_event(
-                    "approval",
-                    "decision-1",
-                    "grade_decided.v1",
-                    serde_json::json!({"n": n}),
-                )
-            })
-            .collect();
-        store.append(AppendRequest::new(events))
-    };
-    let len = || async {
-        let mut s = js.get_stream(names.events_stream()).await.ok()?;
-        Some(s.info().await.ok()?.state.messages)
-    };
-
+    let mut rig = RestartRig::new().await;
     let shutdown = CancellationToken::new();
-    let relay =
-        Relay::new(store.clone(), &client, names.clone(), "approval").with_config(RelayConfig {
-            retry_max: Duration::from_millis(300),
-            ack_timeout: Duration::from_millis(500),
-            ..RelayConfig::default()
-        });
-    let task = tokio::spawn(relay.run(shutdown.clone()));
-    append(0).await.unwrap();
+    let task = rig.spawn_relay(&shutdown);
+    rig.append(0).await;
     eventually(Duration::from_secs(10), "the first hundred", || async {
-        (len().await == Some(100) && store.outbox_position("approval").await.unwrap() == 100)
-            .then_some(())
+        (rig.len().await == Some(100) && rig.recorded().await == 100).then_some(())
     })
     .await;
 
     // The server dies and comes back without the messages it had
     // acknowledged (as a kill before its buffered writes reach the disk can
     // leave it); the relay keeps running and nothing new is committed.
-    server.stop().await;
-    let msgs = server
+    rig.server.stop().await;
+    let msgs = rig
+        .server
         .dir
         .join("jetstream")
         .join("$G")
         .join("streams")
-        .join(names.events_stream())
+        .join(rig.names.events_stream())
         .join("msgs");
     assert!(msgs.is_dir(), "the stream's message files at {msgs:?}");
     std::fs::remove_dir_all(&msgs).unwrap();
     std::fs::create_dir(&msgs).unwrap();
-    server.start().await;
+    rig.server.start().await;
     eventually(
         Duration::from_secs(20),
         "the relay to send the lost events again after the reconnect",
-        || async { (len().await == Some(100)).then_some(()) },
+        || async { (rig.len().await == Some(100)).then_some(()) },
     )
     .await;
 
     // And it goes on with new commits: each event once, in order.
-    append(100).await.unwrap();
+    rig.append(100).await;
     eventually(Duration::from_secs(10), "the next hundred", || async {
-        (len().await == Some(200)).then_some(())
+        (rig.len().await == Some(200)).then_some(())
     })
     .await;
     shutdown.cancel();
     task.await.unwrap();
-    assert_eq!(numbers(&js, &names).await, (0..200).collect::<Vec<_>>());
-    db.cleanup(store).await;
+    assert_eq!(rig.numbers().await, (0..200).collect::<Vec<_>>());
+    rig.cleanup().await;
 }
 
 #[tokio::test]
