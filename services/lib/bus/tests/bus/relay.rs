@@ -189,21 +189,7 @@ async fn the_restart_tail_restores_events_the_server_lost() {
     .await;
     shutdown.cancel();
     task.await.unwrap();
-    let tail: Vec<i64> = read_all(
-        &bus.js,
-        &bus.names.events_stream(),
-        &bus.names.events_filter(),
-    )
-    .await
-    .iter()
-    .map(|m| {
-        serde_json::from_slice::<Envelope>(&m.payload)
-            .unwrap()
-            .payload["n"]
-            .as_i64()
-            .unwrap()
-    })
-    .collect();
+    let tail = payload_numbers(&bus.js, &bus.names).await;
     assert_eq!(tail, (30..50).collect::<Vec<_>>());
 
     // Events older than the tail age are left alone (they would be stored
@@ -356,6 +342,24 @@ impl Drop for OwnServer {
     }
 }
 
+/// The `n` of each event's payload in the events stream, in stream order.
+async fn payload_numbers(
+    js: &async_nats::jetstream::Context,
+    names: &gradeflow_proto::Names,
+) -> Vec<i64> {
+    read_all(js, &names.events_stream(), &names.events_filter())
+        .await
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<Envelope>(&m.payload)
+                .unwrap()
+                .payload["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// A relay on a SQLite store publishing to a private server that a test
 /// stops and starts.
 struct RestartRig {
@@ -434,23 +438,8 @@ impl RestartRig {
         tokio::spawn(relay.run(shutdown.clone()))
     }
 
-    /// The payload numbers of the stream's events, in stream order.
     async fn numbers(&self) -> Vec<i64> {
-        read_all(
-            &self.js,
-            &self.names.events_stream(),
-            &self.names.events_filter(),
-        )
-        .await
-        .iter()
-        .map(|m| {
-            serde_json::from_slice::<Envelope>(&m.payload)
-                .unwrap()
-                .payload["n"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect()
+        payload_numbers(&self.js, &self.names).await
     }
 
     async fn cleanup(self) {
