@@ -181,6 +181,11 @@ pub(crate) async fn open(
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(pool_size)
+            // No liveness ping on every checkout: a SQLite connection is a
+            // file handle in this process and does not go away on its own,
+            // and each ping is one more round trip to the connection's
+            // worker thread (two thread switches) in front of every read.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await
