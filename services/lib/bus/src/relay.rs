@@ -368,7 +368,7 @@ impl Relay {
                 // acknowledged so far.
                 connects = self.connects();
                 tail_until = position;
-                position = self.tail_start(before.min(position));
+                position = self.tail_start(before);
                 tracing::info!(publisher = %self.publisher, acked = tail_until, tail_from = position, "bus.relay.reconnected");
                 if shutdown.is_cancelled() {
                     return;

@@ -743,7 +743,7 @@ impl<'c> WriteTx<'c> {
         };
         let per_statement = SQLITE_MAX_BINDS / COLUMNS;
         let mut stored = 0;
-        let chunks = rows.chunks(per_statement).count();
+        let chunks = rows.len().div_ceil(per_statement);
         for (n, chunk) in rows.chunks(per_statement).enumerate() {
             // Built for the chunk's size class: the rows past the chunk are
             // all NULL, and the WHERE drops them (a real row's position is
@@ -835,26 +835,18 @@ impl<'c> WriteTx<'c> {
     }
 
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
-        match self {
-            WriteTx::Sqlite(c) => {
-                (&mut *c).execute("COMMIT").await?;
-            }
-            WriteTx::Postgres(c) => {
-                (&mut *c).execute("COMMIT").await?;
-            }
-        }
-        Ok(())
+        self.end("COMMIT").await
     }
 
     pub(crate) async fn rollback(self) -> Result<(), StoreError> {
-        match self {
-            WriteTx::Sqlite(c) => {
-                (&mut *c).execute("ROLLBACK").await?;
-            }
-            WriteTx::Postgres(c) => {
-                (&mut *c).execute("ROLLBACK").await?;
-            }
-        }
+        self.end("ROLLBACK").await
+    }
+
+    /// Ends the transaction with `COMMIT` or `ROLLBACK`.
+    async fn end(self, statement: &'static str) -> Result<(), StoreError> {
+        on_tx!(self, c, Db => {
+            (&mut *c).execute(statement).await?;
+        });
         Ok(())
     }
 }

@@ -46,6 +46,7 @@ use chrono::{DateTime, Utc};
 use gradeflow_proto::{EventId, Metadata};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
 
 use crate::canonical::{
     canonical_json, chain_hash, format_timestamp, parse_timestamp, truncate_timestamp, HashedFields,
@@ -208,7 +209,9 @@ impl Stats {
 pub(crate) struct Writer {
     pool: Pool,
     /// Where committed (or failed) batches go to be answered.
-    answers: Option<mpsc::Sender<Answering>>,
+    answers: mpsc::Sender<Answering>,
+    /// The answerer task; awaited when the writer stops.
+    answerer: JoinHandle<()>,
     /// The connection every batch runs on; `None` before the first batch
     /// and after a failed one.
     conn: Option<WriteConn>,
@@ -352,9 +355,13 @@ impl Writer {
         committed: Arc<watch::Sender<i64>>,
         stats: Arc<Stats>,
     ) -> Self {
+        // A few batches may wait to be answered; beyond that the writer
+        // waits for the answerer (which only sends and frees).
+        let (answers, answering) = mpsc::channel(ANSWER_QUEUE);
         Self {
             pool,
-            answers: None,
+            answers,
+            answerer: tokio::spawn(answerer(answering)),
             conn: None,
             max_batch: max_batch.max(1),
             head: None,
@@ -368,11 +375,6 @@ impl Writer {
     /// queue is drained: after `close()` no new request is accepted, but
     /// every request already queued is still committed and answered.
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Job>, shutdown: Arc<Notify>) {
-        // A few batches may wait to be answered; beyond that the writer
-        // waits for the answerer (which only sends and frees).
-        let (answers, answering) = mpsc::channel(ANSWER_QUEUE);
-        let answerer = tokio::spawn(answerer(answering));
-        self.answers = Some(answers);
         let mut jobs = Vec::with_capacity(self.max_batch);
         let mut closing = false;
         loop {
@@ -395,12 +397,18 @@ impl Writer {
             }
             self.process(std::mem::take(&mut jobs)).await;
         }
-        if let Some(conn) = self.conn.take() {
+        let Writer {
+            conn,
+            answers,
+            answerer,
+            ..
+        } = self;
+        if let Some(conn) = conn {
             conn.close().await;
         }
         // Every batch handed over is answered before the writer counts as
         // stopped.
-        drop(self.answers.take());
+        drop(answers);
         if let Err(e) = answerer.await {
             if e.is_panic() {
                 std::panic::resume_unwind(e.into_panic());
@@ -455,17 +463,13 @@ impl Writer {
     }
 
     /// Hands a batch to the answerer, or answers it here if the answerer
-    /// is gone.
+    /// is gone (it panicked).
     async fn hand_over(&self, jobs: Vec<Job>, plans: Vec<Planned>) {
-        let batch = Answering { jobs, plans };
-        let batch = match &self.answers {
-            Some(tx) => match tx.send(batch).await {
-                Ok(()) => return,
-                Err(mpsc::error::SendError(batch)) => batch,
-            },
-            None => batch,
-        };
-        answer(batch.jobs, batch.plans);
+        if let Err(mpsc::error::SendError(batch)) =
+            self.answers.send(Answering { jobs, plans }).await
+        {
+            answer(batch.jobs, batch.plans);
+        }
     }
 
     /// Drops what we believed about the database; the next batch re-reads it.
