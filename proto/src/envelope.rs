@@ -128,6 +128,97 @@ pub enum CommandReply {
     Rejected(Rejection),
 }
 
+impl CommandReply {
+    /// The bytes of `CommandReply::Accepted { event_ids, result }` encoded
+    /// straight from a typed `result`, without building a
+    /// `serde_json::Value` of it first: the same bytes `serde_json::to_vec`
+    /// gives for the reply holding `result` as a value. For large answers
+    /// (the progress tree), where the value would cost more than the
+    /// encoding itself.
+    pub fn encode_accepted<R: Serialize + ?Sized>(
+        event_ids: &[EventId],
+        result: &R,
+    ) -> serde_json::Result<Vec<u8>> {
+        #[derive(Serialize)]
+        struct Accepted<'a, R: ?Sized> {
+            outcome: &'static str,
+            event_ids: &'a [EventId],
+            result: &'a R,
+        }
+        serde_json::to_vec(&Accepted {
+            outcome: "accepted",
+            event_ids,
+            result,
+        })
+    }
+}
+
+/// A [`CommandReply`] whose result is read straight into a type of the
+/// caller's (a large answer parsed once, not into a `serde_json::Value`
+/// first). It reads the same bytes as [`CommandReply`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum TypedReply<R> {
+    /// The command was applied (or had been, for a retry).
+    Accepted {
+        /// Ids of the events it appended.
+        event_ids: Vec<EventId>,
+        /// The command's answer.
+        result: R,
+    },
+    /// The command was refused; nothing changed.
+    Rejected(Rejection),
+}
+
+impl<R: serde::de::DeserializeOwned> TypedReply<R> {
+    /// Reads a reply as [`CommandReply`] encodes it. (Not through serde's
+    /// tagged enums, which buffer the whole body before reading it.)
+    pub fn from_slice(body: &[u8]) -> serde_json::Result<Self> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Outcome {
+            Accepted,
+            Rejected,
+        }
+        #[derive(Deserialize)]
+        struct Flat<R> {
+            outcome: Outcome,
+            #[serde(default)]
+            event_ids: Vec<EventId>,
+            result: Option<R>,
+            code: Option<String>,
+            message: Option<String>,
+            message_vi: Option<String>,
+            #[serde(default)]
+            details: serde_json::Value,
+        }
+        use serde::de::Error as _;
+        let flat: Flat<R> = serde_json::from_slice(body)?;
+        match flat.outcome {
+            Outcome::Accepted => Ok(TypedReply::Accepted {
+                event_ids: flat.event_ids,
+                result: match flat.result {
+                    Some(result) => result,
+                    // An absent result reads as `null`, as in
+                    // `CommandReply`.
+                    None => R::deserialize(serde_json::Value::Null)?,
+                },
+            }),
+            Outcome::Rejected => Ok(TypedReply::Rejected(Rejection {
+                code: flat
+                    .code
+                    .ok_or_else(|| serde_json::Error::missing_field("code"))?,
+                message: flat
+                    .message
+                    .ok_or_else(|| serde_json::Error::missing_field("message"))?,
+                message_vi: flat
+                    .message_vi
+                    .ok_or_else(|| serde_json::Error::missing_field("message_vi"))?,
+                details: flat.details,
+            })),
+        }
+    }
+}
+
 /// A refusal with a stable code, in English and Vietnamese.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Rejection {
@@ -157,5 +248,105 @@ impl Rejection {
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = details;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Node {
+        code: String,
+        counts: std::collections::BTreeMap<String, u64>,
+        percent: f64,
+        children: Vec<Node>,
+    }
+
+    fn sample() -> Node {
+        let leaf = |code: &str| Node {
+            code: code.to_owned(),
+            counts: [("b".to_owned(), 2), ("a".to_owned(), 1)].into(),
+            percent: 12.5,
+            children: Vec::new(),
+        };
+        Node {
+            children: vec![leaf("VN.01"), leaf("VN.02")],
+            ..leaf("VN")
+        }
+    }
+
+    #[test]
+    fn an_answer_encoded_straight_from_its_type_is_the_bytes_of_the_reply_holding_its_value() {
+        let ids = [EventId::new(), EventId::new()];
+        for event_ids in [&ids[..], &[]] {
+            let typed = CommandReply::encode_accepted(event_ids, &sample()).unwrap();
+            let through_value = serde_json::to_vec(&CommandReply::Accepted {
+                event_ids: event_ids.to_vec(),
+                result: serde_json::to_value(sample()).unwrap(),
+            })
+            .unwrap();
+            assert_eq!(
+                String::from_utf8(typed).unwrap(),
+                String::from_utf8(through_value).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_typed_reply_reads_what_a_command_reply_encodes() {
+        let id = EventId::new();
+        let accepted = CommandReply::Accepted {
+            event_ids: vec![id],
+            result: serde_json::to_value(sample()).unwrap(),
+        };
+        let body = serde_json::to_vec(&accepted).unwrap();
+        assert_eq!(
+            TypedReply::<Node>::from_slice(&body).unwrap(),
+            TypedReply::Accepted {
+                event_ids: vec![id],
+                result: sample()
+            }
+        );
+        let rejection = Rejection {
+            code: "wrong_state".to_owned(),
+            message: "no".to_owned(),
+            message_vi: "không".to_owned(),
+            details: json!({"state": "open"}),
+        };
+        let body = serde_json::to_vec(&CommandReply::Rejected(rejection.clone())).unwrap();
+        assert_eq!(
+            TypedReply::<Node>::from_slice(&body).unwrap(),
+            TypedReply::Rejected(rejection)
+        );
+        // No result reads as null, as in `CommandReply`.
+        let body = br#"{"outcome":"accepted","event_ids":[]}"#;
+        assert_eq!(
+            TypedReply::<Value>::from_slice(body).unwrap(),
+            TypedReply::Accepted {
+                event_ids: vec![],
+                result: Value::Null
+            }
+        );
+    }
+
+    #[test]
+    fn a_reply_that_is_not_one_is_an_error() {
+        for body in [
+            &br#"{"outcome":"maybe","result":1}"#[..],
+            br#"{"outcome":"rejected","message":"m","message_vi":"m"}"#,
+            br#"{"outcome":"accepted","result":{"code":1}}"#,
+            br#"[]"#,
+        ] {
+            assert!(
+                TypedReply::<Node>::from_slice(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 }

@@ -15,7 +15,9 @@ pub mod schema;
 pub mod tier;
 
 pub use codes::ErrorCode;
-pub use envelope::{Actor, CommandEnvelope, CommandReply, Envelope, Metadata, Rejection, Role};
+pub use envelope::{
+    Actor, CommandEnvelope, CommandReply, Envelope, Metadata, Rejection, Role, TypedReply,
+};
 pub use grade::Grade;
 pub use ids::{
     CommandId, CorrelationId, CycleId, DecisionId, DossierId, EventId, OrgId, SubjectId,

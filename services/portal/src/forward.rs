@@ -67,6 +67,22 @@ impl Services {
             .await?)
     }
 
+    /// A read-only query whose answer is read straight into `R` (one parse
+    /// of a large answer).
+    pub async fn query_as<R: serde::de::DeserializeOwned>(
+        &self,
+        service: &str,
+        kind: &str,
+        actor: &Actor,
+        payload: Value,
+        traceparent: Option<String>,
+    ) -> Result<R, ApiError> {
+        Ok(self
+            .client
+            .call_as(service, kind, actor, payload, CommandId::new(), traceparent)
+            .await?)
+    }
+
     /// A command, once.
     pub async fn command(
         &self,

@@ -26,7 +26,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::Stream;
-use gradeflow_progress::{assemble, AssembleError};
+use gradeflow_progress::queries::ProgressQuery;
+use gradeflow_progress::{assemble, AssembleError, ProgressNode};
 use gradeflow_proto::{Actor, CycleId, OrgId};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -73,12 +74,12 @@ async fn scope(
     Ok((org, caller.pick(Need::Read, &chain)?))
 }
 
-fn progress_query(cycle: CycleId, org: OrgId, depth: Option<u32>) -> Value {
-    let mut q = json!({ "cycle": cycle, "org": org });
-    if let Some(depth) = depth {
-        q["depth"] = json!(depth);
+fn progress_query(cycle: CycleId, org: OrgId, depth: Option<u32>) -> ProgressQuery {
+    ProgressQuery {
+        cycle,
+        org: Some(org),
+        depth,
     }
-    q
 }
 
 /// The whole tree `query` asks for: the `progress.v1` answer and, where it
@@ -86,11 +87,17 @@ fn progress_query(cycle: CycleId, org: OrgId, depth: Option<u32>) -> Value {
 async fn whole_tree(
     services: &Services,
     actor: &Actor,
-    query: Value,
+    query: ProgressQuery,
     traceparent: Option<String>,
-) -> Result<Value, ApiError> {
+) -> Result<ProgressNode, ApiError> {
     assemble(query, |page| {
-        services.query("progress", "progress.v1", actor, page, traceparent.clone())
+        services.query_as(
+            "progress",
+            "progress.v1",
+            actor,
+            json!(page),
+            traceparent.clone(),
+        )
     })
     .await
     .map_err(|e| match e {
@@ -169,11 +176,11 @@ struct Poller {
     services: Services,
     actor: Actor,
     cycle: CycleId,
-    query: Value,
+    query: ProgressQuery,
     every: Duration,
     position: Option<Value>,
-    last: Option<Value>,
-    first: Option<Value>,
+    last: Option<ProgressNode>,
+    first: Option<ProgressNode>,
     failing: bool,
     stop: tokio_util::sync::CancellationToken,
 }
@@ -194,8 +201,9 @@ impl Poller {
     /// Waits for the next event to send.
     async fn next_event(&mut self) -> Event {
         if let Some(node) = self.first.take() {
-            self.last = Some(node.clone());
-            return Event::default().event("progress").data(node.to_string());
+            let data = encode(&node);
+            self.last = Some(node);
+            return Event::default().event("progress").data(data);
         }
         loop {
             tokio::time::sleep(self.every).await;
@@ -240,11 +248,12 @@ impl Poller {
             self.failing = false;
             self.position = Some(position.clone());
             if self.last.as_ref() != Some(&node) {
-                self.last = Some(node.clone());
+                let data = encode(&node);
+                self.last = Some(node);
                 return Event::default()
                     .event("progress")
                     .id(position.to_string())
-                    .data(node.to_string());
+                    .data(data);
             }
         }
     }
@@ -258,6 +267,12 @@ impl Poller {
         self.failing = true;
         Some(Event::default().event("error").data(e.body().to_string()))
     }
+}
+
+/// A node as one line of JSON, for an event's data.
+fn encode(node: &ProgressNode) -> String {
+    // Plain data structs always serialise.
+    serde_json::to_string(node).unwrap_or_default()
 }
 
 /// `GET /api/v1/cycles/{cycle}/report?org=&format=json|csv|xlsx` → the

@@ -49,7 +49,7 @@ use chrono::{NaiveDate, Utc};
 use gradeflow_eventstore::{InboxEntry, Store, StoreError};
 use gradeflow_proto::events::EVENT_KINDS;
 use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode};
-use gradeflow_service::{Committing, Decision, Engine, ExecuteError, Workflow};
+use gradeflow_service::{Committing, Decision, Engine, ExecuteError, Reply, Workflow};
 use serde_json::json;
 
 pub use changes::touched;
@@ -120,6 +120,36 @@ impl Progress {
 impl Workflow for Progress {
     fn service(&self) -> &'static str {
         SERVICE
+    }
+
+    /// A `progress.v1` answer — the largest this service gives, ~1 KB a
+    /// node — is encoded once, straight from its nodes; every other command
+    /// as [`Workflow::handle_command`] answers it.
+    async fn answer_command(&self, command: CommandEnvelope) -> Reply {
+        let Ok(queries::Query::Progress(q)) = queries::Query::parse(&command) else {
+            return Reply::Typed(self.handle_command(command).await);
+        };
+        let today = (self.today)();
+        let answer = self
+            .engine
+            .read(|m| {
+                queries::progress_page(m, &q, &command.actor, today)
+                    .map(|node| CommandReply::encode_accepted(&[], &node))
+            })
+            .await;
+        match answer {
+            // Plain data structs always serialise.
+            Ok(Ok(Ok(body))) => Reply::Encoded(body),
+            Ok(Ok(Err(error))) => {
+                tracing::error!(%error, "progress: encoding a tree failed");
+                Reply::Typed(self.handle_command(command).await)
+            }
+            Ok(Err(rejection)) => {
+                tracing::info!(code = %rejection.code, "query refused");
+                Reply::Typed(CommandReply::Rejected(rejection))
+            }
+            Err(e) => Reply::Typed(gradeflow_service::answer(Err(e))),
+        }
     }
 
     async fn handle_command(&self, command: CommandEnvelope) -> CommandReply {

@@ -103,16 +103,16 @@ pub struct ProgressPageQuery {
     /// The cycle.
     pub cycle: CycleId,
     /// The node (default: the cycle's root).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org: Option<OrgId>,
     /// Levels of children (default 1; 0 = none).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth: Option<u32>,
     /// Only the asked node's own children whose code sorts after this one
     /// (byte order, the order children come in): the last child present in
     /// an answer flagged `children_truncated` asks for the next page.
     /// Deeper levels are not filtered.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
 }
 

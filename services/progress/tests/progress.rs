@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{NaiveDate, Utc};
 use gradeflow_eventstore::{AppendOutcome, InboxEntry, Store, StoreOptions};
-use gradeflow_progress::queries::{progress, ProgressQuery, MAX_REPLY_BYTES};
+use gradeflow_progress::queries::{
+    progress, ProgressNode, ProgressPageQuery, ProgressQuery, MAX_REPLY_BYTES,
+};
 use gradeflow_progress::{assemble, report_csv, report_xlsx, touched, Progress, Report};
 use gradeflow_proto::commands::DecisionKind;
 use gradeflow_proto::events::{
@@ -32,8 +34,9 @@ use gradeflow_proto::{
     Actor, Category, CommandEnvelope, CommandId, CommandReply, CorrelationId, CycleId, CycleKind,
     DecisionId, DossierId, DossierState, Envelope, EventId, Facts, Grade, OrgId, QuotaSettings,
     Rejection, Role, RulebookId, SubjectId, SubjectKind, SubjectStatus, TaskCounts, Tier, Tiers,
+    TypedReply,
 };
-use gradeflow_service::Workflow;
+use gradeflow_service::{Reply, Workflow};
 use gradeflow_testkit::{fresh_pg, fresh_sqlite, SqliteFile};
 use serde_json::{json, Value};
 
@@ -394,16 +397,26 @@ impl World {
     }
 
     /// One `progress.v1` query by central, its answer or refusal.
-    async fn ask(&self, q: Value) -> Result<Value, Rejection> {
-        match self.send(&self.central(), "progress.v1", q).await {
-            CommandReply::Accepted { result, .. } => Ok(result),
-            CommandReply::Rejected(r) => Err(r),
+    /// One `progress.v1` page by central, read as the portal and the
+    /// benchmark read it: the bytes the command server sends, straight
+    /// into a typed node.
+    async fn ask(&self, q: ProgressPageQuery) -> Result<ProgressNode, Rejection> {
+        let payload = serde_json::to_value(q).unwrap();
+        let body = self.body(&self.central(), "progress.v1", payload).await;
+        match TypedReply::from_slice(&body).unwrap() {
+            TypedReply::Accepted { result, .. } => Ok(result),
+            TypedReply::Rejected(r) => Err(r),
         }
     }
 
     /// The tree of `org` to `depth` as the model holds it, read in process
     /// (no reply budget), by central.
     async fn whole(&self, org: OrgId, depth: u32) -> Value {
+        serde_json::to_value(self.whole_node(org, depth).await).unwrap()
+    }
+
+    /// [`World::whole`], typed.
+    async fn whole_node(&self, org: OrgId, depth: u32) -> ProgressNode {
         let today = *self.today.lock().unwrap();
         let q = ProgressQuery {
             cycle: self.cycle,
@@ -411,14 +424,12 @@ impl World {
             depth: Some(depth),
         };
         let central = self.central();
-        let node = self
-            .progress
+        self.progress
             .engine()
             .read(|m| progress(m, &q, &central, today))
             .await
             .unwrap()
-            .unwrap();
-        serde_json::to_value(node).unwrap()
+            .unwrap()
     }
 
     fn set_today(&self, d: &str) {
@@ -426,9 +437,25 @@ impl World {
     }
 
     async fn send(&self, actor: &Actor, kind: &str, payload: Value) -> CommandReply {
-        self.progress
-            .handle_command(cmd(actor, kind, payload))
-            .await
+        serde_json::from_slice(&self.body(actor, kind, payload).await).unwrap()
+    }
+
+    /// The reply's bytes as the command server sends them
+    /// ([`Workflow::answer_command`]), checked to be those of
+    /// [`Workflow::handle_command`]'s reply: a `progress.v1` answer encoded
+    /// straight from its nodes is byte for byte the one through a value.
+    async fn body(&self, actor: &Actor, kind: &str, payload: Value) -> Vec<u8> {
+        let command = cmd(actor, kind, payload);
+        let typed = self.progress.handle_command(command.clone()).await;
+        let body = match self.progress.answer_command(command).await {
+            Reply::Encoded(body) => body,
+            Reply::Typed(reply) => serde_json::to_vec(&reply).unwrap(),
+        };
+        assert_eq!(
+            String::from_utf8(body.clone()).unwrap(),
+            serde_json::to_string(&typed).unwrap()
+        );
+        body
     }
 
     async fn ok(&self, actor: &Actor, kind: &str, payload: Value) -> Value {
@@ -1561,12 +1588,18 @@ async fn a_tree_over_the_reply_budget_comes_in_pages_that_join_into_the_whole_tr
 
     // The assembler does all of that.
     let sent = Mutex::new(0);
-    let assembled = assemble(json!({"cycle": w.cycle, "depth": 2}), |q| {
+    let query = ProgressQuery {
+        cycle: w.cycle,
+        org: None,
+        depth: Some(2),
+    };
+    let assembled = assemble(query, |q| {
         *sent.lock().unwrap() += 1;
         w.ask(q)
     })
     .await
     .unwrap();
+    let assembled = serde_json::to_value(assembled).unwrap();
     assert_eq!(assembled, whole);
     assert!(*sent.lock().unwrap() > 1);
     assert_rollups(&assembled);
@@ -1609,8 +1642,11 @@ async fn the_asked_node_always_carries_its_first_child_even_past_the_budget() {
     let d2 = &top["children"][1]["children"][0];
     assert_eq!(codes(d2), ["P02.D01.C01"]);
     assert!(truncated(d2));
-    let tree = assemble(json!({"cycle": w.cycle, "depth": 3}), |q| w.ask(q))
-        .await
-        .unwrap();
-    assert_eq!(tree, w.whole(w.root, 3).await);
+    let query = ProgressQuery {
+        cycle: w.cycle,
+        org: None,
+        depth: Some(3),
+    };
+    let tree = assemble(query, |q| w.ask(q)).await.unwrap();
+    assert_eq!(tree, w.whole_node(w.root, 3).await);
 }

@@ -759,8 +759,8 @@ async fn wait_progress(driver: &Driver, cycle: &str, dossiers: u64) -> anyhow::R
     let deadline = Instant::now() + Duration::from_secs(30 * 60);
     loop {
         let node = driver.progress(cycle, 0).await?;
-        let decided = node["totals"]["decided"].as_u64().unwrap_or(0);
-        if decided >= dossiers && node["complete"] == true {
+        let decided = node.totals.decided;
+        if decided >= dossiers && node.complete {
             return Ok(());
         }
         anyhow::ensure!(

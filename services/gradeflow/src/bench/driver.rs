@@ -21,6 +21,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use gradeflow_progress::queries::{ProgressPageQuery, ProgressQuery};
+use gradeflow_progress::ProgressNode;
 use gradeflow_proto::{Actor, CommandId, Names};
 use gradeflow_service::client::{CommandClient, CommandFailure};
 use serde_json::Value;
@@ -233,19 +235,24 @@ impl Driver {
     /// portal's `GET /api/v1/cycles/{cycle}/progress`). Over NATS, a tree
     /// too large for one answer comes in pages, which
     /// [`gradeflow_progress::assemble`] asks for and puts together.
-    pub async fn progress(&self, cycle: &str, depth: u32) -> anyhow::Result<Value> {
+    pub async fn progress(&self, cycle: &str, depth: u32) -> anyhow::Result<ProgressNode> {
         match &self.inner {
             Inner::Nats(c) => {
-                let query = serde_json::json!({"cycle": cycle, "depth": depth});
-                let ask = |page| {
-                    c.call(
+                let query = ProgressQuery {
+                    cycle: cycle.parse().context("the cycle id")?,
+                    org: None,
+                    depth: Some(depth),
+                };
+                let ask = |page: ProgressPageQuery| async move {
+                    c.call_as(
                         "progress",
                         "progress.v1",
                         &self.actor,
-                        page,
+                        serde_json::to_value(page)?,
                         CommandId::new(),
                         None,
                     )
+                    .await
                 };
                 gradeflow_progress::assemble(query, ask)
                     .await
@@ -260,9 +267,13 @@ impl Driver {
                     .await
                     .with_context(|| format!("GET {url}"))?;
                 let status = resp.status();
-                let body: Value = resp.json().await.with_context(|| format!("GET {url}"))?;
-                anyhow::ensure!(status.is_success(), "GET {url}: {status} {body}");
-                Ok(body)
+                let body = resp.bytes().await.with_context(|| format!("GET {url}"))?;
+                anyhow::ensure!(
+                    status.is_success(),
+                    "GET {url}: {status} {}",
+                    String::from_utf8_lossy(&body)
+                );
+                serde_json::from_slice(&body).with_context(|| format!("GET {url}: the node"))
             }
         }
     }

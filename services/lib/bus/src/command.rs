@@ -9,9 +9,12 @@
 //! the others; shutdown stops taking requests and answers the ones in flight.
 //! A reply too large for one NATS message (the server's `max_payload`) is
 //! replaced by a [`REPLY_TOO_LARGE`] rejection, so the caller learns to ask
-//! for less instead of timing out.
+//! for less instead of timing out. A handler with a large answer may hand
+//! the server its reply encoded already ([`Reply::Encoded`]), straight from
+//! its own types.
 //!
-//! Caller side: [`send_command`].
+//! Caller side: [`send_command`], or [`send_command_as`] to read the result
+//! straight into a type.
 //!
 //! Idempotency by `command_id` is the handler's business, through the store's
 //! inbox: see [`crate::command_inbox::CommandInbox`].
@@ -20,7 +23,7 @@ use std::{future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use async_nats::{client::RequestErrorKind, Client, HeaderMap, Subscriber};
 use futures::{FutureExt, StreamExt};
-use gradeflow_proto::{CommandEnvelope, CommandReply, Names, Rejection};
+use gradeflow_proto::{CommandEnvelope, CommandReply, Names, Rejection, TypedReply};
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -52,6 +55,30 @@ pub trait CommandHandler: Send + Sync + 'static {
     /// [`CommandInbox`](crate::command_inbox::CommandInbox)) so a retried
     /// command gets its first reply and changes nothing.
     fn handle(&self, command: CommandEnvelope) -> impl Future<Output = CommandReply> + Send;
+
+    /// Decides a command, as [`CommandHandler::handle`], into the reply as
+    /// it is sent: a handler whose answer is large may encode it straight
+    /// from its own types ([`Reply::Encoded`]) instead of through a
+    /// `serde_json::Value`. By default, [`CommandHandler::handle`]'s reply.
+    fn reply(&self, command: CommandEnvelope) -> impl Future<Output = Reply> + Send {
+        async move { Reply::Typed(self.handle(command).await) }
+    }
+}
+
+/// A command's reply as a handler gives it to the command server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// To be encoded by the server.
+    Typed(CommandReply),
+    /// Encoded already: the bytes of a [`CommandReply`] (see
+    /// [`CommandReply::encode_accepted`]).
+    Encoded(Vec<u8>),
+}
+
+impl From<CommandReply> for Reply {
+    fn from(reply: CommandReply) -> Self {
+        Reply::Typed(reply)
+    }
 }
 
 impl<F, Fut> CommandHandler for F
@@ -233,14 +260,14 @@ async fn answer<H: CommandHandler>(client: &Client, handler: &H, msg: async_nats
         return;
     };
     let reply = match serde_json::from_slice::<CommandEnvelope>(&msg.payload) {
-        Err(err) => CommandReply::Rejected(
+        Err(err) => Reply::Typed(CommandReply::Rejected(
             Rejection::new(
                 MALFORMED_COMMAND,
                 format!("the request is not a command envelope: {err}"),
                 format!("yêu cầu không phải là một lệnh hợp lệ: {err}"),
             )
             .with_details(serde_json::json!({ "subject": msg.subject.as_str() })),
-        ),
+        )),
         Ok(mut command) => {
             if command.traceparent.is_none() {
                 command.traceparent = extract_traceparent(msg.headers.as_ref());
@@ -248,28 +275,31 @@ async fn answer<H: CommandHandler>(client: &Client, handler: &H, msg: async_nats
             let kind = command.kind.clone();
             // A panicking handler must not leave the caller waiting for a
             // timeout: it gets a rejection naming the failure instead.
-            match AssertUnwindSafe(handler.handle(command))
+            match AssertUnwindSafe(handler.reply(command))
                 .catch_unwind()
                 .await
             {
                 Ok(reply) => reply,
                 Err(_) => {
                     tracing::error!(kind = %kind, "bus.command.handler_panicked");
-                    CommandReply::Rejected(Rejection::new(
+                    Reply::Typed(CommandReply::Rejected(Rejection::new(
                         INTERNAL_ERROR,
                         "the command failed unexpectedly; nothing was changed",
                         "lệnh gặp lỗi ngoài dự kiến; không có gì thay đổi",
-                    ))
+                    )))
                 }
             }
         }
     };
-    let body = match serde_json::to_vec(&reply) {
-        Ok(body) => body,
-        Err(err) => {
-            tracing::error!(error = %err, "bus.command.reply_encode_failed");
-            return;
-        }
+    let body = match reply {
+        Reply::Encoded(body) => body,
+        Reply::Typed(reply) => match serde_json::to_vec(&reply) {
+            Ok(body) => body,
+            Err(err) => {
+                tracing::error!(error = %err, "bus.command.reply_encode_failed");
+                return;
+            }
+        },
     };
     let body = fit(client, body);
     if let Err(err) = client.publish(reply_to, body.into()).await {
@@ -358,6 +388,37 @@ pub async fn send_command(
     command: &CommandEnvelope,
     timeout: Duration,
 ) -> Result<CommandReply, CommandError> {
+    let (subject, body) = request(client, names, service, command, timeout).await?;
+    serde_json::from_slice(&body).map_err(|err| CommandError::Malformed {
+        subject,
+        what: format!("decoding the reply: {err}"),
+    })
+}
+
+/// [`send_command`], with the reply's result read straight into `R` (one
+/// parse of a large answer, no `serde_json::Value` in between).
+pub async fn send_command_as<R: serde::de::DeserializeOwned>(
+    client: &Client,
+    names: &Names,
+    service: &str,
+    command: &CommandEnvelope,
+    timeout: Duration,
+) -> Result<TypedReply<R>, CommandError> {
+    let (subject, body) = request(client, names, service, command, timeout).await?;
+    TypedReply::from_slice(&body).map_err(|err| CommandError::Malformed {
+        subject,
+        what: format!("decoding the reply: {err}"),
+    })
+}
+
+/// Sends `command` and returns its subject and the reply's body.
+async fn request(
+    client: &Client,
+    names: &Names,
+    service: &str,
+    command: &CommandEnvelope,
+    timeout: Duration,
+) -> Result<(String, bytes::Bytes), CommandError> {
     let subject = names.command_subject(service, &command.kind);
     let body = serde_json::to_vec(command).map_err(|err| CommandError::Malformed {
         subject: subject.clone(),
@@ -385,8 +446,5 @@ pub async fn send_command(
                 source: err,
             },
         })?;
-    serde_json::from_slice(&msg.payload).map_err(|err| CommandError::Malformed {
-        subject,
-        what: format!("decoding the reply: {err}"),
-    })
+    Ok((subject, msg.payload))
 }

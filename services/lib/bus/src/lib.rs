@@ -23,7 +23,8 @@ pub mod streams;
 pub mod trace;
 
 pub use command::{
-    send_command, serve_commands, CommandError, CommandHandler, CommandServer, ServeCommandsError,
+    send_command, send_command_as, serve_commands, CommandError, CommandHandler, CommandServer,
+    Reply, ServeCommandsError,
 };
 pub use command_inbox::CommandInbox;
 pub use consumer::{

@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use gradeflow_bus::{send_command, CommandError};
+use gradeflow_bus::{send_command, send_command_as, CommandError};
 use gradeflow_proto::commands::Command;
-use gradeflow_proto::{Actor, CommandEnvelope, CommandId, CommandReply, Names, Rejection};
+use gradeflow_proto::{
+    Actor, CommandEnvelope, CommandId, CommandReply, Names, Rejection, TypedReply,
+};
 use serde_json::Value;
 
 /// Why a command brought no answer.
@@ -86,6 +88,24 @@ impl CommandClient {
         }
     }
 
+    /// [`CommandClient::call`], with the answer read straight into `R`
+    /// (one parse of a large answer, such as a progress tree).
+    pub async fn call_as<R: serde::de::DeserializeOwned>(
+        &self,
+        service: &str,
+        kind: &str,
+        actor: &Actor,
+        payload: Value,
+        command_id: CommandId,
+        traceparent: Option<String>,
+    ) -> Result<R, CommandFailure> {
+        let envelope = envelope(kind, actor, payload, command_id, traceparent);
+        match send_command_as(&self.client, &self.names, service, &envelope, self.timeout).await? {
+            TypedReply::Accepted { result, .. } => Ok(result),
+            TypedReply::Rejected(r) => Err(CommandFailure::Rejected(r)),
+        }
+    }
+
     /// Sends a command and returns the service's reply as it came.
     pub async fn reply(
         &self,
@@ -96,13 +116,23 @@ impl CommandClient {
         command_id: CommandId,
         traceparent: Option<String>,
     ) -> Result<CommandReply, CommandFailure> {
-        let envelope = CommandEnvelope {
-            command_id,
-            kind: kind.to_owned(),
-            actor: actor.clone(),
-            traceparent,
-            payload,
-        };
+        let envelope = envelope(kind, actor, payload, command_id, traceparent);
         Ok(send_command(&self.client, &self.names, service, &envelope, self.timeout).await?)
+    }
+}
+
+fn envelope(
+    kind: &str,
+    actor: &Actor,
+    payload: Value,
+    command_id: CommandId,
+    traceparent: Option<String>,
+) -> CommandEnvelope {
+    CommandEnvelope {
+        command_id,
+        kind: kind.to_owned(),
+        actor: actor.clone(),
+        traceparent,
+        payload,
     }
 }

@@ -47,6 +47,7 @@ use gradeflow_proto::{Actor, CorrelationId, Envelope, EventId, Metadata, Rejecti
 use serde_json::Value;
 use tokio::sync::Mutex;
 
+pub use gradeflow_bus::Reply;
 pub use tree::{OrgNode, OrgTree};
 use uuid::Uuid;
 pub use workflow::{answer, payload, reply, Workflow};

@@ -61,14 +61,25 @@ impl<W: Workflow> gradeflow_bus::CommandHandler for Commands<W> {
         &self,
         command: gradeflow_proto::CommandEnvelope,
     ) -> gradeflow_proto::CommandReply {
-        let span = tracing::info_span!(
-            "service.command",
-            kind = %command.kind,
-            command_id = %command.command_id
-        );
-        continue_trace(&span, command.traceparent.as_deref());
+        let span = command_span(&command);
         self.0.handle_command(command).instrument(span).await
     }
+
+    async fn reply(&self, command: gradeflow_proto::CommandEnvelope) -> gradeflow_bus::Reply {
+        let span = command_span(&command);
+        self.0.answer_command(command).instrument(span).await
+    }
+}
+
+/// The span a command is handled in, a child of the caller's.
+fn command_span(command: &gradeflow_proto::CommandEnvelope) -> tracing::Span {
+    let span = tracing::info_span!(
+        "service.command",
+        kind = %command.kind,
+        command_id = %command.command_id
+    );
+    continue_trace(&span, command.traceparent.as_deref());
+    span
 }
 
 /// Makes `span` a child of the caller's span named by `traceparent`, before

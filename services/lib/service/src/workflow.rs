@@ -19,6 +19,18 @@ pub trait Workflow: Send + Sync + 'static {
     fn handle_command(&self, command: CommandEnvelope)
         -> impl Future<Output = CommandReply> + Send;
 
+    /// Answers one command as the command server sends it: by default
+    /// [`Workflow::handle_command`]'s reply; a service whose answer is
+    /// large may encode it straight from its own types
+    /// ([`gradeflow_bus::Reply::Encoded`]), byte for byte what
+    /// `handle_command`'s reply encodes to.
+    fn answer_command(
+        &self,
+        command: CommandEnvelope,
+    ) -> impl Future<Output = gradeflow_bus::Reply> + Send {
+        async move { gradeflow_bus::Reply::Typed(self.handle_command(command).await) }
+    }
+
     /// Whether the service records events of `kind` published by others.
     fn observes(&self, kind: &str) -> bool;
 

@@ -1,6 +1,6 @@
 //! Commands over request/reply: round trips, malformed requests, replies
-//! too large for one message, no responders, queue groups, concurrency and
-//! graceful shutdown.
+//! too large for one message, replies encoded by their handler and read
+//! typed, no responders, queue groups, concurrency and graceful shutdown.
 
 use std::{
     sync::{
@@ -12,10 +12,11 @@ use std::{
 
 use gradeflow_bus::{
     command::{MALFORMED_COMMAND, REPLY_TOO_LARGE},
-    send_command, CommandError, CommandInbox, CommandServer, Effects,
+    send_command, send_command_as, CommandError, CommandHandler, CommandInbox, CommandServer,
+    Effects, Reply,
 };
 use gradeflow_proto::{
-    Actor, CommandEnvelope, CommandId, CommandReply, EventId, OrgId, Rejection, Role,
+    Actor, CommandEnvelope, CommandId, CommandReply, EventId, OrgId, Rejection, Role, TypedReply,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -172,6 +173,113 @@ async fn a_reply_larger_than_max_payload_comes_back_as_a_rejection_not_a_timeout
     .await
     .unwrap();
     assert!(matches!(ok, CommandReply::Accepted { .. }));
+    shutdown.cancel();
+    served.await.unwrap();
+}
+
+/// A small tree, as a service with a large typed answer has.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Tree {
+    code: String,
+    children: Vec<Tree>,
+}
+
+fn tree() -> Tree {
+    let leaf = |code: &str| Tree {
+        code: code.into(),
+        children: vec![],
+    };
+    Tree {
+        code: "VN".into(),
+        children: vec![leaf("VN.01"), leaf("VN.02")],
+    }
+}
+
+/// Encodes its own replies: `tree.v1` straight from [`Tree`], `huge.v1` a
+/// string longer than the server takes; the rest as [`decide`] answers.
+struct Encoding {
+    max_payload: usize,
+}
+
+impl CommandHandler for Encoding {
+    async fn handle(&self, cmd: CommandEnvelope) -> CommandReply {
+        decide(cmd).await
+    }
+
+    async fn reply(&self, cmd: CommandEnvelope) -> Reply {
+        match cmd.kind.as_str() {
+            "tree.v1" => Reply::Encoded(CommandReply::encode_accepted(&[], &tree()).unwrap()),
+            "huge.v1" => Reply::Encoded(
+                CommandReply::encode_accepted(&[], &"x".repeat(self.max_payload + 1)).unwrap(),
+            ),
+            _ => Reply::Typed(self.handle(cmd).await),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reply_encoded_by_its_handler_is_sent_as_is_and_still_checked_for_size() {
+    let bus = Bus::new().await;
+    let max_payload = bus.client.server_info().max_payload;
+    let handler = Encoding { max_payload };
+    let shutdown = CancellationToken::new();
+    let server = CommandServer::bind(&bus.client, &bus.names, "progress", Arc::new(handler))
+        .await
+        .unwrap();
+    let served = tokio::spawn(server.run(shutdown.clone()));
+    let send = |kind: &'static str| {
+        let bus = &bus;
+        async move {
+            send_command(&bus.client, &bus.names, "progress", &command(kind), TIMEOUT)
+                .await
+                .unwrap()
+        }
+    };
+    let send_as = |kind: &'static str| {
+        let bus = &bus;
+        async move {
+            send_command_as::<Tree>(&bus.client, &bus.names, "progress", &command(kind), TIMEOUT)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Read typed, and read as any command reply: the same answer.
+    assert_eq!(
+        send_as("tree.v1").await,
+        TypedReply::Accepted {
+            event_ids: vec![],
+            result: tree()
+        }
+    );
+    assert_eq!(
+        send("tree.v1").await,
+        CommandReply::Accepted {
+            event_ids: vec![],
+            result: serde_json::to_value(tree()).unwrap()
+        }
+    );
+    // Too large is refused by size, encoded or not.
+    match send("huge.v1").await {
+        CommandReply::Rejected(r) => assert_eq!(r.code, REPLY_TOO_LARGE),
+        other => panic!("expected reply_too_large, got {other:?}"),
+    }
+    // A typed read of a refusal is the refusal.
+    match send_as("no.v1").await {
+        TypedReply::Rejected(r) => assert_eq!(r.code, "wrong_state"),
+        other => panic!("expected rejected, got {other:?}"),
+    }
+    // An answer that is not the caller's type is malformed, not a success.
+    let err = send_command_as::<Tree>(
+        &bus.client,
+        &bus.names,
+        "progress",
+        &command("ok.v1"),
+        TIMEOUT,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, CommandError::Malformed { .. }), "{err:?}");
     shutdown.cancel();
     served.await.unwrap();
 }
