@@ -120,6 +120,12 @@ fn cycle_then_audit(database_url: Option<&str>) {
         assert!(number(cols[3]) > 0.0, "{latency}: {cols:?}");
         assert_eq!(cols[4], "ms");
     }
+    // The same latencies by kind: decide_batch.v1's row counts what the
+    // decide_batch row counts.
+    assert_eq!(
+        row(&stdout, "  decide_batch.v1")[0],
+        row(&stdout, "decide_batch (≤ 50 dossiers)")[0]
+    );
     assert!(
         stdout.contains("peak RSS of gradeflow up (every service and the portal): ")
             && stdout.contains(" MiB"),

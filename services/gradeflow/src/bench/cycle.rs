@@ -30,6 +30,7 @@
 //! the child's peak RSS, stops it (SIGTERM, drained), counts the events of
 //! every store and of the JetStream stream, and measures the raw baselines.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -302,6 +303,7 @@ async fn measure(
     .await?;
 
     let (commands, decisions) = driver.latencies();
+    let by_kind = driver.latencies_by_kind();
     let report = CycleReport {
         shape,
         wall,
@@ -316,6 +318,7 @@ async fn measure(
         raw_publish,
         commands,
         decisions,
+        by_kind,
         tree,
         rss_kib: rss,
         not_yet: driver.not_yet.load(Ordering::Relaxed),
@@ -880,6 +883,8 @@ struct CycleReport {
     raw_publish: Rate,
     commands: Latencies,
     decisions: Latencies,
+    /// Accepted commands by kind.
+    by_kind: BTreeMap<String, Latencies>,
     tree: Latencies,
     rss_kib: Option<u64>,
     not_yet: u64,
@@ -996,6 +1001,20 @@ impl CycleReport {
                 &mut out,
                 format!(
                     "{what:<38}{:>13}{:>13}{:>13}{:>13}  {target}",
+                    group_thousands(l.count()),
+                    format_millis(l.quantile(0.5)),
+                    format_millis(l.quantile(0.99)),
+                    format_millis(l.quantile(1.0)),
+                ),
+            );
+        }
+        // Where a tail comes from: the same latencies by command kind.
+        for (kind, l) in &self.by_kind {
+            line(
+                &mut out,
+                format!(
+                    "{:<38}{:>13}{:>13}{:>13}{:>13}",
+                    format!("  {kind}"),
                     group_thousands(l.count()),
                     format_millis(l.quantile(0.5)),
                     format_millis(l.quantile(0.99)),

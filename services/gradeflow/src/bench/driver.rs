@@ -16,6 +16,7 @@
 //! (the attempt that was accepted), split into ordinary commands and
 //! `decide_batch.v1`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -93,6 +94,8 @@ pub struct Driver {
     actor: Actor,
     commands: Mutex<Latencies>,
     decisions: Mutex<Latencies>,
+    /// Every command's latency again, by kind.
+    by_kind: Mutex<BTreeMap<String, Latencies>>,
     /// Attempts refused for an event not yet observed, then sent again.
     pub not_yet: AtomicU64,
     /// Attempts that got no answer, then sent again.
@@ -160,6 +163,7 @@ impl Driver {
             actor,
             commands: Mutex::new(Latencies::new()),
             decisions: Mutex::new(Latencies::new()),
+            by_kind: Mutex::new(BTreeMap::new()),
             not_yet: AtomicU64::new(0),
             resent: AtomicU64::new(0),
             pace: None,
@@ -180,6 +184,11 @@ impl Driver {
     pub fn latencies(&self) -> (Latencies, Latencies) {
         let take = |m: &Mutex<Latencies>| m.lock().map(|l| l.clone()).unwrap_or_default();
         (take(&self.commands), take(&self.decisions))
+    }
+
+    /// The latencies of accepted commands by kind (`decide_batch.v1` too).
+    pub fn latencies_by_kind(&self) -> BTreeMap<String, Latencies> {
+        self.by_kind.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// Sends a command until it is accepted; its answer.
@@ -205,8 +214,15 @@ impl Driver {
                     } else {
                         &self.commands
                     };
+                    let elapsed = started.elapsed();
                     if let Ok(mut h) = histogram.lock() {
-                        h.record(started.elapsed());
+                        h.record(elapsed);
+                    }
+                    if let Ok(mut by_kind) = self.by_kind.lock() {
+                        by_kind
+                            .entry(kind.to_owned())
+                            .or_insert_with(Latencies::new)
+                            .record(elapsed);
                     }
                     return Ok(answer);
                 }
