@@ -1220,6 +1220,251 @@ async fn appends_go_on_after_the_server_kills_the_writers_connection() {
     db.cleanup().await;
 }
 
+/// A deferred constraint trigger on `events` that runs at COMMIT: it sleeps
+/// `seconds` for every row of `stream` and, with `fail`, then refuses the
+/// transaction. So the COMMIT of a batch holding such a row is in flight (or
+/// fails) while the next requests queue behind it (a writer that overlaps
+/// commits, as was tried on 2026-11-27, writes the next batch meanwhile).
+async fn at_commit(db: &Db, stream: &str, seconds: f64, fail: bool) {
+    let name = format!("at_commit_{stream}");
+    let raise = if fail {
+        "RAISE EXCEPTION 'refused at commit';"
+    } else {
+        ""
+    };
+    db.raw(&format!(
+        "CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_sleep({seconds}); {raise} RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER {name} AFTER INSERT ON events \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+         WHEN (NEW.stream = '{stream}') EXECUTE FUNCTION {name}()"
+    ))
+    .await
+    .unwrap();
+}
+
+/// Submits `reqs` back to back (one batch, unless the writer was idle and
+/// took the first one alone) and returns their pending outcomes.
+async fn submit_all(store: &Store, reqs: Vec<AppendRequest>) -> Vec<gradeflow_eventstore::Pending> {
+    let mut pending = Vec::new();
+    for req in reqs {
+        pending.push(store.submit(req).await.unwrap());
+    }
+    pending
+}
+
+/// A COMMIT that fails (here in a deferred trigger) fails its batch as a
+/// whole: the batch is retried request by request, so only the bad request
+/// fails, and the requests queued behind it are decided after those
+/// retries, on the log as it then is. (Requests queued behind must never be
+/// decided on the head the failed batch would have left.)
+#[tokio::test]
+async fn a_batch_whose_commit_fails_is_retried_before_the_requests_behind_it() {
+    let db = Db::postgres().await;
+    let store = db.open().await;
+    // Streams the writer has seen (their versions are cached).
+    for (n, stream) in ["a", "c", "d"].into_iter().enumerate() {
+        appended(
+            store
+                .append(one(stream, n as u64, ExpectedVersion::NoStream))
+                .await
+                .unwrap(),
+        );
+    }
+    at_commit(&db, "poison", 0.3, true).await;
+    let at = chrono::Utc::now() + chrono::Duration::seconds(1);
+    // Batch N: its COMMIT sleeps, then fails.
+    let first = submit_all(
+        &store,
+        vec![
+            one("poison", 10, ExpectedVersion::Any),
+            one("a", 11, ExpectedVersion::Exactly(1)),
+            one("b", 12, ExpectedVersion::NoStream),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Queued while N's COMMIT is in flight: `a` at 2 holds only if N's `a`
+    // commits; the prediction holds only if all of N commits.
+    let second = submit_all(
+        &store,
+        vec![
+            one("a", 13, ExpectedVersion::Exactly(2)),
+            predicted(one("c", 14, ExpectedVersion::Exactly(1)), 7, at),
+            one("d", 15, ExpectedVersion::Exactly(1)),
+        ],
+    )
+    .await;
+    let mut outcomes = Vec::new();
+    for p in first.into_iter().chain(second) {
+        outcomes.push(p.outcome().await);
+    }
+    assert!(
+        matches!(outcomes[0], Err(AppendError::Store(_))),
+        "{:?}",
+        outcomes[0]
+    );
+    let position = |i: usize| match &outcomes[i] {
+        Ok(AppendOutcome::Appended(events)) => (events[0].stream.clone(), events[0].position),
+        other => panic!("request {i}: {other:?}"),
+    };
+    assert_eq!(position(1), ("a".into(), 4));
+    assert_eq!(position(2), ("b".into(), 5));
+    assert_eq!(position(3), ("a".into(), 6));
+    assert!(
+        matches!(
+            outcomes[4],
+            Err(AppendError::Moved {
+                expected: 7,
+                actual: 6
+            })
+        ),
+        "{:?}",
+        outcomes[4]
+    );
+    assert_eq!(position(5), ("d".into(), 7));
+    let all = all_events(&store).await;
+    assert_eq!(
+        all.iter()
+            .map(|e| (e.stream.as_str(), e.version))
+            .collect::<Vec<_>>(),
+        [
+            ("a", 1),
+            ("c", 1),
+            ("d", 1),
+            ("a", 2),
+            ("b", 1),
+            ("a", 3),
+            ("d", 2)
+        ]
+    );
+    assert_contiguous(&all);
+    assert_verifies(&store, 7).await;
+    db.cleanup().await;
+}
+
+/// Requests queued behind a slow COMMIT land after it, in queue order, and
+/// their callers hear nothing before the slow batch's callers do.
+#[tokio::test]
+async fn a_batch_behind_a_slow_commit_is_answered_after_it() {
+    let db = Db::postgres().await;
+    let store = db.open().await;
+    // Streams the writer has seen (their versions are cached).
+    for (n, stream) in ["a", "b"].into_iter().enumerate() {
+        appended(
+            store
+                .append(one(stream, n as u64, ExpectedVersion::NoStream))
+                .await
+                .unwrap(),
+        );
+    }
+    at_commit(&db, "slow", 0.3, false).await;
+    let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let watch = |p: gradeflow_eventstore::Pending, name: &'static str| {
+        let order = order.clone();
+        tokio::spawn(async move {
+            let outcome = p.outcome().await;
+            order.lock().unwrap().push(name);
+            outcome
+        })
+    };
+    let slow = submit_all(&store, vec![one("slow", 1, ExpectedVersion::NoStream)]).await;
+    let slow = watch(slow.into_iter().next().unwrap(), "slow");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let behind = submit_all(
+        &store,
+        vec![
+            one("a", 2, ExpectedVersion::Exactly(1)),
+            one("b", 3, ExpectedVersion::Exactly(1)),
+        ],
+    )
+    .await;
+    let behind: Vec<_> = behind.into_iter().map(|p| watch(p, "behind")).collect();
+    let slow = appended(slow.await.unwrap().unwrap());
+    assert_eq!(slow[0].position, 3);
+    for (i, b) in behind.into_iter().enumerate() {
+        let events = appended(b.await.unwrap().unwrap());
+        assert_eq!((events[0].position, events[0].version), (4 + i as i64, 2));
+    }
+    assert_eq!(*order.lock().unwrap(), ["slow", "behind", "behind"]);
+    assert_contiguous(&all_events(&store).await);
+    assert_verifies(&store, 5).await;
+    db.cleanup().await;
+}
+
+/// The server ends the writer's connection (and the pool's) while a
+/// batch's COMMIT is in flight and more requests queue behind it: nothing
+/// commits half, every request answered as appended is stored as answered
+/// and in order, and appends go on on a fresh connection.
+#[tokio::test]
+async fn the_server_ending_the_writers_connection_during_a_commit() {
+    let db = Db::postgres().await;
+    let store = db.open().await;
+    appended(
+        store
+            .append(one("a", 0, ExpectedVersion::NoStream))
+            .await
+            .unwrap(),
+    );
+    at_commit(&db, "slow", 0.5, false).await;
+    let first = submit_all(
+        &store,
+        vec![
+            one("slow", 1, ExpectedVersion::NoStream),
+            one("a", 2, ExpectedVersion::Exactly(1)),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = submit_all(
+        &store,
+        vec![
+            one("a", 3, ExpectedVersion::Exactly(2)),
+            one("b", 4, ExpectedVersion::NoStream),
+        ],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let killed = db
+        .raw(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    assert!(killed >= 1, "the writer's connection was open");
+    let mut stored = Vec::new();
+    for p in first.into_iter().chain(second) {
+        match p.outcome().await {
+            Ok(outcome) => stored.extend(appended(outcome)),
+            // The COMMIT in flight lost its connection: reported, as a
+            // COMMIT that lost its connection always was.
+            Err(AppendError::Store(e)) if e.is_unavailable() => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // Everything answered as appended is stored as answered, in order.
+    let all = all_events(&store).await;
+    assert_eq!(all[1..], stored[..]);
+    assert_contiguous(&all);
+    let versions: Vec<u64> = all
+        .iter()
+        .filter(|e| e.stream == "a")
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+    // And the writer goes on.
+    let next = appended(
+        store
+            .append(one("z", 5, ExpectedVersion::NoStream))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(next[0].position, all.len() as i64 + 1);
+    assert_verifies(&store, all.len() as u64 + 1).await;
+    db.cleanup().await;
+}
+
 #[tokio::test]
 async fn bad_urls_and_schema_names_are_refused() {
     let err = Store::connect("mysql://localhost/x", StoreOptions::default())
