@@ -61,10 +61,8 @@ impl Services {
         payload: Value,
         traceparent: Option<String>,
     ) -> Result<Value, ApiError> {
-        Ok(self
-            .client
-            .call(service, kind, actor, payload, CommandId::new(), traceparent)
-            .await?)
+        self.query_as(service, kind, actor, payload, traceparent)
+            .await
     }
 
     /// A read-only query whose answer is read straight into `R` (one parse

@@ -1243,6 +1243,19 @@ async fn at_commit(db: &Db, stream: &str, seconds: f64, fail: bool) {
     .unwrap();
 }
 
+/// Appends one event to each of `streams`, so the writer has seen them
+/// (their versions are cached).
+async fn seen(store: &Store, streams: &[&str]) {
+    for (n, stream) in streams.iter().enumerate() {
+        appended(
+            store
+                .append(one(stream, n as u64, ExpectedVersion::NoStream))
+                .await
+                .unwrap(),
+        );
+    }
+}
+
 /// Submits `reqs` back to back (one batch, unless the writer was idle and
 /// took the first one alone) and returns their pending outcomes.
 async fn submit_all(store: &Store, reqs: Vec<AppendRequest>) -> Vec<gradeflow_eventstore::Pending> {
@@ -1262,15 +1275,7 @@ async fn submit_all(store: &Store, reqs: Vec<AppendRequest>) -> Vec<gradeflow_ev
 async fn a_batch_whose_commit_fails_is_retried_before_the_requests_behind_it() {
     let db = Db::postgres().await;
     let store = db.open().await;
-    // Streams the writer has seen (their versions are cached).
-    for (n, stream) in ["a", "c", "d"].into_iter().enumerate() {
-        appended(
-            store
-                .append(one(stream, n as u64, ExpectedVersion::NoStream))
-                .await
-                .unwrap(),
-        );
-    }
+    seen(&store, &["a", "c", "d"]).await;
     at_commit(&db, "poison", 0.3, true).await;
     let at = chrono::Utc::now() + chrono::Duration::seconds(1);
     // Batch N: its COMMIT sleeps, then fails.
@@ -1349,15 +1354,7 @@ async fn a_batch_whose_commit_fails_is_retried_before_the_requests_behind_it() {
 async fn a_batch_behind_a_slow_commit_is_answered_after_it() {
     let db = Db::postgres().await;
     let store = db.open().await;
-    // Streams the writer has seen (their versions are cached).
-    for (n, stream) in ["a", "b"].into_iter().enumerate() {
-        appended(
-            store
-                .append(one(stream, n as u64, ExpectedVersion::NoStream))
-                .await
-                .unwrap(),
-        );
-    }
+    seen(&store, &["a", "b"]).await;
     at_commit(&db, "slow", 0.3, false).await;
     let order = std::sync::Arc::new(Mutex::new(Vec::new()));
     let watch = |p: gradeflow_eventstore::Pending, name: &'static str| {

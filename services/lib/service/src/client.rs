@@ -79,13 +79,8 @@ impl CommandClient {
         command_id: CommandId,
         traceparent: Option<String>,
     ) -> Result<Value, CommandFailure> {
-        match self
-            .reply(service, kind, actor, payload, command_id, traceparent)
-            .await?
-        {
-            CommandReply::Accepted { result, .. } => Ok(result),
-            CommandReply::Rejected(r) => Err(CommandFailure::Rejected(r)),
-        }
+        self.call_as(service, kind, actor, payload, command_id, traceparent)
+            .await
     }
 
     /// [`CommandClient::call`], with the answer read straight into `R`
