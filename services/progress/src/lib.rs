@@ -130,20 +130,21 @@ impl Workflow for Progress {
             return Reply::Typed(self.handle_command(command).await);
         };
         let today = (self.today)();
+        // The nodes are built under the engine's lock (the consumer waits on
+        // it to apply events) and encoded after it is released.
         let answer = self
             .engine
-            .read(|m| {
-                queries::progress_page(m, &q, &command.actor, today)
-                    .map(|node| CommandReply::encode_accepted(&[], &node))
-            })
+            .read(|m| queries::progress_page(m, &q, &command.actor, today))
             .await;
         match answer {
-            // Plain data structs always serialise.
-            Ok(Ok(Ok(body))) => Reply::Encoded(body),
-            Ok(Ok(Err(error))) => {
-                tracing::error!(%error, "progress: encoding a tree failed");
-                Reply::Typed(self.handle_command(command).await)
-            }
+            Ok(Ok(node)) => match CommandReply::encode_accepted(&[], &node) {
+                Ok(body) => Reply::Encoded(body),
+                // Plain data structs always serialise.
+                Err(error) => {
+                    tracing::error!(%error, "progress: encoding a tree failed");
+                    Reply::Typed(self.handle_command(command).await)
+                }
+            },
             Ok(Err(rejection)) => {
                 tracing::info!(code = %rejection.code, "query refused");
                 Reply::Typed(CommandReply::Rejected(rejection))
