@@ -48,7 +48,7 @@ use std::sync::Arc;
 use chrono::{NaiveDate, Utc};
 use gradeflow_eventstore::{InboxEntry, Store, StoreError};
 use gradeflow_proto::events::EVENT_KINDS;
-use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode};
+use gradeflow_proto::{Actor, CommandEnvelope, CommandReply, Envelope, ErrorCode, Rejection};
 use gradeflow_service::{Committing, Decision, Engine, ExecuteError, Reply, Workflow};
 use serde_json::json;
 
@@ -105,15 +105,58 @@ impl Progress {
             Ok(q) => q,
             Err(r) => return CommandReply::Rejected(r),
         };
-        let today = (self.today)();
-        let answer = self
-            .engine
-            .read(|m| query.answer(m, &cmd.actor, today))
-            .await;
-        if let Ok(Err(rejection)) = &answer {
-            tracing::info!(code = %rejection.code, "query refused");
+        match self
+            .read(cmd, |m, actor, today| query.answer(m, actor, today))
+            .await
+        {
+            Ok(result) => CommandReply::Accepted {
+                event_ids: Vec::new(),
+                result,
+            },
+            Err(refused) => refused,
         }
-        gradeflow_service::answer(answer)
+    }
+
+    /// `progress.v1` as the command server sends it: the largest answer
+    /// this service gives (~1 KB a node), built under the engine's lock
+    /// and encoded once, after the lock is released, straight from its
+    /// nodes — the bytes [`Progress::answer_query`]'s reply encodes to.
+    #[tracing::instrument(name = "progress.query", skip_all, fields(kind = %cmd.kind))]
+    async fn answer_progress(&self, cmd: &CommandEnvelope) -> Reply {
+        let q = match gradeflow_service::payload::<queries::ProgressPageQuery>(cmd) {
+            Ok(q) => q,
+            Err(r) => return Reply::Typed(CommandReply::Rejected(r)),
+        };
+        let node = match self
+            .read(cmd, |m, actor, today| {
+                queries::progress_page(m, &q, actor, today)
+            })
+            .await
+        {
+            Ok(node) => node,
+            Err(refused) => return Reply::Typed(refused),
+        };
+        // Plain data structs always serialise.
+        Reply::Encoded(CommandReply::encode_accepted(&[], &node).unwrap_or_default())
+    }
+
+    /// Runs a read-only query on the model as `cmd`'s actor, today: its
+    /// answer, or the reply refusing it (the query's own refusal, or
+    /// `unavailable` when the store could not be read).
+    async fn read<T>(
+        &self,
+        cmd: &CommandEnvelope,
+        query: impl FnOnce(&ProgressModel, &Actor, NaiveDate) -> Result<T, Rejection>,
+    ) -> Result<T, CommandReply> {
+        let today = (self.today)();
+        match self.engine.read(|m| query(m, &cmd.actor, today)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(rejection)) => {
+                tracing::info!(code = %rejection.code, "query refused");
+                Err(CommandReply::Rejected(rejection))
+            }
+            Err(e) => Err(gradeflow_service::answer(Err(e))),
+        }
     }
 }
 
@@ -122,35 +165,13 @@ impl Workflow for Progress {
         SERVICE
     }
 
-    /// A `progress.v1` answer — the largest this service gives, ~1 KB a
-    /// node — is encoded once, straight from its nodes; every other command
-    /// as [`Workflow::handle_command`] answers it.
+    /// `progress.v1` encoded once ([`Progress::answer_progress`]); every
+    /// other command as [`Workflow::handle_command`] answers it.
     async fn answer_command(&self, command: CommandEnvelope) -> Reply {
-        let Ok(queries::Query::Progress(q)) = queries::Query::parse(&command) else {
-            return Reply::Typed(self.handle_command(command).await);
-        };
-        let today = (self.today)();
-        // The nodes are built under the engine's lock (the consumer waits on
-        // it to apply events) and encoded after it is released.
-        let answer = self
-            .engine
-            .read(|m| queries::progress_page(m, &q, &command.actor, today))
-            .await;
-        match answer {
-            Ok(Ok(node)) => match CommandReply::encode_accepted(&[], &node) {
-                Ok(body) => Reply::Encoded(body),
-                // Plain data structs always serialise.
-                Err(error) => {
-                    tracing::error!(%error, "progress: encoding a tree failed");
-                    Reply::Typed(self.handle_command(command).await)
-                }
-            },
-            Ok(Err(rejection)) => {
-                tracing::info!(code = %rejection.code, "query refused");
-                Reply::Typed(CommandReply::Rejected(rejection))
-            }
-            Err(e) => Reply::Typed(gradeflow_service::answer(Err(e))),
+        if command.kind == queries::PROGRESS {
+            return self.answer_progress(&command).await;
         }
+        Reply::Typed(self.handle_command(command).await)
     }
 
     async fn handle_command(&self, command: CommandEnvelope) -> CommandReply {

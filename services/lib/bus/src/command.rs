@@ -75,12 +75,6 @@ pub enum Reply {
     Encoded(Vec<u8>),
 }
 
-impl From<CommandReply> for Reply {
-    fn from(reply: CommandReply) -> Self {
-        Reply::Typed(reply)
-    }
-}
-
 impl<F, Fut> CommandHandler for F
 where
     F: Fn(CommandEnvelope) -> Fut + Send + Sync + 'static,
