@@ -193,6 +193,63 @@ impl Store {
         decode_all(rows)
     }
 
+    /// Up to `limit` events of `stream` with a version above
+    /// `after_version`, by version: a stream read a page at a time (a long
+    /// stream, such as a decision log, need not be held in memory to be
+    /// read).
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        after_version: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 AND version > $2 \
+             ORDER BY version LIMIT $3"
+        );
+        let after = i64::try_from(after_version).unwrap_or(i64::MAX);
+        let rows = on_pool!(&self.inner.pool, p, Db => {
+            sqlx::query_as::<Db, EventTuple>(&sql)
+                .bind(stream)
+                .bind(after)
+                .bind(limit_i64(limit))
+                .fetch_all(p)
+                .await?
+        });
+        decode_all(rows)
+    }
+
+    /// The events at `positions` that exist, in position order (duplicates
+    /// read once; a position past the head or below 1 is simply absent). A
+    /// model may keep only where an event is and read the event when asked
+    /// for it.
+    pub async fn read_positions(&self, positions: &[i64]) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut wanted: Vec<i64> = positions.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut out = Vec::with_capacity(wanted.len());
+        // Bounded IN lists: SQLite allows 32,766 parameters, PostgreSQL
+        // 65,535; a page of 500 stays far below both.
+        for chunk in wanted.chunks(500) {
+            let marks = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE position IN ({marks}) ORDER BY position"
+            );
+            let rows = on_pool!(&self.inner.pool, p, Db => {
+                let mut q = sqlx::query_as::<Db, EventTuple>(&sql);
+                for position in chunk {
+                    q = q.bind(*position);
+                }
+                q.fetch_all(p).await?
+            });
+            out.extend(decode_all(rows)?);
+        }
+        Ok(out)
+    }
+
     /// The stream's current version (0 if it has no events).
     pub async fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
         let v: i64 = on_pool!(&self.inner.pool, p, Db => {

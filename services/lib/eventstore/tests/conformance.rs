@@ -168,6 +168,7 @@ conformance!(
     predicted_requests_land_where_predicted,
     a_refused_predicted_request_refuses_the_rest_of_its_chain,
     a_prediction_behind_the_log_is_refused,
+    streams_and_positions_are_read_a_part_at_a_time,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -316,6 +317,48 @@ async fn appends_with_expected_versions(db: &Db) {
     assert_eq!(store.stream_version("b").await.unwrap(), 1);
     assert_eq!(store.stream_version("nothing").await.unwrap(), 0);
     assert!(store.load_stream("nothing").await.unwrap().is_empty());
+}
+
+async fn streams_and_positions_are_read_a_part_at_a_time(db: &Db) {
+    let store = db.open().await;
+    // Two streams interleaved: a1 b1 a2 b2 … a5 b5 at positions 1…10.
+    for n in 1..=5 {
+        for stream in ["a", "b"] {
+            store
+                .append(one(stream, n, ExpectedVersion::Exactly(n - 1)))
+                .await
+                .unwrap();
+        }
+    }
+    let page = store.read_stream("a", 1, 2).await.unwrap();
+    assert_eq!(
+        page.iter()
+            .map(|e| (e.version, e.position))
+            .collect::<Vec<_>>(),
+        [(2, 3), (3, 5)]
+    );
+    assert_eq!(page, store.load_stream("a").await.unwrap()[1..3]);
+    let rest = store.read_stream("a", 3, 100).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.version).collect::<Vec<_>>(), [4, 5]);
+    assert!(store.read_stream("a", 5, 100).await.unwrap().is_empty());
+    assert!(store
+        .read_stream("nothing", 0, 100)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Positions in any order, with a duplicate and ones that do not exist:
+    // the events that do, once each, in position order, as read_from reads them.
+    let all = all_events(&store).await;
+    let read = store
+        .read_positions(&[8, 0, 2, 99, 8, -1, 5])
+        .await
+        .unwrap();
+    assert_eq!(read, [all[1].clone(), all[4].clone(), all[7].clone()]);
+    assert!(store.read_positions(&[]).await.unwrap().is_empty());
+    // More positions than one statement carries.
+    let many: Vec<i64> = (1..=1_200).rev().collect();
+    assert_eq!(store.read_positions(&many).await.unwrap(), all);
 }
 
 async fn a_conflict_is_its_own_variant_with_the_actual_version(db: &Db) {
