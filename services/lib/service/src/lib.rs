@@ -27,6 +27,7 @@ pub mod client;
 pub mod runtime;
 pub mod trace;
 pub mod tree;
+mod versions;
 pub mod workflow;
 
 use std::collections::{HashMap, HashSet};
@@ -176,7 +177,7 @@ pub enum ExecuteError {
 struct Tracked<M> {
     model: M,
     position: i64,
-    versions: HashMap<String, u64>,
+    versions: versions::StreamVersions,
     /// `recorded_at` of the last event folded: the earliest time the next
     /// predicted append may carry.
     recorded_at: Option<DateTime<Utc>>,
@@ -218,7 +219,7 @@ impl<M: Model> Tracked<M> {
         Self {
             model: M::default(),
             position: 0,
-            versions: HashMap::new(),
+            versions: versions::StreamVersions::default(),
             recorded_at: None,
         }
     }
@@ -231,7 +232,7 @@ impl<M: Model> Tracked<M> {
             return;
         }
         self.model.apply(event);
-        self.versions.insert(event.stream.clone(), event.version);
+        self.versions.insert(&event.stream, event.version);
         self.recorded_at = Some(event.recorded_at);
         self.position = event.position;
     }
@@ -561,7 +562,7 @@ impl<M: Model> Engine<M> {
             }
             let version = versions
                 .entry(e.stream.as_str())
-                .or_insert_with(|| tracked.versions.get(&e.stream).copied().unwrap_or(0));
+                .or_insert_with(|| tracked.versions.get(&e.stream).unwrap_or(0));
             *version += 1;
             stored.push(StoredEvent {
                 position: head + 1 + stored.len() as i64,
@@ -791,7 +792,7 @@ impl<M: Model> Engine<M> {
 /// What a stream's version must still be for a decision the model made.
 fn expected_version<M>(tracked: &Tracked<M>, stream: &str) -> ExpectedVersion {
     match tracked.versions.get(stream) {
-        Some(v) => ExpectedVersion::Exactly(*v),
+        Some(v) => ExpectedVersion::Exactly(v),
         None => ExpectedVersion::NoStream,
     }
 }
