@@ -211,16 +211,21 @@ fn check_regrade(
             &[DossierState::Decided, DossierState::Regraded],
         ));
     }
-    let Some(record) = model.log.get(&seq) else {
+    // The `decision-log` stream's versions are the seqs, contiguous from 1:
+    // every seq up to its version is a record, none above it.
+    if seq == 0 || seq > model.log_version {
         return Err(ErrorCode::UnknownRecord
             .reject(
                 format!("no decision-log record {seq}"),
                 format!("Không có bản ghi quyết định số {seq}"),
             )
             .with_details(json!({"supersedes": seq})));
-    };
+    }
+    // The dossier's current record is a record of this dossier (the model
+    // takes it from the dossier's own grade event), so a record of another
+    // dossier is never it: no need to read the record itself.
     let current = dossier.current.as_ref().map(|c| c.seq);
-    if record.dossier != id || current != Some(seq) {
+    if current != Some(seq) {
         return Err(ErrorCode::WrongState
             .reject(
                 format!(

@@ -27,6 +27,7 @@
 
 pub mod decide;
 pub mod keys;
+pub mod log;
 pub mod model;
 pub mod queries;
 pub mod record;
@@ -42,7 +43,7 @@ use gradeflow_proto::{
     CommandEnvelope, CommandReply, DecisionId, DossierState, Envelope, ErrorCode, Rejection,
 };
 use gradeflow_service::{
-    payload, reply, Committing, Context, Decision, Engine, ExecuteError, Workflow,
+    answer, payload, reply, Committing, Context, Decision, Engine, ExecuteError, Workflow,
 };
 use serde_json::Value;
 
@@ -81,7 +82,7 @@ pub enum OpenError {
 /// Why the decision log could not be verified.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    /// Reading the model failed.
+    /// Reading the decision log from the store failed.
     #[error("approval: cannot read the decision log")]
     Store(#[from] StoreError),
     /// The key registry could not be read.
@@ -113,29 +114,22 @@ impl Approval {
         &self.keys
     }
 
-    /// The whole decision log, in seq order, as the model holds it (caught
-    /// up with the store first).
+    /// The whole decision log, in seq order, read from the store a page at
+    /// a time (the model does not hold it). For tools and tests: the
+    /// service itself never needs the log whole.
     pub async fn decision_log(&self) -> Result<Vec<DecisionLogRecord>, StoreError> {
-        self.engine.read(|m| m.records().cloned().collect()).await
+        log::read_all(self.engine.store(), log::PAGE).await
     }
 
     /// Checks the whole decision log: chain, hashes, and signatures against
-    /// the key registry.
+    /// the key registry, read from the store and checked a page at a time.
     pub async fn verify_log(&self) -> Result<ChainReport, VerifyError> {
-        let records = self.decision_log().await?;
-        let keys = self.keys.trusted_keys()?;
-        // CPU-bound (one hash and one signature check per record): off the
-        // async workers.
-        let report = tokio::task::spawn_blocking(move || verify_chain(&records, &keys)).await;
-        Ok(report.unwrap_or_else(|e| ChainReport {
-            ok: false,
-            records: 0,
-            head: record::GENESIS_HASH.to_owned(),
-            problems: vec![record::ChainProblem {
-                seq: 0,
-                problem: format!("verification did not finish: {e}"),
-            }],
-        }))
+        log::verify(
+            self.engine.store(),
+            || self.keys.trusted_keys().map_err(VerifyError::Keys),
+            log::PAGE,
+        )
+        .await
     }
 
     async fn handle(&self, command: CommandEnvelope) -> CommandReply {
@@ -239,8 +233,7 @@ impl Approval {
                 Ok(q) => q,
                 Err(r) => return CommandReply::Rejected(r),
             };
-        self.query(|m| queries::audit_decisions(m, &command.actor, &query))
-            .await
+        answer(queries::audit_decisions(&self.engine, &command.actor, &query, log::PAGE).await)
     }
 
     #[tracing::instrument(name = "approval.query.verify_log", skip_all, fields(org_id = %command.actor.org))]
@@ -265,11 +258,7 @@ impl Approval {
         &self,
         f: impl FnOnce(&ApprovalModel) -> Result<Value, Rejection>,
     ) -> CommandReply {
-        match self.engine.read(f).await {
-            Ok(Ok(result)) => accepted(result),
-            Ok(Err(rejection)) => CommandReply::Rejected(rejection),
-            Err(e) => reply(Err(ExecuteError::Store(e))),
-        }
+        answer(self.engine.read(f).await)
     }
 }
 

@@ -17,9 +17,9 @@ use gradeflow_approval_domain::GroupCounts;
 use gradeflow_eventstore::StoredEvent;
 use gradeflow_proto::commands::DecisionKind;
 use gradeflow_proto::events::{
-    CollectiveDossierOpened, CycleCompleted, CycleOpened, DecisionLogRecord, DecisionRecorded,
-    DossierAppraised, DossierReturned, Event, GradeDecided, GradeRevised, SelfReviewSubmitted,
-    SubjectRegistered, UnitCompleted,
+    CollectiveDossierOpened, CycleCompleted, CycleOpened, DecisionRecorded, DossierAppraised,
+    DossierReturned, Event, GradeDecided, GradeRevised, SelfReviewSubmitted, SubjectRegistered,
+    UnitCompleted,
 };
 use gradeflow_proto::{
     Category, CycleId, DecisionId, DossierId, DossierState, Facts, Grade, OrgId, QuotaSettings,
@@ -27,7 +27,8 @@ use gradeflow_proto::{
 };
 use gradeflow_service::{trace, Model, OrgTree};
 
-use crate::record::{audit_record, DECISION_LOG_STREAM, GENESIS_HASH};
+use crate::record::{DECISION_LOG_STREAM, GENESIS_HASH};
+use crate::SERVICE;
 
 /// A review cycle as approval needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,11 +155,12 @@ pub struct ApprovalModel {
     pub participating: HashMap<CycleId, HashSet<OrgId>>,
     /// Decision documents by id.
     pub decisions: HashMap<DecisionId, DecisionInfo>,
-    /// The decision log by seq.
-    pub log: BTreeMap<u64, DecisionLogRecord>,
-    /// Hash of the last record (64 zeros before the first).
+    /// Hash of the last record of the decision log (empty before the first;
+    /// [`ApprovalModel::head`] then gives 64 zeros). The records themselves
+    /// stay in the store's `decision-log` stream ([`crate::log`]).
     pub log_head: String,
-    /// Version of the `decision-log` stream: the last seq written.
+    /// Version of the `decision-log` stream: the last seq written. Every
+    /// seq from 1 to it is a record.
     pub log_version: u64,
     /// Excellent and good counts of current grades per cycle, authority and
     /// quota group (a superseded grade no longer counts; its revision does).
@@ -289,12 +291,12 @@ impl Model for ApprovalModel {
         } else if kind == GradeDecided::KIND {
             if let Some(e) = parse::<GradeDecided>(event) {
                 self.grade_decided(&e);
-                self.log_record(event);
+                self.log_head(event, &e.record.hash);
             }
         } else if kind == GradeRevised::KIND {
             if let Some(e) = parse::<GradeRevised>(event) {
                 self.grade_revised(&e);
-                self.log_record(event);
+                self.log_head(event, &e.record.hash);
             }
         } else if kind == UnitCompleted::KIND {
             if let Some(e) = parse::<UnitCompleted>(event) {
@@ -432,10 +434,11 @@ impl ApprovalModel {
             .or_default()
     }
 
-    fn log_record(&mut self, event: &StoredEvent) {
-        if let Some(record) = audit_record(event) {
-            self.log_head.clone_from(&record.hash);
-            self.log.insert(record.seq, record);
+    /// A record of this service's log now heads the chain (the events
+    /// [`crate::record::audit_record`] maps to a record: own grade events).
+    fn log_head(&mut self, event: &StoredEvent, hash: &str) {
+        if event.metadata.service == SERVICE {
+            hash.clone_into(&mut self.log_head);
         }
     }
 
@@ -601,10 +604,5 @@ impl ApprovalModel {
             cur = self.tree.get(p).and_then(|n| n.parent);
         }
         depth
-    }
-
-    /// The decision-log records in seq order.
-    pub fn records(&self) -> impl Iterator<Item = &DecisionLogRecord> {
-        self.log.values()
     }
 }

@@ -1,16 +1,21 @@
 //! The read-only queries approval answers over the same request/reply as
 //! its commands (answered `accepted` with the result and no events):
 //! `worklist.v1` (what an authority may decide now, with the quota meter),
-//! `audit_decisions.v1` (the decision log, paged) and `verify_log.v1` (the
-//! chain and signatures checked against the key registry).
+//! `audit_decisions.v1` (the decision log, paged, read from the store) and
+//! `verify_log.v1` (the chain and signatures checked against the key
+//! registry, see [`crate::log::verify`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use gradeflow_approval_domain::{max_excellent, ratio_bp, GroupCounts};
+use gradeflow_eventstore::StoreError;
+use gradeflow_proto::events::DecisionLogRecord;
 use gradeflow_proto::{Actor, CycleId, DossierState, ErrorCode, OrgId, Rejection, Role};
+use gradeflow_service::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::log;
 use crate::model::{ApprovalModel, Pending};
 
 /// Kind of the worklist query.
@@ -200,38 +205,81 @@ pub fn worklist(
 /// given, whose authority lies in the caller's scope (everything for a
 /// role at the root), in seq order; `next_after` is the seq to ask after
 /// for the next page (`null` at the end).
-pub fn audit_decisions(
-    model: &ApprovalModel,
+///
+/// The records are read from the store (the model keeps none), `read`
+/// events of the `decision-log` stream at a time (the first read only as
+/// many as the page can take, plus one to know whether more follow),
+/// outside the engine's lock; the model is asked, caught up, only who the
+/// caller is and which authorities the scope covers. The outer `Err` is a
+/// store that could not be read.
+pub async fn audit_decisions(
+    engine: &Engine<ApprovalModel>,
     actor: &Actor,
     query: &AuditDecisionsQuery,
-) -> Result<Value, Rejection> {
-    authorize_audit(actor)?;
+    read: usize,
+) -> Result<Result<Value, Rejection>, StoreError> {
+    if let Err(r) = engine.read(|_| authorize_audit(actor)).await? {
+        return Ok(Err(r));
+    }
     let limit = query
         .limit
         .unwrap_or(AUDIT_DEFAULT_LIMIT)
         .clamp(1, AUDIT_MAX_LIMIT);
-    let in_scope =
-        |authority: OrgId| actor.role == Role::System || model.tree.is_within(authority, actor.org);
-    let mut page = Vec::new();
+    let everything = actor.role == Role::System;
+    // Whether an authority lies in the caller's scope, asked of the model
+    // once per authority met.
+    let mut in_scope: HashMap<OrgId, bool> = HashMap::new();
+    let mut page: Vec<DecisionLogRecord> = Vec::new();
     let mut more = false;
-    for record in model
-        .log
-        .range(query.after.saturating_add(1)..)
-        .map(|(_, r)| r)
-    {
-        if query.cycle.is_some_and(|c| c != record.cycle) || !in_scope(record.authority) {
-            continue;
+    let mut after = query.after;
+    let mut size = limit.saturating_add(1).min(read.max(1));
+    'pages: loop {
+        let chunk = log::read_page(engine.store(), after, size).await?;
+        let records: Vec<DecisionLogRecord> = chunk
+            .records
+            .into_iter()
+            .filter(|r| r.seq > query.after && query.cycle.is_none_or(|c| c == r.cycle))
+            .collect();
+        if !everything {
+            let mut unknown: Vec<OrgId> = records
+                .iter()
+                .map(|r| r.authority)
+                .filter(|a| !in_scope.contains_key(a))
+                .collect();
+            unknown.sort_unstable();
+            unknown.dedup();
+            if !unknown.is_empty() {
+                let judged: Vec<(OrgId, bool)> = engine
+                    .read(|m| {
+                        unknown
+                            .iter()
+                            .map(|a| (*a, m.tree.is_within(*a, actor.org)))
+                            .collect()
+                    })
+                    .await?;
+                in_scope.extend(judged);
+            }
         }
-        if page.len() == limit {
-            more = true;
-            break;
+        for record in records {
+            if !everything && !in_scope.get(&record.authority).copied().unwrap_or(false) {
+                continue;
+            }
+            if page.len() == limit {
+                more = true;
+                break 'pages;
+            }
+            page.push(record);
         }
-        page.push(record);
+        match chunk.last {
+            Some(last) if !chunk.end => after = last,
+            _ => break,
+        }
+        size = read.max(1);
     }
     let next_after = if more {
         page.last().map(|r| r.seq)
     } else {
         None
     };
-    Ok(json!({"records": page, "next_after": next_after}))
+    Ok(Ok(json!({"records": page, "next_after": next_after})))
 }

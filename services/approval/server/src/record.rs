@@ -164,18 +164,57 @@ pub fn verify_chain(
     records: &[DecisionLogRecord],
     keys: &BTreeMap<String, TrustedKey>,
 ) -> ChainReport {
-    let mut problems = Vec::new();
-    let mut prev = GENESIS_HASH.to_owned();
-    let mut expected_seq = 1u64;
+    let mut check = ChainCheck::new();
     for record in records {
+        check.record(record, keys);
+    }
+    check.report()
+}
+
+/// [`verify_chain`] one record at a time, for a log read in pages: fed the
+/// records of the whole log in order, [`ChainCheck::report`] is exactly
+/// what `verify_chain` answers over the same records, without the log ever
+/// being held whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainCheck {
+    /// Hash of the last record checked (64 zeros before the first).
+    prev: String,
+    /// The seq the next record must carry.
+    expected_seq: u64,
+    /// Records checked.
+    records: u64,
+    /// Every problem so far, in log order.
+    problems: Vec<ChainProblem>,
+}
+
+impl Default for ChainCheck {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChainCheck {
+    /// A check before the first record.
+    pub fn new() -> Self {
+        Self {
+            prev: GENESIS_HASH.to_owned(),
+            expected_seq: 1,
+            records: 0,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Checks the next record of the log against the one before it.
+    pub fn record(&mut self, record: &DecisionLogRecord, keys: &BTreeMap<String, TrustedKey>) {
         let seq = record.seq;
-        let mut problem = |text: String| problems.push(ChainProblem { seq, problem: text });
-        if seq != expected_seq {
+        let mut problem = |text: String| self.problems.push(ChainProblem { seq, problem: text });
+        if seq != self.expected_seq {
             problem(format!(
-                "sequence gap: expected record {expected_seq}, found {seq}"
+                "sequence gap: expected record {}, found {seq}",
+                self.expected_seq
             ));
         }
-        if record.prev_hash != prev {
+        if record.prev_hash != self.prev {
             problem("prev_hash does not match the previous record's hash".to_owned());
         }
         if record_hash(record) != record.hash {
@@ -198,14 +237,19 @@ pub fn verify_chain(
                 }
             }
         }
-        prev.clone_from(&record.hash);
-        expected_seq = seq.saturating_add(1);
+        self.prev.clone_from(&record.hash);
+        self.expected_seq = seq.saturating_add(1);
+        self.records = self.records.saturating_add(1);
     }
-    ChainReport {
-        ok: problems.is_empty(),
-        records: records.len() as u64,
-        head: prev,
-        problems,
+
+    /// What the records checked so far add up to.
+    pub fn report(self) -> ChainReport {
+        ChainReport {
+            ok: self.problems.is_empty(),
+            records: self.records,
+            head: self.prev,
+            problems: self.problems,
+        }
     }
 }
 

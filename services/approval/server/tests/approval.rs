@@ -12,13 +12,16 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use gradeflow_approval_server::record::{record_hash, verify_chain, DECISION_LOG_STREAM};
+use gradeflow_approval_server::queries::{self, AuditDecisionsQuery};
+use gradeflow_approval_server::record::{
+    record_hash, verify_chain, ChainCheck, DECISION_LOG_STREAM,
+};
 use gradeflow_approval_server::{audit_record, verify_record, Approval, KeyRing};
 use gradeflow_eventstore::{AppendOutcome, InboxEntry, Store, StoreOptions, StoredEvent};
 use gradeflow_proto::commands::{BatchGrade, Command, DecideBatch, DecisionKind};
 use gradeflow_proto::events::{
-    CycleOpened, DossierAppraised, DossierReturned, Event, GradeDecided, GradeRevised,
-    OrgRegistered, SelfReviewSubmitted, SubjectRegistered,
+    CycleOpened, DecisionLogRecord, DossierAppraised, DossierReturned, Event, GradeDecided,
+    GradeRevised, OrgRegistered, SelfReviewSubmitted, SubjectRegistered,
 };
 use gradeflow_proto::*;
 use gradeflow_service::Workflow;
@@ -1221,4 +1224,383 @@ async fn two_replicas_deciding_at_once_on_one_postgres_store_keep_one_gap_free_s
     store.close().await;
     other_store.close().await;
     pg.drop_db().await.unwrap();
+}
+
+// ------------------------------------------------ the log, read from the store
+
+/// The decision log as the store holds it: the record of every event of
+/// the `decision-log` stream, in stream order.
+async fn log_in_store(w: &World) -> Vec<DecisionLogRecord> {
+    w.events()
+        .await
+        .iter()
+        .filter(|e| e.stream == DECISION_LOG_STREAM)
+        .map(|e| audit_record(e).unwrap())
+        .collect()
+}
+
+/// The pages `audit_decisions.v1` answers, walked from the start by
+/// following `next_after`, computed over the whole log in memory the way
+/// the query always paged it: records after `after`, of `cycle`, whose
+/// authority is in `scope` (`None`: everything), `limit` a page.
+fn reference_pages(
+    log: &[DecisionLogRecord],
+    scope: Option<&[OrgId]>,
+    cycle: Option<CycleId>,
+    limit: usize,
+) -> Vec<Value> {
+    let mut pages = Vec::new();
+    let mut after = 0;
+    loop {
+        let mut page: Vec<&DecisionLogRecord> = Vec::new();
+        let mut more = false;
+        for r in log.iter().filter(|r| r.seq > after) {
+            if cycle.is_some_and(|c| c != r.cycle)
+                || scope.is_some_and(|s| !s.contains(&r.authority))
+            {
+                continue;
+            }
+            if page.len() == limit {
+                more = true;
+                break;
+            }
+            page.push(r);
+        }
+        let next = if more {
+            page.last().map(|r| r.seq)
+        } else {
+            None
+        };
+        pages.push(json!({"records": page, "next_after": next}));
+        match next {
+            Some(n) => after = n,
+            None => return pages,
+        }
+    }
+}
+
+/// The pages `approval` answers to `actor`, walked from the start: through
+/// the service's command path when `read` is `None`, else through the
+/// query reading `read` events of the stream at a time.
+async fn walk_pages(
+    approval: &Approval,
+    actor: &Actor,
+    cycle: Option<CycleId>,
+    limit: usize,
+    read: Option<usize>,
+) -> Vec<Value> {
+    let mut pages = Vec::new();
+    let mut after = 0;
+    loop {
+        let query = AuditDecisionsQuery {
+            cycle,
+            after,
+            limit: Some(limit),
+        };
+        let page = match read {
+            None => accepted(
+                approval
+                    .handle_command(CommandEnvelope {
+                        command_id: CommandId::new(),
+                        kind: "audit_decisions.v1".into(),
+                        actor: actor.clone(),
+                        traceparent: None,
+                        payload: serde_json::to_value(&query).unwrap(),
+                    })
+                    .await,
+            ),
+            Some(read) => queries::audit_decisions(approval.engine(), actor, &query, read)
+                .await
+                .unwrap()
+                .unwrap(),
+        };
+        let next = page["next_after"].as_u64();
+        pages.push(page);
+        match next {
+            Some(n) => after = n,
+            None => return pages,
+        }
+        assert!(pages.len() < 100, "the pages never end");
+    }
+}
+
+/// Sixteen records: C01's cell (7, by D01), three members of a second
+/// cycle (by D01), C02's cell (4, by D01), D01's collective (by P01) and a
+/// re-grade of C01's first member (by D01). Returns the second cycle.
+async fn two_cycles_of_decisions(w: &World) -> CycleId {
+    let second = CycleId::new();
+    w.complete_cell(w.c01, &w.c01_members).await;
+    w.observe(
+        CycleOpened {
+            cycle: second,
+            year: 2027,
+            kind: CycleKind::Annual,
+            rulebook: RulebookId::Qd366_2025,
+            tiers: Tiers::card(),
+            deadlines: BTreeMap::new(),
+            quota: QuotaSettings::default(),
+            root: w.tw,
+        },
+        second.stream(),
+    )
+    .await;
+    let mut members = Vec::new();
+    for i in 0..3 {
+        let dossier = DossierId::new();
+        let e = SubjectRegistered {
+            subject: SubjectId::new(),
+            dossier,
+            cycle: second,
+            org: w.c02,
+            deciding_org: w.d01,
+            kind: SubjectKind::Individual,
+            name: format!("C02 member {i}, 2027"),
+            category: Category::Member2B,
+            leader: false,
+            status: SubjectStatus::Active,
+            quota_group: "individuals".into(),
+            state: DossierState::Open,
+        };
+        w.observe(e, dossier.stream()).await;
+        members.push(dossier);
+    }
+    w.appraise(&members).await;
+    let mut batch = w.batch(
+        w.d01,
+        members.iter().map(|d| grade(*d, Grade::Good)).collect(),
+    );
+    batch.cycle = second;
+    accepted(
+        w.approval
+            .handle_command(w.command(&authority(w.d01), &batch))
+            .await,
+    );
+    w.complete_cell(w.c02, &w.c02_members).await;
+    let d01 = w.collective[&w.d01];
+    w.appraise(&[d01]).await;
+    accepted(w.decide(w.p01, vec![grade(d01, Grade::Good)]).await);
+    let mut again = grade(w.c01_members[0], Grade::Completed);
+    again.supersedes = Some(1);
+    again.reason = Some("Khiếu nại được xem xét lại".into());
+    accepted(w.regrade(w.d01, vec![again]).await);
+    second
+}
+
+#[tokio::test]
+async fn the_audit_pages_read_from_the_store_are_the_pages_of_the_whole_log_for_every_scope_cycle_and_size(
+) {
+    let w = World::sqlite().await;
+    let second = two_cycles_of_decisions(&w).await;
+    let log = log_in_store(&w).await;
+    assert_eq!(
+        log.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=16).collect::<Vec<u64>>()
+    );
+    let auditor = |org: OrgId| Actor {
+        sub: "kiem.toan".into(),
+        role: Role::Auditor,
+        org,
+    };
+    let everything: Option<&[OrgId]> = None;
+    let d01_scope = [w.d01, w.c01, w.c02];
+    let p02_scope = [w.p02];
+    let callers: [(Actor, Option<&[OrgId]>); 4] = [
+        (system(), everything),
+        (auditor(w.tw), everything),
+        (auditor(w.d01), Some(&d01_scope)),
+        (auditor(w.p02), Some(&p02_scope)),
+    ];
+    let restarted = Approval::open(
+        w.store.clone(),
+        KeyRing::open(w.approval.keys().dir()).unwrap(),
+    )
+    .await
+    .unwrap();
+    for (actor, scope) in &callers {
+        for cycle in [None, Some(w.cycle), Some(second)] {
+            for limit in [1, 2, 3, 5, 16, 100] {
+                let expected = reference_pages(&log, *scope, cycle, limit);
+                let case = format!(
+                    "{} at {}, cycle {cycle:?}, limit {limit}",
+                    actor.sub, actor.org
+                );
+                assert_eq!(
+                    walk_pages(&w.approval, actor, cycle, limit, None).await,
+                    expected,
+                    "{case}"
+                );
+                assert_eq!(
+                    walk_pages(&restarted, actor, cycle, limit, None).await,
+                    expected,
+                    "{case}, after a restart"
+                );
+                for read in [1, 2, 3, 7] {
+                    assert_eq!(
+                        walk_pages(&w.approval, actor, cycle, limit, Some(read)).await,
+                        expected,
+                        "{case}, {read} events read at a time"
+                    );
+                }
+            }
+        }
+    }
+    // A page may start anywhere, in scope or not, past the end too.
+    for after in 0..=18 {
+        let query = json!({"after": after, "limit": 2});
+        let expected = {
+            let rest: Vec<DecisionLogRecord> = log
+                .iter()
+                .filter(|r| r.seq > after && d01_scope.contains(&r.authority))
+                .cloned()
+                .collect();
+            let next = (rest.len() > 2).then(|| rest[1].seq);
+            json!({"records": rest.iter().take(2).collect::<Vec<_>>(), "next_after": next})
+        };
+        assert_eq!(
+            accepted(w.query(&auditor(w.d01), "audit_decisions.v1", query).await),
+            expected,
+            "after {after}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_whole_log_and_its_verification_read_in_pages_equal_the_log_held_whole() {
+    let w = World::sqlite().await;
+    two_cycles_of_decisions(&w).await;
+    let log = log_in_store(&w).await;
+    let keys = w.approval.keys().trusted_keys().unwrap();
+    let whole = verify_chain(&log, &keys);
+    assert!(whole.ok, "{:?}", whole.problems);
+    assert_eq!(
+        (whole.records, whole.head.clone()),
+        (16, log[15].hash.clone())
+    );
+    for page in [1, 2, 3, 5, 16, 17, 1_000] {
+        assert_eq!(
+            gradeflow_approval_server::log::read_all(&w.store, page)
+                .await
+                .unwrap(),
+            log,
+            "{page} a page"
+        );
+        let report = gradeflow_approval_server::log::verify(
+            &w.store,
+            || Ok::<_, gradeflow_eventstore::StoreError>(keys.clone()),
+            page,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report, whole, "{page} a page");
+    }
+    assert_eq!(w.approval.decision_log().await.unwrap(), log);
+    assert_eq!(w.approval.verify_log().await.unwrap(), whole);
+
+    // A record changed in the store: each page's check still sees the
+    // record before it, whichever page it fell in.
+    let mut forged = log.clone();
+    forged[7].grade = Grade::Excellent;
+    forged[7].hash = record_hash(&forged[7]);
+    let broken = verify_chain(&forged, &keys);
+    assert_eq!(
+        broken.problems.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        [8, 9]
+    );
+    let mut check = ChainCheck::new();
+    for chunk in forged.chunks(8) {
+        for r in chunk {
+            check.record(r, &keys);
+        }
+    }
+    assert_eq!(check.report(), broken);
+}
+
+#[tokio::test]
+async fn a_regrade_of_an_unknown_or_superseded_record_is_refused_as_before_and_after_a_restart() {
+    let w = World::sqlite().await;
+    w.appraise(&w.c01_members).await;
+    let grades: Vec<BatchGrade> = w
+        .c01_members
+        .iter()
+        .map(|d| grade(*d, Grade::Good))
+        .collect();
+    accepted(w.decide(w.d01, grades).await);
+    let (member, other) = (w.c01_members[2], w.c01_members[4]);
+    let mut up = grade(member, Grade::Excellent);
+    up.supersedes = Some(3);
+    up.reason = Some("Khiếu nại được chấp nhận".into());
+    assert_eq!(
+        accepted(w.regrade(w.d01, vec![up]).await)["records"][0]["seq"],
+        7
+    );
+
+    let regrade = |supersedes: u64| {
+        let mut g = grade(member, Grade::Good);
+        g.supersedes = Some(supersedes);
+        g.reason = Some("Xem xét lại".into());
+        g
+    };
+    let unknown = |seq: u64| {
+        json!({
+            "code": "unknown_record",
+            "message": format!("no decision-log record {seq}"),
+            "message_vi": format!("Không có bản ghi quyết định số {seq}"),
+            "details": {"supersedes": seq},
+        })
+    };
+    let not_current = |seq: u64| {
+        json!({
+            "code": "wrong_state",
+            "message": format!("record {seq} is not the current record of dossier {member} (current: 7)"),
+            "message_vi": format!("Bản ghi {seq} không phải là bản ghi hiện hành của hồ sơ {member}; chỉ thay thế được bản ghi hiện hành"),
+            "details": {"dossier": member, "supersedes": seq, "current": 7},
+        })
+    };
+    let restarted = Approval::open(
+        w.store.clone(),
+        KeyRing::open(w.approval.keys().dir()).unwrap(),
+    )
+    .await
+    .unwrap();
+    for approval in [&w.approval, &restarted] {
+        let refuse = |supersedes: u64| {
+            let batch = DecideBatch {
+                kind: DecisionKind::Regrade,
+                number: "04-QĐ/HU".into(),
+                ..w.batch(w.d01, vec![regrade(supersedes)])
+            };
+            let command = w.command(&authority(w.d01), &batch);
+            async move {
+                serde_json::to_value(rejected(approval.handle_command(command).await)).unwrap()
+            }
+        };
+        // No record 0, none past the last.
+        assert_eq!(refuse(0).await, unknown(0));
+        assert_eq!(refuse(8).await, unknown(8));
+        assert_eq!(refuse(999).await, unknown(999));
+        // The record the re-grade superseded, and another dossier's record
+        // (the current one of dossier `other`).
+        assert_eq!(refuse(3).await, not_current(3));
+        assert_eq!(refuse(5).await, not_current(5));
+        assert_eq!(log_in_store(&w).await[4].dossier, other);
+    }
+    // The restarted service continues the chain where it stands.
+    let mut down = regrade(7);
+    down.grade = Grade::Good;
+    let result = accepted(
+        restarted
+            .handle_command(w.command(
+                &authority(w.d01),
+                &DecideBatch {
+                    kind: DecisionKind::Regrade,
+                    number: "05-QĐ/HU".into(),
+                    ..w.batch(w.d01, vec![down])
+                },
+            ))
+            .await,
+    );
+    assert_eq!(result["records"][0]["seq"], 8);
+    let report = restarted.verify_log().await.unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+    assert_eq!(report.records, 8);
 }
