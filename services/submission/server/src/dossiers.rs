@@ -48,11 +48,10 @@ pub fn collective_dossier_id(cycle: CycleId, org: OrgId) -> DossierId {
     ))
 }
 
-/// The state after `action`, or the state machine's refusal as
-/// `wrong_state` (409).
-pub fn step(d: &DossierRecord, action: Action) -> Result<DossierState, Rejection> {
-    transition(d.state, action)
-        .map_err(|why| wrong_state(d.registered.dossier, d.state, action, why))
+/// The state after `action` on dossier `id`, or the state machine's refusal
+/// as `wrong_state` (409).
+pub fn step(id: DossierId, d: &DossierRecord, action: Action) -> Result<DossierState, Rejection> {
+    transition(d.state, action).map_err(|why| wrong_state(id, d.state, action, why))
 }
 
 fn dossier(model: &SubmissionModel, id: DossierId) -> Result<&DossierRecord, Rejection> {
@@ -180,16 +179,14 @@ pub fn submit_self_review(
     traceparent: Option<&str>,
 ) -> Result<Decision, Rejection> {
     let d = dossier(model, input.dossier)?;
-    model
-        .orgs
-        .authorize(actor, Role::Submitter, d.registered.org)?;
+    model.orgs.authorize(actor, Role::Submitter, d.org)?;
     let rulebook = model
         .cycles
-        .get(&d.registered.cycle)
+        .get(&d.cycle)
         .map(|c| c.opened.rulebook)
-        .ok_or_else(|| unknown_cycle(d.registered.cycle))?;
+        .ok_or_else(|| unknown_cycle(d.cycle))?;
     validate_self_review(rulebook, input)?;
-    let state = step(d, Action::FileSelfReview)?;
+    let state = step(input.dossier, d, Action::FileSelfReview)?;
     let event = SelfReviewSubmitted {
         dossier: input.dossier,
         score: input.score,
@@ -202,10 +199,10 @@ pub fn submit_self_review(
     let emit = Emit::new(
         input.dossier.stream(),
         &event,
-        model.orgs.province_of(d.registered.org),
+        model.orgs.province_of(d.org),
     );
     let emit = match (&d.trace, trace::valid(traceparent)) {
-        (Some(dossier), _) => emit.in_trace(Some(dossier)),
+        (Some(dossier), _) => emit.in_trace(Some(&dossier.to_string())),
         // The command's own trace, as the context stamps it.
         (None, Some(_)) => emit,
         // No trace to continue: the dossier's starts here.
@@ -271,10 +268,8 @@ pub fn record_meeting(
     input: &RecordMeeting,
 ) -> Result<Decision, Rejection> {
     let d = dossier(model, input.dossier)?;
-    model
-        .orgs
-        .authorize(actor, Role::Submitter, d.registered.org)?;
-    let state = step(d, Action::RecordMeeting)?;
+    model.orgs.authorize(actor, Role::Submitter, d.org)?;
+    let state = step(input.dossier, d, Action::RecordMeeting)?;
     let event = MeetingRecorded {
         dossier: input.dossier,
         proposed_grade: input.proposed_grade,
@@ -285,9 +280,9 @@ pub fn record_meeting(
         events: vec![Emit::new(
             input.dossier.stream(),
             &event,
-            model.orgs.province_of(d.registered.org),
+            model.orgs.province_of(d.org),
         )
-        .in_trace(d.trace.as_deref())],
+        .in_trace(d.trace.as_ref().map(ToString::to_string).as_deref())],
         reads: Vec::new(),
         result: json!({ "state": state }),
     })

@@ -13,7 +13,8 @@
 //!
 //! Layout: [`registry`] (orgs), [`cycles`], [`dossiers`] (subjects,
 //! self-reviews, meetings), [`upward`] (reacting to `unit_completed`),
-//! [`queries`] (read-only answers), [`model`] and [`refusals`].
+//! [`queries`] (read-only answers), [`model`], [`detail`] (one dossier's
+//! details, folded from its events when asked for) and [`refusals`].
 
 // A `Rejection` is the value every refusal travels as (code, two messages,
 // details), built once per refused command and returned straight to the
@@ -21,6 +22,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cycles;
+pub mod detail;
 pub mod dossiers;
 pub mod model;
 pub mod queries;
@@ -37,11 +39,13 @@ use gradeflow_proto::events::{
     CycleCompleted, DossierAppraised, DossierReturned, Event, GradeDecided, GradeRevised,
     UnitCompleted,
 };
-use gradeflow_proto::{CommandEnvelope, CommandReply, Envelope, ErrorCode, Rejection, Tiers};
-use gradeflow_service::{
-    payload, reply, Committing, Context, Decision, Engine, ExecuteError, Workflow,
+use gradeflow_proto::{
+    Actor, CommandEnvelope, CommandReply, Envelope, ErrorCode, Rejection, Tiers,
 };
-use serde_json::{json, Value};
+use gradeflow_service::{
+    answer, payload, reply, Committing, Context, Decision, Engine, ExecuteError, Workflow,
+};
+use serde_json::json;
 use tracing::field::{display, Empty};
 
 pub use model::SubmissionModel;
@@ -107,19 +111,22 @@ impl Submission {
         log_outcome(reply(outcome))
     }
 
-    /// Answers a read-only query from the caught-up model.
-    async fn query<F>(&self, answer: F) -> CommandReply
-    where
-        F: FnOnce(&SubmissionModel) -> Result<Value, Rejection>,
-    {
-        match self.engine.read(answer).await {
-            Ok(Ok(result)) => CommandReply::Accepted {
-                event_ids: Vec::new(),
-                result,
-            },
-            Ok(Err(rejection)) => CommandReply::Rejected(rejection),
-            Err(e) => reply(Err(ExecuteError::Store(e))),
-        }
+    /// Answers a read-only query from the caught-up model; a dossier's view
+    /// from its events, read from the store once the model's lock is
+    /// released (a store that cannot be read answers `unavailable`).
+    async fn query(&self, query: &queries::Query, actor: &Actor) -> CommandReply {
+        let found = match self.engine.read(|m| query.answer(m, actor)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(rejection)) => return CommandReply::Rejected(rejection),
+            Err(e) => return answer(Err(e)),
+        };
+        let (id, positions) = match found {
+            queries::Answer::Ready(result) => return answer(Ok(Ok(result))),
+            queries::Answer::Dossier { id, events } => (id, events),
+        };
+        // Outside the model's lock: commands and the consumer go on meanwhile.
+        let events = self.engine.store().read_positions(&positions).await;
+        answer(events.map(|events| queries::dossier_view_of(id, &events)))
     }
 
     #[tracing::instrument(name = "submission.org.register", skip_all, fields(command_id = %cmd.command_id, org_id = Empty))]
@@ -224,7 +231,7 @@ impl Submission {
             Ok(q) => q,
             Err(r) => return CommandReply::Rejected(r),
         };
-        self.query(|m| query.answer(m, &cmd.actor)).await
+        self.query(&query, &cmd.actor).await
     }
 }
 

@@ -3,8 +3,15 @@
 //! self-reviews, meetings, opened collectives) and the copies of the
 //! appraisal and approval events it observes (appraisals, returns, grades,
 //! completed units and cycles). Every command is decided on this model, and
-//! every query answers from it, so a process restarted on the same store
-//! answers exactly as before.
+//! every query but one answers from it, so a process restarted on the same
+//! store answers exactly as before.
+//!
+//! Of each dossier the model holds its state and what the commands, the
+//! submitter's worklist and the upward flow need ([`DossierRecord`]), and
+//! where the dossier's events are in the store. The details — the
+//! self-review, the meeting, appraisals, returns, grades, the history —
+//! are not held: `GET /dossiers/{id}` reads the dossier's events back from
+//! the store and folds them ([`crate::detail`]).
 //!
 //! `apply` trusts what it folds: the facts were checked by whoever recorded
 //! them (this service's own decide functions, or the service that emitted an
@@ -21,11 +28,9 @@ use gradeflow_proto::events::{
     GradeDecided, GradeRevised, MeetingRecorded, SelfReviewSubmitted, SubjectRegistered,
     UnitCompleted,
 };
-use gradeflow_proto::{Actor, CycleId, DossierId, DossierState, EventId, OrgId};
+use gradeflow_proto::{Category, CycleId, DossierId, DossierState, OrgId, SubjectId, SubjectKind};
 use gradeflow_service::{trace, Model, OrgTree};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
-use serde_json::{json, Map, Value};
 
 /// A cycle as opened, with when it was opened and (once approval says so)
 /// completed.
@@ -39,69 +44,158 @@ pub struct CycleRecord {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
-/// One step in a dossier's life, as `GET /dossiers/{id}` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HistoryEntry {
-    /// The versioned event kind, e.g. `self_review_submitted.v1`.
-    pub kind: String,
-    /// When this store recorded it.
-    pub at: DateTime<Utc>,
-    /// Who caused it.
-    pub actor: Actor,
-    /// The event (for an observed event: this store's copy).
-    pub event_id: EventId,
-    /// The service that emitted it.
-    pub service: String,
-    /// The dossier's state after it.
-    pub state: DossierState,
-    /// What matters about the step (a reason, a grade…).
-    #[serde(flatten)]
-    pub details: Map<String, Value>,
-}
-
-/// The decision on a dossier, as approval reported it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DecisionRecord {
-    /// The (latest) decision document.
-    pub decision: gradeflow_proto::DecisionId,
-    /// The grade in force.
-    pub grade: gradeflow_proto::Grade,
-    /// The deciding org.
-    pub authority: OrgId,
-    /// The decision-log record in force.
-    pub seq: u64,
-    /// Mitigation reason recorded for an overridden trigger.
-    pub override_reason: Option<String>,
-    /// When this store learned of it.
-    pub at: DateTime<Utc>,
-    /// Re-gradings, oldest first: `{previous_grade, grade, supersedes, reason, seq, at}`.
-    pub revisions: Vec<Value>,
-}
-
-/// Everything submission knows about one dossier.
+/// What submission keeps about one dossier: what its commands, the
+/// submitter's worklist and the upward flow decide on, and where its events
+/// are. The payloads themselves (the self-review's text, the meeting's
+/// votes, appraisals, returns, grades) stay in the store; `GET /dossiers/{id}`
+/// reads them back by position and folds them again (see [`crate::detail`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DossierRecord {
-    /// The registration (subject, org, deciding org, category…).
-    pub registered: SubjectRegistered,
+    /// The subject.
+    pub subject: SubjectId,
+    /// The cycle.
+    pub cycle: CycleId,
+    /// The org it belongs to (a collective: the collective itself).
+    pub org: OrgId,
+    /// The subject's name, for the worklist.
+    pub name: Box<str>,
+    /// Individual or collective.
+    pub kind: SubjectKind,
+    /// The form.
+    pub category: Category,
     /// Its current state.
     pub state: DossierState,
-    /// The latest self-review and when it was filed.
-    pub self_review: Option<(SelfReviewSubmitted, DateTime<Utc>)>,
-    /// The meeting and when it was recorded.
-    pub meeting: Option<(MeetingRecorded, DateTime<Utc>)>,
-    /// The latest appraisal and when this store learned of it.
-    pub appraisal: Option<(DossierAppraised, DateTime<Utc>)>,
-    /// Every return, oldest first, with when this store learned of it.
-    pub returns: Vec<(DossierReturned, DateTime<Utc>)>,
-    /// The decision, once graded.
-    pub decision: Option<DecisionRecord>,
     /// Set once the upward flow opened this collective for decision.
-    pub opened_for_decision: Option<DateTime<Utc>>,
-    /// Every step, oldest first.
-    pub history: Vec<HistoryEntry>,
+    pub opened_for_decision: bool,
     /// The dossier's trace: the `traceparent` of its first self-review
     /// (`gradeflow_service::trace`); every later event about it continues it.
-    pub trace: Option<String>,
+    pub trace: Option<Trace>,
+    /// The store positions of the events about it (own and observed
+    /// copies), oldest first.
+    pub events: Positions,
+}
+
+/// A `traceparent` kept in fewer bytes: a version-00 one (what this system
+/// writes) as its 25 binary bytes, anything else as its text. Gives back
+/// exactly the text it was made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trace {
+    /// `00-<trace id>-<span id>-<flags>`, lowercase hex: trace id, span
+    /// id and flags as bytes.
+    V00([u8; 25]),
+    /// Any other valid `traceparent`, as written.
+    Text(Box<str>),
+}
+
+impl Trace {
+    /// Keeps `traceparent`.
+    pub fn new(traceparent: &str) -> Trace {
+        match Self::pack(traceparent) {
+            Some(bytes) => Trace::V00(bytes),
+            None => Trace::Text(traceparent.into()),
+        }
+    }
+
+    fn pack(tp: &str) -> Option<[u8; 25]> {
+        let hex = tp.strip_prefix("00-")?;
+        let b = hex.as_bytes();
+        if b.len() != 52 || b[32] != b'-' || b[49] != b'-' {
+            return None;
+        }
+        let digits = b[..32].iter().chain(&b[33..49]).chain(&b[50..]);
+        let mut out = [0u8; 25];
+        let mut high = None;
+        let mut i = 0;
+        for &c in digits {
+            // Lowercase only, so that the text comes back byte for byte.
+            let v = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
+            match high.take() {
+                None => high = Some(v),
+                Some(h) => {
+                    out[i] = (h << 4) | v;
+                    i += 1;
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+impl std::fmt::Display for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trace::Text(text) => f.write_str(text),
+            Trace::V00(b) => {
+                f.write_str("00-")?;
+                for (i, byte) in b.iter().enumerate() {
+                    if i == 16 || i == 24 {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{byte:02x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Ascending store positions, kept as the LEB128 varints of the gaps between
+/// them (the first one's from 0): a dossier's handful of events, a few
+/// bytes each rather than eight.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Positions(Box<[u8]>);
+
+impl Positions {
+    /// Adds `position`, which must come after every position held (the
+    /// model folds in store order); one that does not is ignored.
+    pub fn push(&mut self, position: i64) {
+        let last = self.iter().last().unwrap_or(0);
+        let Some(gap) = position.checked_sub(last).filter(|g| *g > 0) else {
+            return;
+        };
+        let mut gap = gap.unsigned_abs();
+        let mut bytes = Vec::with_capacity(self.0.len() + 10);
+        bytes.extend_from_slice(&self.0);
+        loop {
+            let low = (gap & 0x7f) as u8;
+            gap >>= 7;
+            if gap == 0 {
+                bytes.push(low);
+                break;
+            }
+            bytes.push(low | 0x80);
+        }
+        self.0 = bytes.into_boxed_slice();
+    }
+
+    /// The positions, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = i64> + '_ {
+        let mut bytes = self.0.iter();
+        let mut at: i64 = 0;
+        std::iter::from_fn(move || {
+            let mut gap: u64 = 0;
+            let mut shift = 0;
+            loop {
+                let b = *bytes.next()?;
+                gap |= u64::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            at = at.saturating_add_unsigned(gap);
+            Some(at)
+        })
+    }
+
+    /// The positions, ascending.
+    pub fn to_vec(&self) -> Vec<i64> {
+        self.iter().collect()
+    }
 }
 
 /// The submission service's model.
@@ -125,7 +219,7 @@ pub struct SubmissionModel {
     pub completed_units: HashMap<CycleId, BTreeSet<OrgId>>,
 }
 
-fn parse<E: Event + DeserializeOwned>(event: &StoredEvent) -> Option<E> {
+pub(crate) fn parse<E: Event + DeserializeOwned>(event: &StoredEvent) -> Option<E> {
     match serde_json::from_value::<E>(event.payload.clone()) {
         Ok(e) => Some(e),
         Err(error) => {
@@ -136,6 +230,78 @@ fn parse<E: Event + DeserializeOwned>(event: &StoredEvent) -> Option<E> {
                 "skipping an event whose payload does not parse"
             );
             None
+        }
+    }
+}
+
+/// An event about one dossier (own or observed), parsed: what both the
+/// model's fold and the dossier view's fold ([`crate::detail`]) read, so
+/// the two agree on which events count and on the state each one leaves.
+#[derive(Debug, Clone)]
+pub(crate) enum Step {
+    Registered(SubjectRegistered),
+    SelfReview(SelfReviewSubmitted),
+    Meeting(MeetingRecorded),
+    Appraised(DossierAppraised),
+    Returned(DossierReturned),
+    Decided(GradeDecided),
+    Revised(GradeRevised),
+    Opened(CollectiveDossierOpened),
+}
+
+impl Step {
+    /// The step `event` is, if it is about a dossier and its payload
+    /// parses.
+    pub(crate) fn parse(event: &StoredEvent) -> Option<Step> {
+        let kind = event.kind.as_str();
+        if kind == SubjectRegistered::KIND {
+            parse(event).map(Step::Registered)
+        } else if kind == SelfReviewSubmitted::KIND {
+            parse(event).map(Step::SelfReview)
+        } else if kind == MeetingRecorded::KIND {
+            parse(event).map(Step::Meeting)
+        } else if kind == DossierAppraised::KIND {
+            parse(event).map(Step::Appraised)
+        } else if kind == DossierReturned::KIND {
+            parse(event).map(Step::Returned)
+        } else if kind == GradeDecided::KIND {
+            parse(event).map(Step::Decided)
+        } else if kind == GradeRevised::KIND {
+            parse(event).map(Step::Revised)
+        } else if kind == CollectiveDossierOpened::KIND {
+            parse(event).map(Step::Opened)
+        } else {
+            // Not this model's business (the consumer only delivers what
+            // `observes` accepts, so this is a newer own kind).
+            None
+        }
+    }
+
+    /// The dossier it is about.
+    pub(crate) fn dossier(&self) -> DossierId {
+        match self {
+            Step::Registered(e) => e.dossier,
+            Step::SelfReview(e) => e.dossier,
+            Step::Meeting(e) => e.dossier,
+            Step::Appraised(e) => e.dossier,
+            Step::Returned(e) => e.dossier,
+            Step::Decided(e) => e.dossier,
+            Step::Revised(e) => e.dossier,
+            Step::Opened(e) => e.dossier,
+        }
+    }
+
+    /// The dossier's state after this step, from `before`.
+    pub(crate) fn state_after(&self, before: DossierState) -> DossierState {
+        match self {
+            Step::Registered(e) => e.state,
+            Step::SelfReview(_) => DossierState::Submitted,
+            Step::Meeting(_) => DossierState::Reviewed,
+            Step::Appraised(_) => DossierState::Appraised,
+            Step::Returned(_) => DossierState::Returned,
+            Step::Decided(_) => DossierState::Decided,
+            Step::Revised(_) => DossierState::Regraded,
+            Step::Opened(_) => before,
         }
     }
 }
@@ -163,10 +329,6 @@ impl Model for SubmissionModel {
                     c.completed_at = Some(e.completed_at);
                 }
             }
-        } else if kind == SubjectRegistered::KIND {
-            if let Some(e) = parse::<SubjectRegistered>(event) {
-                self.register(e, event);
-            }
         } else if kind == UnitCompleted::KIND {
             if let Some(e) = parse::<UnitCompleted>(event) {
                 self.completed_units
@@ -174,37 +336,34 @@ impl Model for SubmissionModel {
                     .or_default()
                     .insert(e.org);
             }
-        } else {
-            self.apply_dossier_event(event);
+        } else if let Some(step) = Step::parse(event) {
+            self.apply_step(step, event);
         }
     }
 }
 
 impl SubmissionModel {
-    fn register(&mut self, e: SubjectRegistered, event: &StoredEvent) {
+    fn register(&mut self, e: SubjectRegistered, position: i64) {
         let id = e.dossier;
         self.by_org.entry(e.org).or_default().push(id);
-        if e.kind == gradeflow_proto::SubjectKind::Collective {
+        if e.kind == SubjectKind::Collective {
             self.collectives.insert((e.cycle, e.org), id);
         }
         self.mark_participating(e.cycle, e.org);
-        let mut record = DossierRecord {
+        let mut events = Positions::default();
+        events.push(position);
+        let record = DossierRecord {
+            subject: e.subject,
+            cycle: e.cycle,
+            org: e.org,
+            name: e.name.into_boxed_str(),
+            kind: e.kind,
+            category: e.category,
             state: e.state,
-            registered: e,
-            self_review: None,
-            meeting: None,
-            appraisal: None,
-            returns: Vec::new(),
-            decision: None,
-            opened_for_decision: None,
-            history: Vec::new(),
+            opened_for_decision: false,
             trace: None,
+            events,
         };
-        let details = details(&[
-            ("subject", json!(record.registered.subject)),
-            ("status", json!(record.registered.status)),
-        ]);
-        push_history(&mut record, event, details);
         self.dossiers.insert(id, record);
     }
 
@@ -223,141 +382,25 @@ impl SubmissionModel {
         }
     }
 
-    /// Folds an event about one dossier (own or observed).
-    fn apply_dossier_event(&mut self, event: &StoredEvent) {
-        let kind = event.kind.as_str();
-        if kind == SelfReviewSubmitted::KIND {
-            let Some(e) = parse::<SelfReviewSubmitted>(event) else {
-                return;
-            };
-            let Some(d) = self.dossiers.get_mut(&e.dossier) else {
-                return;
-            };
-            d.state = DossierState::Submitted;
-            if d.trace.is_none() {
-                d.trace = trace::valid(event.metadata.traceparent.as_deref()).map(str::to_owned);
-            }
-            let details = details(&[
-                ("proposed_grade", json!(e.proposed_grade)),
-                ("resubmission", json!(e.resubmission)),
-            ]);
-            d.self_review = Some((e, event.recorded_at));
-            push_history(d, event, details);
-        } else if kind == MeetingRecorded::KIND {
-            let Some(e) = parse::<MeetingRecorded>(event) else {
-                return;
-            };
-            let Some(d) = self.dossiers.get_mut(&e.dossier) else {
-                return;
-            };
-            d.state = DossierState::Reviewed;
-            let details = details(&[("proposed_grade", json!(e.proposed_grade))]);
-            d.meeting = Some((e, event.recorded_at));
-            push_history(d, event, details);
-        } else if kind == DossierAppraised::KIND {
-            let Some(e) = parse::<DossierAppraised>(event) else {
-                return;
-            };
-            let Some(d) = self.dossiers.get_mut(&e.dossier) else {
-                return;
-            };
-            d.state = DossierState::Appraised;
-            let details = details(&[
-                ("recommended_grade", json!(e.recommended_grade)),
-                ("warnings", json!(e.warnings.len())),
-            ]);
-            d.appraisal = Some((e, event.recorded_at));
-            push_history(d, event, details);
-        } else if kind == DossierReturned::KIND {
-            let Some(e) = parse::<DossierReturned>(event) else {
-                return;
-            };
-            let Some(d) = self.dossiers.get_mut(&e.dossier) else {
-                return;
-            };
-            d.state = DossierState::Returned;
-            let details = details(&[("reason", json!(e.reason))]);
-            d.returns.push((e, event.recorded_at));
-            push_history(d, event, details);
-        } else if kind == GradeDecided::KIND {
-            let Some(e) = parse::<GradeDecided>(event) else {
-                return;
-            };
-            let Some(d) = self.dossiers.get_mut(&e.dossier) else {
-                return;
-            };
-            d.state = DossierState::Decided;
-            let details = details(&[
-                ("grade", json!(e.grade)),
-                ("decision", json!(e.decision)),
-                ("seq", json!(e.record.seq)),
-            ]);
-            d.decision = Some(DecisionRecord {
-                decision: e.decision,
-                grade: e.grade,
-                authority: e.authority,
-                seq: e.record.seq,
-                override_reason: e.override_reason,
-                at: event.recorded_at,
-                revisions: Vec::new(),
-            });
-            push_history(d, event, details);
-        } else if kind == GradeRevised::KIND {
-            let Some(e) = parse::<GradeRevised>(event) else {
-                return;
-            };
-            let Some(d) = self.dossiers.get_mut(&e.dossier) else {
-                return;
-            };
-            d.state = DossierState::Regraded;
-            let revision = json!({
-                "decision": e.decision,
-                "previous_grade": e.previous_grade,
-                "grade": e.grade,
-                "supersedes": e.supersedes,
-                "reason": e.reason,
-                "seq": e.record.seq,
-                "at": event.recorded_at,
-            });
-            let details = details(&[
-                ("grade", json!(e.grade)),
-                ("previous_grade", json!(e.previous_grade)),
-                ("reason", json!(e.reason)),
-            ]);
-            match &mut d.decision {
-                Some(dec) => {
-                    dec.decision = e.decision;
-                    dec.grade = e.grade;
-                    dec.seq = e.record.seq;
-                    dec.revisions.push(revision);
-                }
-                // A revision without a first grade seen here (should not
-                // happen; the consumer delivers in order): keep what it says.
-                None => {
-                    d.decision = Some(DecisionRecord {
-                        decision: e.decision,
-                        grade: e.grade,
-                        authority: e.authority,
-                        seq: e.record.seq,
-                        override_reason: None,
-                        at: event.recorded_at,
-                        revisions: vec![revision],
-                    })
-                }
-            }
-            push_history(d, event, details);
-        } else if kind == CollectiveDossierOpened::KIND {
-            let Some(e) = parse::<CollectiveDossierOpened>(event) else {
-                return;
-            };
-            let Some(d) = self.dossiers.get_mut(&e.dossier) else {
-                return;
-            };
-            d.opened_for_decision = Some(event.recorded_at);
-            push_history(d, event, Map::new());
+    /// Folds an event about one dossier (own or observed): its state, its
+    /// trace, whether it was opened for decision, and where the event is.
+    fn apply_step(&mut self, step: Step, event: &StoredEvent) {
+        if let Step::Registered(e) = step {
+            self.register(e, event.position);
+            return;
         }
-        // Any other kind is not this model's business (the consumer only
-        // delivers what `observes` accepts, so this is a newer own kind).
+        let Some(d) = self.dossiers.get_mut(&step.dossier()) else {
+            return;
+        };
+        d.state = step.state_after(d.state);
+        match step {
+            Step::SelfReview(_) if d.trace.is_none() => {
+                d.trace = trace::valid(event.metadata.traceparent.as_deref()).map(Trace::new);
+            }
+            Step::Opened(_) => d.opened_for_decision = true,
+            _ => {}
+        }
+        d.events.push(event.position);
     }
 
     /// The org's current node, unless it is unknown or merged away.
@@ -394,21 +437,165 @@ impl SubmissionModel {
     }
 }
 
-fn details(pairs: &[(&str, Value)]) -> Map<String, Value> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
-}
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use chrono::TimeZone;
+    use gradeflow_proto::{Actor, CorrelationId, EventId, Metadata, Role};
+    use serde_json::{json, Value};
 
-fn push_history(d: &mut DossierRecord, event: &StoredEvent, details: Map<String, Value>) {
-    d.history.push(HistoryEntry {
-        kind: event.kind.clone(),
-        at: event.recorded_at,
-        actor: event.metadata.actor.clone(),
-        event_id: event.event_id,
-        service: event.metadata.service.clone(),
-        state: d.state,
-        details,
-    });
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    pub(crate) fn stored(position: i64, stream: &str, kind: &str, payload: Value) -> StoredEvent {
+        StoredEvent {
+            position,
+            stream: stream.into(),
+            version: 1,
+            event_id: EventId::new(),
+            kind: kind.into(),
+            payload,
+            payload_text: String::new(),
+            metadata: Metadata {
+                actor: Actor {
+                    sub: "submitter".into(),
+                    role: Role::Submitter,
+                    org: OrgId::new(),
+                },
+                correlation_id: CorrelationId::new(),
+                causation_id: None,
+                traceparent: Some(TP.into()),
+                service: "submission".into(),
+                province: None,
+            },
+            recorded_at: Utc.timestamp_opt(1_780_000_000 + position, 0).unwrap(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn positions_come_back_in_order_whatever_their_gaps() {
+        let wanted = [
+            1,
+            2,
+            129,
+            130,
+            20_000,
+            3_000_000_000,
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        let mut p = Positions::default();
+        for w in wanted {
+            p.push(w);
+        }
+        assert_eq!(p.to_vec(), wanted);
+        // Not after the last one: ignored (the model folds in store order).
+        p.push(5);
+        p.push(i64::MAX);
+        assert_eq!(p.to_vec(), wanted);
+        assert_eq!(Positions::default().to_vec(), Vec::<i64>::new());
+        let mut small = Positions::default();
+        for w in [1_000_000, 1_100_000, 1_200_000] {
+            small.push(w);
+        }
+        assert_eq!(small.0.len(), 9, "three bytes a position a million in");
+    }
+
+    #[test]
+    fn a_trace_comes_back_exactly_as_written() {
+        let packed = Trace::new(TP);
+        assert!(matches!(packed, Trace::V00(_)));
+        assert_eq!(packed.to_string(), TP);
+        let other = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future";
+        for text in [
+            other,
+            &TP.to_uppercase(),
+            "00-4bf9",
+            &TP.replace("-01", "-0g"),
+        ] {
+            let kept = Trace::new(text);
+            assert!(matches!(kept, Trace::Text(_)), "{text}");
+            assert_eq!(kept.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn the_record_keeps_the_state_and_where_the_events_are_not_their_payloads() {
+        let (dossier, subject, cycle, org) = (
+            DossierId::new(),
+            SubjectId::new(),
+            CycleId::new(),
+            OrgId::new(),
+        );
+        let stream = dossier.stream();
+        let long = "x".repeat(100_000);
+        let mut m = SubmissionModel::default();
+        let events = [
+            stored(
+                3,
+                &stream,
+                SubjectRegistered::KIND,
+                json!({"subject": subject, "dossier": dossier,
+                "cycle": cycle, "org": org, "deciding_org": OrgId::new(), "kind": "individual",
+                "name": "Nguyễn Văn A", "category": "2B", "leader": false, "status": "active",
+                "quota_group": "individuals", "state": "open"}),
+            ),
+            stored(
+                7,
+                &stream,
+                SelfReviewSubmitted::KIND,
+                json!({"dossier": dossier, "score": null,
+                "proposed_grade": "good", "tasks": {"total": 1, "on_time": 1, "exceeded": 0, "late": 0,
+                "not_done": 0}, "shortcomings_fixed": true, "report": long}),
+            ),
+            // About another dossier: not this one's.
+            stored(
+                8,
+                "dossier-other",
+                MeetingRecorded::KIND,
+                json!({"dossier": DossierId::new(),
+                "proposed_grade": "good", "votes": {}, "minutes": ""}),
+            ),
+            stored(
+                9,
+                &stream,
+                MeetingRecorded::KIND,
+                json!({"dossier": dossier,
+                "proposed_grade": "good", "votes": {"good": 3}, "minutes": long}),
+            ),
+            stored(
+                1_000_000,
+                &stream,
+                DossierReturned::KIND,
+                json!({"dossier": dossier, "reason": long}),
+            ),
+        ];
+        for e in &events {
+            m.apply(e);
+        }
+        let mut at = Positions::default();
+        for p in [3, 7, 9, 1_000_000] {
+            at.push(p);
+        }
+        assert_eq!(
+            m.dossiers[&dossier],
+            DossierRecord {
+                subject,
+                cycle,
+                org,
+                name: "Nguyễn Văn A".into(),
+                kind: SubjectKind::Individual,
+                category: Category::Member2B,
+                state: DossierState::Returned,
+                opened_for_decision: false,
+                trace: Some(Trace::new(TP)),
+                events: at,
+            }
+        );
+        // Inline, the record is three ids, flags, the packed trace and two
+        // small boxes (the name, the positions).
+        assert!(std::mem::size_of::<DossierRecord>() <= 128);
+    }
 }

@@ -7,8 +7,14 @@
 //! Who may read: the registry and the cycles are the map everyone navigates
 //! by, so any caller may read them; a dossier only within the caller's
 //! subtree (any role, auditors included).
+//!
+//! Every query answers from the model except `get_dossier.v1`: the model
+//! says whether the caller may read the dossier and where its events are
+//! ([`Answer::Dossier`]), and the service reads those events from the store
+//! after releasing the model and folds them ([`dossier_view_of`]).
 
 use chrono::{DateTime, Utc};
+use gradeflow_eventstore::StoredEvent;
 use gradeflow_proto::{
     Actor, CommandEnvelope, CycleId, DossierId, DossierState, OrgId, Rejection, Role,
 };
@@ -17,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cycles::cycle_result;
-use crate::model::{DossierRecord, SubmissionModel};
+use crate::detail::DossierDetail;
+use crate::model::SubmissionModel;
 use crate::refusals::{not_readable, unknown_cycle, unknown_dossier, unknown_org};
 
 /// `get_org.v1`: one org with its children.
@@ -140,6 +147,21 @@ pub struct WorkItem {
     pub action: String,
 }
 
+/// What a query answers from the model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// The answer itself.
+    Ready(Value),
+    /// A dossier the caller may read, and the store positions of its
+    /// events: the answer is [`dossier_view_of`] those events.
+    Dossier {
+        /// The dossier.
+        id: DossierId,
+        /// Where its events are, ascending.
+        events: Vec<i64>,
+    },
+}
+
 /// A parsed query.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Query {
@@ -170,19 +192,19 @@ impl Query {
     }
 
     /// The answer from `model`, for `actor`.
-    pub fn answer(&self, model: &SubmissionModel, actor: &Actor) -> Result<Value, Rejection> {
-        match self {
+    pub fn answer(&self, model: &SubmissionModel, actor: &Actor) -> Result<Answer, Rejection> {
+        let value = match self {
             Query::GetOrg(q) => model
                 .orgs
                 .get(q.org)
                 .map(|n| json!(OrgView::from(n)))
-                .ok_or_else(|| unknown_org(q.org)),
-            Query::FindOrg(q) => Ok(json!(model
+                .ok_or_else(|| unknown_org(q.org))?,
+            Query::FindOrg(q) => json!(model
                 .orgs
                 .by_code(q.code.trim())
                 .map(OrgView::from)
                 .into_iter()
-                .collect::<Vec<_>>())),
+                .collect::<Vec<_>>()),
             Query::GetCycle(q) => model
                 .cycles
                 .get(&q.cycle)
@@ -192,20 +214,23 @@ impl Query {
                     v["completed_at"] = json!(c.completed_at);
                     v
                 })
-                .ok_or_else(|| unknown_cycle(q.cycle)),
+                .ok_or_else(|| unknown_cycle(q.cycle))?,
             Query::GetDossier(q) => {
                 let d = model
                     .dossiers
                     .get(&q.dossier)
                     .ok_or_else(|| unknown_dossier(q.dossier))?;
-                if actor.role != Role::System && !model.orgs.is_within(d.registered.org, actor.org)
-                {
+                if actor.role != Role::System && !model.orgs.is_within(d.org, actor.org) {
                     return Err(not_readable(q.dossier, actor.org));
                 }
-                Ok(dossier_view(d))
+                return Ok(Answer::Dossier {
+                    id: q.dossier,
+                    events: d.events.to_vec(),
+                });
             }
-            Query::Worklist(q) => Ok(worklist(model, actor, q)),
-        }
+            Query::Worklist(q) => worklist(model, actor, q),
+        };
+        Ok(Answer::Ready(value))
     }
 }
 
@@ -218,10 +243,20 @@ fn with_at(mut value: Value, at: DateTime<Utc>) -> Value {
     value
 }
 
+/// The view of dossier `id` from its events as read from the store (see
+/// [`DossierDetail::fold`]). The model folds a decision before it commits,
+/// so a step still being committed is not in the view yet; while that step
+/// is the registration itself, the answer is `unknown_dossier`.
+pub fn dossier_view_of(id: DossierId, events: &[StoredEvent]) -> Result<Value, Rejection> {
+    DossierDetail::fold(id, events)
+        .map(|d| dossier_view(&d))
+        .ok_or_else(|| unknown_dossier(id))
+}
+
 /// A dossier as `GET /dossiers/{id}` answers it, as far as submission
 /// knows it (its own steps and the appraisals, returns and grades it
 /// observed).
-pub fn dossier_view(d: &DossierRecord) -> Value {
+pub fn dossier_view(d: &DossierDetail) -> Value {
     let r = &d.registered;
     json!({
         "id": r.dossier,
@@ -278,7 +313,7 @@ pub fn worklist(model: &SubmissionModel, actor: &Actor, q: &Worklist) -> Value {
             let Some(d) = model.dossiers.get(id) else {
                 continue;
             };
-            if q.cycle.is_some_and(|c| c != d.registered.cycle) {
+            if q.cycle.is_some_and(|c| c != d.cycle) {
                 continue;
             }
             let Some(action) = awaited(d.state) else {
@@ -288,15 +323,14 @@ pub fn worklist(model: &SubmissionModel, actor: &Actor, q: &Worklist) -> Value {
                 truncated = true;
                 break 'walk;
             }
-            let r = &d.registered;
             items.push(WorkItem {
-                dossier: r.dossier,
-                subject: r.subject,
-                name: r.name.clone(),
-                kind: r.kind,
-                category: r.category,
-                cycle: r.cycle,
-                org: r.org,
+                dossier: *id,
+                subject: d.subject,
+                name: d.name.to_string(),
+                kind: d.kind,
+                category: d.category,
+                cycle: d.cycle,
+                org: d.org,
                 state: d.state,
                 action: action.to_owned(),
             });

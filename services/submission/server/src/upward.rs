@@ -80,7 +80,7 @@ fn opening(
     just_completed: Option<OrgId>,
 ) -> Option<Emit> {
     let record = model.dossiers.get(&dossier)?;
-    if record.opened_for_decision.is_some() || record.state == DossierState::NotReviewed {
+    if record.opened_for_decision || record.state == DossierState::NotReviewed {
         return None;
     }
     children_complete(model, cycle, org, just_completed).then(|| opened(model, cycle, org, dossier))
@@ -128,6 +128,8 @@ fn opened(model: &SubmissionModel, cycle: CycleId, org: OrgId, dossier: DossierI
         model
             .dossiers
             .get(&dossier)
-            .and_then(|d| d.trace.as_deref()),
+            .and_then(|d| d.trace.as_ref())
+            .map(ToString::to_string)
+            .as_deref(),
     )
 }

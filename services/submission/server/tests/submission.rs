@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use gradeflow_eventstore::{AppendOutcome, InboxEntry, Store, StoreOptions};
 use gradeflow_proto::events::{
-    CollectiveDossierOpened, DossierAppraised, DossierReturned, Event, GradeDecided, RecordRef,
-    UnitCompleted,
+    CollectiveDossierOpened, DossierAppraised, DossierReturned, Event, GradeDecided, GradeRevised,
+    RecordRef, RuleWarning, UnitCompleted,
 };
 use gradeflow_proto::{
     Actor, CommandEnvelope, CommandId, CommandReply, CorrelationId, CycleId, DecisionId, DossierId,
@@ -892,6 +892,158 @@ async fn a_service_reopened_on_its_store_answers_exactly_as_the_live_one() {
         let answer = accepted(rebuilt.handle_command(envelope_of(a, k, q.clone())).await);
         assert_eq!(answer, expected, "{k} {q}");
     }
+}
+
+fn record(seq: u64) -> RecordRef {
+    RecordRef {
+        seq,
+        hash: "ab".repeat(32),
+        signature: "c2ln".into(),
+        key_id: "k1".into(),
+        prev_hash: None,
+        at: None,
+    }
+}
+
+/// A member's dossier through every step submission sees: filed, returned,
+/// filed again, reviewed, appraised with a warning, graded and re-graded
+/// (the grades observed on approval's `decision-log`, not the dossier's
+/// stream).
+async fn given_a_dossier_with_a_full_history(w: &World, t: &Tree) -> DossierId {
+    let submitter = actor(Role::Submitter, t.cell);
+    let appraiser = actor(Role::Appraiser, t.district);
+    let authority = actor(Role::Authority, t.district);
+    let d = w.subject(t.cycle, t.cell, "individual").await;
+    w.ok(&submitter, "submit_self_review.v1", self_review(d))
+        .await;
+    let returned = DossierReturned {
+        dossier: d,
+        reason: "Thiếu biên bản".into(),
+    };
+    w.observe(&published(d.stream(), &returned, &appraiser))
+        .await;
+    w.ok(&submitter, "submit_self_review.v1", self_review(d))
+        .await;
+    w.ok(&submitter, "record_meeting.v1", meeting(d)).await;
+    let appraised = DossierAppraised {
+        dossier: d,
+        recommended_grade: Grade::Good,
+        facts: Facts::default(),
+        notes: "Thẩm định".into(),
+        warnings: vec![RuleWarning {
+            rule: "quota".into(),
+            message: "over the quota".into(),
+            message_vi: "vượt tỷ lệ".into(),
+        }],
+    };
+    w.observe(&published(d.stream(), &appraised, &appraiser))
+        .await;
+    let (first, second) = (DecisionId::new(), DecisionId::new());
+    let decided = GradeDecided {
+        decision: first,
+        dossier: d,
+        subject: SubjectId::new(),
+        cycle: t.cycle,
+        authority: t.district,
+        org: t.cell,
+        grade: Grade::Good,
+        quota_group: "individuals".into(),
+        override_reason: Some("giảm nhẹ".into()),
+        record: record(1),
+        number: Some("12-QĐ/HU".into()),
+    };
+    w.observe(&published("decision-log".into(), &decided, &authority))
+        .await;
+    let revised = GradeRevised {
+        decision: second,
+        dossier: d,
+        subject: decided.subject,
+        cycle: t.cycle,
+        authority: t.district,
+        previous_grade: Grade::Good,
+        grade: Grade::Excellent,
+        supersedes: 1,
+        reason: "Xét lại".into(),
+        record: record(2),
+        number: None,
+        override_reason: None,
+    };
+    w.observe(&published("decision-log".into(), &revised, &authority))
+        .await;
+    d
+}
+
+#[tokio::test]
+async fn a_dossier_view_is_read_back_from_the_store_and_is_the_same_after_a_restart() {
+    let w = World::sqlite().await;
+    let t = given_a_tree_and_a_cycle(&w).await;
+    let d = given_a_dossier_with_a_full_history(&w, &t).await;
+
+    // The model keeps where the dossier's events are: every event about it,
+    // on its own stream and on the decision log, and nothing else.
+    let all = w.store.read_from(0, 10_000).await.unwrap();
+    let about: Vec<i64> = all
+        .iter()
+        .filter(|e| e.payload.get("dossier") == Some(&json!(d)))
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(about.len(), 8);
+    let kept = w
+        .svc
+        .engine()
+        .read(|m| m.dossiers[&d].events.to_vec())
+        .await
+        .unwrap();
+    assert_eq!(kept, about);
+
+    let live = w.dossier(d).await;
+    assert_eq!(live["state"], "regraded");
+    assert_eq!(live["returns"][0]["reason"], "Thiếu biên bản");
+    assert_eq!(live["self_review"]["resubmission"], true);
+    assert_eq!(live["appraisal"]["warnings"][0]["rule"], "quota");
+    assert_eq!(live["decision"]["grade"], "excellent");
+    assert_eq!(live["decision"]["override_reason"], "giảm nhẹ");
+    assert_eq!(live["decision"]["revisions"][0]["reason"], "Xét lại");
+    let history: Vec<(&str, &str)> = live["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["kind"].as_str().unwrap(), h["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("subject_registered.v1", "open"),
+            ("self_review_submitted.v1", "submitted"),
+            ("dossier_returned.v1", "returned"),
+            ("self_review_submitted.v1", "submitted"),
+            ("meeting_recorded.v1", "reviewed"),
+            ("dossier_appraised.v1", "appraised"),
+            ("grade_decided.v1", "decided"),
+            ("grade_revised.v1", "regraded"),
+        ]
+    );
+    for (entry, position) in live["history"].as_array().unwrap().iter().zip(&about) {
+        let event = all.iter().find(|e| e.position == *position).unwrap();
+        assert_eq!(entry["event_id"], json!(event.event_id));
+        assert_eq!(entry["at"], json!(event.recorded_at));
+    }
+
+    w.store.close().await;
+    let store = Store::connect(&w.url, StoreOptions::default())
+        .await
+        .unwrap();
+    let restarted = Submission::open(store).await.unwrap();
+    let again = accepted(
+        restarted
+            .handle_command(envelope_of(
+                &w.central(),
+                "get_dossier.v1",
+                json!({"dossier": d}),
+            ))
+            .await,
+    );
+    assert_eq!(again, live);
 }
 
 #[tokio::test]
