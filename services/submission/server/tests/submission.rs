@@ -1047,6 +1047,48 @@ async fn a_dossier_view_is_read_back_from_the_store_and_is_the_same_after_a_rest
 }
 
 #[tokio::test]
+async fn a_dossier_view_whose_events_cannot_be_read_is_refused_as_unavailable() {
+    use sqlx::Connection as _;
+
+    let w = World::sqlite().await;
+    let t = given_a_tree_and_a_cycle(&w).await;
+    let submitter = actor(Role::Submitter, t.cell);
+    let d = w.subject(t.cycle, t.cell, "individual").await;
+    w.ok(&submitter, "submit_self_review.v1", self_review(d))
+        .await;
+    assert_eq!(w.dossier(d).await["state"], "submitted");
+
+    // The stored self-review becomes unreadable (below the service: the
+    // immutability trigger dropped, the payload overwritten).
+    let filed = w.store.load_stream(&d.stream()).await.unwrap()[1].position;
+    let mut db = sqlx::SqliteConnection::connect(&w.url).await.unwrap();
+    sqlx::query(&format!(
+        "DROP TRIGGER {}",
+        gradeflow_eventstore::triggers::NO_UPDATE
+    ))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE events SET payload = 'not json' WHERE position = $1")
+        .bind(filed)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+
+    let reply = w
+        .send(&w.central(), "get_dossier.v1", json!({"dossier": d}))
+        .await;
+    let CommandReply::Rejected(r) = reply else {
+        panic!("expected unavailable, got {reply:?}");
+    };
+    assert_eq!(r.code, "unavailable", "{r:?}");
+    // What the model answers alone is still answered.
+    let work = w.query(&submitter, "worklist.v1", json!({})).await;
+    assert_eq!(work["items"][0]["action"], "meeting");
+}
+
+#[tokio::test]
 async fn cycles_refuse_bad_settings_and_a_second_annual_review_of_a_year() {
     let w = World::sqlite().await;
     let c = w.central();
