@@ -15,15 +15,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use gradeflow_approval_domain::GroupCounts;
 use gradeflow_eventstore::StoredEvent;
-use gradeflow_proto::commands::DecisionKind;
 use gradeflow_proto::events::{
-    CollectiveDossierOpened, CycleCompleted, CycleOpened, DecisionRecorded, DossierAppraised,
-    DossierReturned, Event, GradeDecided, GradeRevised, SelfReviewSubmitted, SubjectRegistered,
-    UnitCompleted,
+    CollectiveDossierOpened, CycleCompleted, CycleOpened, DossierAppraised, DossierReturned, Event,
+    GradeDecided, GradeRevised, SelfReviewSubmitted, SubjectRegistered, UnitCompleted,
 };
 use gradeflow_proto::{
-    Category, CycleId, DecisionId, DossierId, DossierState, Facts, Grade, OrgId, QuotaSettings,
-    RulebookId, Score, SubjectId, SubjectKind, SubjectStatus, TaskCounts, Tiers,
+    Category, CycleId, DossierId, DossierState, Facts, Grade, OrgId, QuotaSettings, RulebookId,
+    Score, SubjectId, SubjectKind, SubjectStatus, TaskCounts, Tiers,
 };
 use gradeflow_service::{trace, Model, OrgTree};
 
@@ -102,21 +100,6 @@ pub struct DossierInfo {
     pub trace: Option<String>,
 }
 
-/// A decision document as recorded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecisionInfo {
-    /// The cycle.
-    pub cycle: CycleId,
-    /// The deciding org.
-    pub authority: OrgId,
-    /// Its number.
-    pub number: String,
-    /// Decide or regrade.
-    pub kind: DecisionKind,
-    /// Who submitted it.
-    pub actor: String,
-}
-
 /// A unit of a cycle: an org with the dossiers that belong to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Unit {
@@ -153,8 +136,6 @@ pub struct ApprovalModel {
     /// Per cycle, the orgs taking part: those with a dossier in their
     /// subtree (the same rule submission's upward flow uses).
     pub participating: HashMap<CycleId, HashSet<OrgId>>,
-    /// Decision documents by id.
-    pub decisions: HashMap<DecisionId, DecisionInfo>,
     /// Hash of the last record of the decision log (empty before the first;
     /// [`ApprovalModel::head`] then gives 64 zeros). The records themselves
     /// stay in the store's `decision-log` stream ([`crate::log`]).
@@ -274,19 +255,6 @@ impl Model for ApprovalModel {
                 if let Some(d) = self.dossiers.get_mut(&e.dossier) {
                     d.opened = true;
                 }
-            }
-        } else if kind == DecisionRecorded::KIND {
-            if let Some(e) = parse::<DecisionRecorded>(event) {
-                self.decisions.insert(
-                    e.decision,
-                    DecisionInfo {
-                        cycle: e.cycle,
-                        authority: e.authority,
-                        number: e.number,
-                        kind: e.kind,
-                        actor: event.metadata.actor.sub.clone(),
-                    },
-                );
             }
         } else if kind == GradeDecided::KIND {
             if let Some(e) = parse::<GradeDecided>(event) {
