@@ -222,8 +222,17 @@ impl Approval {
                 Ok(q) => q,
                 Err(r) => return CommandReply::Rejected(r),
             };
-        self.query(|m| queries::worklist(m, &command.actor, &query))
+        let list = match self
+            .engine
+            .read(|m| queries::worklist(m, &command.actor, &query))
             .await
+        {
+            Ok(Ok(list)) => list,
+            Ok(Err(rejection)) => return CommandReply::Rejected(rejection),
+            Err(e) => return answer(Err(e)),
+        };
+        // Outside the model's lock: commands and the consumer go on meanwhile.
+        answer(queries::named(self.engine.store(), list).await.map(Ok))
     }
 
     #[tracing::instrument(name = "approval.query.audit_decisions", skip_all, fields(org_id = %command.actor.org))]
@@ -252,13 +261,6 @@ impl Approval {
                 CommandReply::Rejected(key_unavailable())
             }
         }
-    }
-
-    async fn query(
-        &self,
-        f: impl FnOnce(&ApprovalModel) -> Result<Value, Rejection>,
-    ) -> CommandReply {
-        answer(self.engine.read(f).await)
     }
 }
 

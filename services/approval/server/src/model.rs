@@ -69,8 +69,10 @@ pub struct DossierInfo {
     pub deciding_org: OrgId,
     /// Individual or collective.
     pub kind: SubjectKind,
-    /// The subject's name.
-    pub name: String,
+    /// Where its latest `subject_registered` is in the store (its
+    /// position): the subject's name, which no decision needs, is read
+    /// from there when a query shows it (`worklist.v1`).
+    pub registered: i64,
     /// The self-review form.
     pub category: Category,
     /// Leader flag.
@@ -205,7 +207,7 @@ impl Model for ApprovalModel {
             }
         } else if kind == SubjectRegistered::KIND {
             if let Some(e) = parse::<SubjectRegistered>(event) {
-                self.register(e);
+                self.register(e, event.position);
             }
         } else if kind == SelfReviewSubmitted::KIND {
             if let Some(e) = parse::<SelfReviewSubmitted>(event) {
@@ -279,7 +281,7 @@ impl Model for ApprovalModel {
 }
 
 impl ApprovalModel {
-    fn register(&mut self, e: SubjectRegistered) {
+    fn register(&mut self, e: SubjectRegistered, position: i64) {
         self.mark_participating(e.cycle, e.org);
         let unit = self.units.entry((e.cycle, e.org)).or_default();
         match e.kind {
@@ -301,7 +303,7 @@ impl ApprovalModel {
                 org: e.org,
                 deciding_org: e.deciding_org,
                 kind: e.kind,
-                name: e.name,
+                registered: position,
                 category: e.category,
                 leader: e.leader,
                 status: e.status,

@@ -1,16 +1,18 @@
 //! The read-only queries approval answers over the same request/reply as
 //! its commands (answered `accepted` with the result and no events):
-//! `worklist.v1` (what an authority may decide now, with the quota meter),
+//! `worklist.v1` (what an authority may decide now, with the quota meter;
+//! the subjects' names read from the store),
 //! `audit_decisions.v1` (the decision log, paged, read from the store) and
 //! `verify_log.v1` (the chain and signatures checked against the key
 //! registry, see [`crate::log::verify`]).
 
 use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
 
 use gradeflow_approval_domain::{max_excellent, ratio_bp, GroupCounts};
-use gradeflow_eventstore::StoreError;
-use gradeflow_proto::events::DecisionLogRecord;
-use gradeflow_proto::{Actor, CycleId, DossierState, ErrorCode, OrgId, Rejection, Role};
+use gradeflow_eventstore::{Store, StoreError, StoredEvent};
+use gradeflow_proto::events::{DecisionLogRecord, Event, SubjectRegistered};
+use gradeflow_proto::{Actor, CycleId, DossierId, DossierState, ErrorCode, OrgId, Rejection, Role};
 use gradeflow_service::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -102,16 +104,28 @@ pub fn authorize_audit(actor: &Actor) -> Result<(), Rejection> {
     }
 }
 
+/// The worklist as the model answers it: every entry but the subjects'
+/// names, which [`named`] reads from the store once the model's lock is
+/// released.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Worklist {
+    /// The answer, each entry's `name` still `null`.
+    answer: Value,
+    /// Per entry, in order: the dossier and the position of its
+    /// `subject_registered`.
+    registrations: Vec<(DossierId, i64)>,
+}
+
 /// The worklist: appraised dossiers whose deciding org lies in the scope,
 /// each with its readiness (`waiting_for`: for a collective, the member
 /// dossiers and child units still open), and the quota meter of every
 /// authority and group in the scope (`excellent`, `good`, `max_excellent`,
-/// counting current grades).
+/// counting current grades). The names come from the store: see [`named`].
 pub fn worklist(
     model: &ApprovalModel,
     actor: &Actor,
     query: &WorklistQuery,
-) -> Result<Value, Rejection> {
+) -> Result<Worklist, Rejection> {
     let scope = query.org.unwrap_or(actor.org);
     model.tree.authorize(actor, Role::Authority, scope)?;
     let limit = query
@@ -150,6 +164,11 @@ pub fn worklist(
             meters.extend(groups.keys().map(|g| (*cycle, *authority, g.clone())));
         }
     }
+    let registrations: Vec<(DossierId, i64)> = due
+        .iter()
+        .take(limit)
+        .map(|(id, d)| (**id, d.registered))
+        .collect();
     let entries: Vec<Value> = due
         .into_iter()
         .take(limit)
@@ -163,7 +182,7 @@ pub fn worklist(
             json!({
                 "dossier": id,
                 "subject": d.subject,
-                "name": d.name,
+                "name": Value::Null,
                 "cycle": d.cycle,
                 "org": d.org,
                 "deciding_org": d.deciding_org,
@@ -198,7 +217,69 @@ pub fn worklist(
             })
         })
         .collect();
-    Ok(json!({"dossiers": entries, "total": total, "quota": quota}))
+    Ok(Worklist {
+        answer: json!({"dossiers": entries, "total": total, "quota": quota}),
+        registrations,
+    })
+}
+
+/// How long [`named`] waits for this store's writer to commit a
+/// registration the model already holds (an append in flight).
+const REGISTRATION_WAIT: Duration = Duration::from_secs(5);
+
+/// The worklist's answer with each subject's name, read from its
+/// `subject_registered` in `store`. A registration the model holds whose
+/// append is still in flight is waited for (up to [`REGISTRATION_WAIT`]);
+/// one still missing then, or a position holding something else, is a
+/// store that cannot answer.
+pub async fn named(store: &Store, list: Worklist) -> Result<Value, StoreError> {
+    let Worklist {
+        mut answer,
+        registrations,
+    } = list;
+    let positions: Vec<i64> = registrations.iter().map(|(_, p)| *p).collect();
+    let mut names = subject_names(store.read_positions(&positions).await?);
+    let missing = |names: &HashMap<i64, (DossierId, String)>| -> Vec<i64> {
+        registrations
+            .iter()
+            .filter(|(d, p)| names.get(p).is_none_or(|(id, _)| id != d))
+            .map(|(_, p)| *p)
+            .collect()
+    };
+    let absent = missing(&names);
+    if let Some(last) = absent.iter().max().copied() {
+        let mut committed = store.committed();
+        // Timing out is answered below, by what the store then holds.
+        let _ = tokio::time::timeout(REGISTRATION_WAIT, committed.wait_for(|p| *p >= last)).await;
+        names.extend(subject_names(store.read_positions(&absent).await?));
+        if let Some(position) = missing(&names).first().copied() {
+            return Err(StoreError::Corrupt {
+                position,
+                problem: "not the subject_registered the approval model read there".to_owned(),
+            });
+        }
+    }
+    if let Some(entries) = answer.get_mut("dossiers").and_then(Value::as_array_mut) {
+        for (entry, (_, position)) in entries.iter_mut().zip(&registrations) {
+            if let Some((_, name)) = names.get(position) {
+                entry["name"] = Value::String(name.clone());
+            }
+        }
+    }
+    Ok(answer)
+}
+
+/// The dossier and subject name of each `subject_registered` among
+/// `events`, by position.
+fn subject_names(events: Vec<StoredEvent>) -> HashMap<i64, (DossierId, String)> {
+    events
+        .into_iter()
+        .filter(|e| e.kind == SubjectRegistered::KIND)
+        .filter_map(|e| {
+            let registered: SubjectRegistered = serde_json::from_value(e.payload).ok()?;
+            Some((e.position, (registered.dossier, registered.name)))
+        })
+        .collect()
 }
 
 /// A page of the decision log: records after `after`, of `cycle` when
@@ -282,4 +363,110 @@ pub async fn audit_decisions(
         None
     };
     Ok(Ok(json!({"records": page, "next_after": next_after})))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use gradeflow_eventstore::{AppendRequest, NewEvent, StoreOptions};
+    use gradeflow_proto::{
+        Category, CorrelationId, CycleId, Metadata, SubjectId, SubjectKind, SubjectStatus,
+    };
+
+    fn registration(dossier: DossierId, name: &str) -> NewEvent {
+        let e = SubjectRegistered {
+            subject: SubjectId::new(),
+            dossier,
+            cycle: CycleId::new(),
+            org: OrgId::new(),
+            deciding_org: OrgId::new(),
+            kind: SubjectKind::Individual,
+            name: name.into(),
+            category: Category::Member2B,
+            leader: false,
+            status: SubjectStatus::Active,
+            quota_group: "individuals".into(),
+            state: DossierState::Open,
+        };
+        NewEvent::new(
+            dossier.stream(),
+            SubjectRegistered::KIND,
+            serde_json::to_value(e).unwrap(),
+            Metadata {
+                actor: Actor {
+                    sub: "gradeflow".into(),
+                    role: Role::System,
+                    org: OrgId::new(),
+                },
+                correlation_id: CorrelationId::new(),
+                causation_id: None,
+                traceparent: None,
+                service: "submission".into(),
+                province: None,
+            },
+        )
+    }
+
+    fn list(registrations: Vec<(DossierId, i64)>) -> Worklist {
+        let entries: Vec<Value> = registrations
+            .iter()
+            .map(|(d, _)| json!({"dossier": d, "name": null, "ready": true}))
+            .collect();
+        Worklist {
+            answer: json!({"dossiers": entries, "total": entries.len(), "quota": []}),
+            registrations,
+        }
+    }
+
+    #[tokio::test]
+    async fn names_are_read_where_the_model_saw_the_registrations_and_waited_for_when_in_flight() {
+        let db = gradeflow_testkit::fresh_sqlite().unwrap();
+        let store = Store::connect(&db.url, StoreOptions::default())
+            .await
+            .unwrap();
+        let (a, b, c) = (DossierId::new(), DossierId::new(), DossierId::new());
+        store
+            .append(AppendRequest::new(vec![
+                registration(a, "Nguyễn Văn A"),
+                registration(b, "Trần Thị B"),
+            ]))
+            .await
+            .unwrap();
+
+        // Names in the entries' order, each key where it was.
+        let named_list = named(&store, list(vec![(b, 2), (a, 1)])).await.unwrap();
+        assert_eq!(
+            serde_json::to_string(&named_list).unwrap(),
+            format!(
+                "{{\"dossiers\":[{{\"dossier\":\"{b}\",\"name\":\"Trần Thị B\",\"ready\":true}},\
+                 {{\"dossier\":\"{a}\",\"name\":\"Nguyễn Văn A\",\"ready\":true}}],\
+                 \"total\":2,\"quota\":[]}}"
+            )
+        );
+
+        // A registration the model holds before its append commits: read
+        // once the writer commits it.
+        let writer = store.clone();
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            writer
+                .append(AppendRequest::new(vec![registration(c, "Lê Văn C")]))
+                .await
+                .unwrap();
+        });
+        let named_list = named(&store, list(vec![(a, 1), (c, 3)])).await.unwrap();
+        late.await.unwrap();
+        assert_eq!(named_list["dossiers"][1]["name"], "Lê Văn C");
+
+        // A position holding another dossier's registration: the store
+        // cannot answer for this one.
+        let wrong = named(&store, list(vec![(a, 2)])).await;
+        assert!(
+            matches!(wrong, Err(StoreError::Corrupt { position: 2, .. })),
+            "{wrong:?}"
+        );
+        store.close().await;
+    }
 }

@@ -1604,3 +1604,83 @@ async fn a_regrade_of_an_unknown_or_superseded_record_is_refused_as_before_and_a
     assert!(report.ok, "{:?}", report.problems);
     assert_eq!(report.records, 8);
 }
+
+#[tokio::test]
+async fn the_worklist_names_each_subject_as_last_registered_and_answers_the_same_after_a_restart() {
+    let w = World::sqlite().await;
+    w.appraise(&w.c01_members).await;
+    // C01's second member registered again under a new name, then
+    // appraised again (a registration starts the dossier afresh).
+    let renamed = w.c01_members[1];
+    let again = SubjectRegistered {
+        subject: SubjectId::new(),
+        dossier: renamed,
+        cycle: w.cycle,
+        org: w.c01,
+        deciding_org: w.d01,
+        kind: SubjectKind::Individual,
+        name: "Nguyễn Thị Đổi Tên".into(),
+        category: Category::Member2B,
+        leader: false,
+        status: SubjectStatus::Active,
+        quota_group: "individuals".into(),
+        state: DossierState::Open,
+    };
+    w.observe(again, renamed.stream()).await;
+    w.appraise(&[renamed]).await;
+
+    let ask = json!({"cycle": w.cycle});
+    let list = accepted(w.query(&authority(w.d01), "worklist.v1", ask.clone()).await);
+    let mut names: Vec<(String, String)> = list["dossiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["dossier"].as_str().unwrap().to_owned(),
+                d["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    names.sort();
+    let mut expected: Vec<(String, String)> = w
+        .c01_members
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let name = if *d == renamed {
+                "Nguyễn Thị Đổi Tên".to_owned()
+            } else {
+                format!("C01 member {i}")
+            };
+            (d.to_string(), name)
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    // The name sits where it always did in each entry.
+    let keys: Vec<&String> = list["dossiers"][0].as_object().unwrap().keys().collect();
+    assert_eq!(keys[..3], ["dossier", "subject", "name"]);
+
+    let restarted = Approval::open(
+        w.store.clone(),
+        KeyRing::open(w.approval.keys().dir()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let again = accepted(
+        restarted
+            .handle_command(CommandEnvelope {
+                command_id: CommandId::new(),
+                kind: "worklist.v1".into(),
+                actor: authority(w.d01),
+                traceparent: None,
+                payload: ask,
+            })
+            .await,
+    );
+    assert_eq!(
+        serde_json::to_string(&again).unwrap(),
+        serde_json::to_string(&list).unwrap()
+    );
+}
