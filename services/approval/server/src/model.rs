@@ -131,8 +131,10 @@ pub struct ApprovalModel {
     pub tree: OrgTree,
     /// Cycles by id.
     pub cycles: HashMap<CycleId, CycleInfo>,
-    /// Dossiers by id.
-    pub dossiers: HashMap<DossierId, DossierInfo>,
+    /// Dossiers by id, each boxed: the table's slots stay small (a hash
+    /// table grows by doubling, so up to half its slots stand empty, and an
+    /// empty slot costs what an entry's inline part does).
+    pub dossiers: HashMap<DossierId, Box<DossierInfo>>,
     /// Units by cycle and org.
     pub units: HashMap<UnitKey, Unit>,
     /// Per cycle, the orgs taking part: those with a dossier in their
@@ -297,7 +299,7 @@ impl ApprovalModel {
         };
         self.dossiers.insert(
             e.dossier,
-            DossierInfo {
+            Box::new(DossierInfo {
                 subject: e.subject,
                 cycle: e.cycle,
                 org: e.org,
@@ -317,7 +319,7 @@ impl ApprovalModel {
                 opened: false,
                 current: None,
                 trace: None,
-            },
+            }),
         );
     }
 
