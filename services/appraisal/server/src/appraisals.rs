@@ -19,53 +19,62 @@ use serde_json::json;
 use crate::model::{AppraisalDossier, AppraisalModel};
 use crate::refusals::{invalid_input, unknown_cycle, unknown_dossier, wrong_state};
 
-/// The state after `action`, or the state machine's refusal as
-/// `wrong_state` (409).
-pub fn step(d: &AppraisalDossier, action: Action) -> Result<DossierState, Rejection> {
-    transition(d.state, action)
-        .map_err(|why| wrong_state(d.registered.dossier, d.state, action, why))
+/// The state after `action` on dossier `id` (record `d`), or the state
+/// machine's refusal as `wrong_state` (409).
+pub fn step(
+    id: DossierId,
+    d: &AppraisalDossier,
+    action: Action,
+) -> Result<DossierState, Rejection> {
+    transition(d.state, action).map_err(|why| wrong_state(id, d.state, action, why))
 }
 
 fn dossier(model: &AppraisalModel, id: DossierId) -> Result<&AppraisalDossier, Rejection> {
     model.dossiers.get(&id).ok_or_else(|| unknown_dossier(id))
 }
 
-/// The dossier as the rulebook reads it, graded `grade` on `facts`.
-pub fn draft(d: &AppraisalDossier, grade: Option<Grade>, facts: &Facts) -> DraftDossier {
-    let r = &d.registered;
+/// Dossier `id` (record `d`) as the rulebook reads it, graded `grade` on
+/// `facts`.
+pub fn draft(
+    id: DossierId,
+    d: &AppraisalDossier,
+    grade: Option<Grade>,
+    facts: &Facts,
+) -> DraftDossier {
     let review = d.self_review.as_ref();
     DraftDossier {
-        category: Some(r.category),
-        leader: r.leader,
-        status: r.status,
-        quota_group: Some(r.quota_group.clone()),
+        category: Some(d.category),
+        leader: d.leader,
+        status: d.status,
+        quota_group: Some(d.quota_group.to_string()),
         score: review.and_then(|s| s.score),
         tasks: review.map(|s| s.tasks),
         shortcomings_fixed: review.is_none_or(|s| s.shortcomings_fixed),
         facts: facts.clone(),
         grade,
-        ..DraftDossier::new(r.dossier.to_string(), r.kind)
+        ..DraftDossier::new(id.to_string(), d.kind)
     }
 }
 
-/// The warnings for recommending `grade` on `facts` for `d`: the rules of
-/// the cycle's rulebook as warnings, and quota pressure in `d`'s group of
-/// its deciding org and cycle, counting the grades decided or recommended
-/// so far (without `d`'s own).
+/// The warnings for recommending `grade` on `facts` for dossier `id`
+/// (record `d`): the rules of the cycle's rulebook as warnings, and quota
+/// pressure in `d`'s group of its deciding org and cycle, counting the
+/// grades decided or recommended so far (without `d`'s own).
 pub fn warnings_for(
     model: &AppraisalModel,
+    id: DossierId,
     d: &AppraisalDossier,
     grade: Grade,
     facts: &Facts,
 ) -> Result<Vec<RuleWarning>, Rejection> {
     let cycle = model
         .cycles
-        .get(&d.registered.cycle)
-        .ok_or_else(|| unknown_cycle(d.registered.cycle))?;
+        .get(&d.cycle)
+        .ok_or_else(|| unknown_cycle(d.cycle))?;
     Ok(appraisal_warnings(
         cycle.rulebook,
         &cycle.quota,
-        &draft(d, Some(grade), facts),
+        &draft(id, d, Some(grade), facts),
         model.group_without(d),
     ))
 }
@@ -81,7 +90,7 @@ pub fn appraise(
     let d = dossier(model, input.dossier)?;
     model
         .orgs
-        .authorize(actor, Role::Appraiser, d.registered.deciding_org)?;
+        .authorize(actor, Role::Appraiser, d.deciding_org)?;
     if let Some(field) = input.facts.out_of_range_ratio() {
         return Err(invalid_input(
             &format!("facts.{field}"),
@@ -89,8 +98,14 @@ pub fn appraise(
             "Tỷ lệ phải nằm trong khoảng từ 0 đến 1",
         ));
     }
-    let state = step(d, Action::Appraise)?;
-    let warnings = warnings_for(model, d, input.recommended_grade, &input.facts)?;
+    let state = step(input.dossier, d, Action::Appraise)?;
+    let warnings = warnings_for(
+        model,
+        input.dossier,
+        d,
+        input.recommended_grade,
+        &input.facts,
+    )?;
     let event = DossierAppraised {
         dossier: input.dossier,
         recommended_grade: input.recommended_grade,
@@ -102,9 +117,9 @@ pub fn appraise(
         events: vec![Emit::new(
             input.dossier.stream(),
             &event,
-            model.orgs.province_of(d.registered.org),
+            model.orgs.province_of(d.org),
         )
-        .in_trace(d.trace.as_deref())],
+        .in_trace(d.trace.map(|t| t.traceparent()).as_deref())],
         reads: Vec::new(),
         result: json!({ "state": state, "warnings": warnings }),
     })
@@ -120,7 +135,7 @@ pub fn return_dossier(
     let d = dossier(model, input.dossier)?;
     model
         .orgs
-        .authorize(actor, Role::Appraiser, d.registered.deciding_org)?;
+        .authorize(actor, Role::Appraiser, d.deciding_org)?;
     let reason = input.reason.trim();
     if reason.is_empty() {
         return Err(invalid_input(
@@ -129,7 +144,7 @@ pub fn return_dossier(
             "Trả lại hồ sơ phải nêu rõ lý do",
         ));
     }
-    let state = step(d, Action::Return)?;
+    let state = step(input.dossier, d, Action::Return)?;
     let event = DossierReturned {
         dossier: input.dossier,
         reason: reason.to_owned(),
@@ -138,9 +153,9 @@ pub fn return_dossier(
         events: vec![Emit::new(
             input.dossier.stream(),
             &event,
-            model.orgs.province_of(d.registered.org),
+            model.orgs.province_of(d.org),
         )
-        .in_trace(d.trace.as_deref())],
+        .in_trace(d.trace.map(|t| t.traceparent()).as_deref())],
         reads: Vec::new(),
         result: json!({ "state": state }),
     })

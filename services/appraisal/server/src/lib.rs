@@ -122,7 +122,16 @@ impl Appraisal {
             Ok(q) => q,
             Err(r) => return CommandReply::Rejected(r),
         };
-        let answer = self.engine.read(|m| query.answer(m, &cmd.actor)).await;
+        let answer = match &query {
+            queries::Query::GetDossier(q) => {
+                queries::get_dossier(&self.engine, &cmd.actor, q).await
+            }
+            queries::Query::Worklist(q) => {
+                self.engine
+                    .read(|m| Ok(queries::worklist(m, &cmd.actor, q)))
+                    .await
+            }
+        };
         gradeflow_service::answer(answer)
     }
 }

@@ -3,12 +3,27 @@
 //! it observes: the registry and cycles, subjects, self-reviews and meetings
 //! (from submission) and grades (from approval).
 //!
+//! Per dossier the model keeps only what the commands and the worklist read
+//! ([`AppraisalDossier`]): the registration's ids, name, form and flags and
+//! its quota group, the state, the self-review's proposed grade, score, task
+//! counts and shortcomings flag, the meeting's proposed grade, the standing
+//! recommendation, the grade in force and the trace. The rest stays in the
+//! store: the self-review's report, the meeting's votes and minutes, and the
+//! board's appraisals and returns (facts, notes, warnings, reasons, who and
+//! when). For those the record keeps where they are — the store positions of
+//! the latest appraisal and of every return — and `get_dossier.v1` reads
+//! them back and folds them with [`Board::fold`], the same parsing the model
+//! applies them with.
+//!
 //! Beside each dossier the model keeps, per quota group of a deciding org in
 //! a cycle, how many dossiers stand at excellent and at good — decided, or
 //! else recommended by a standing appraisal — which is the pressure the
-//! quota warning reports at appraisal time.
+//! quota warning reports at appraisal time. A group's name is held once
+//! ([`Arc<str>`]), shared by every dossier and tally of that name.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroI64;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use gradeflow_approval_domain::GroupCounts;
@@ -17,12 +32,15 @@ use gradeflow_proto::events::{
     CycleOpened, DossierAppraised, DossierReturned, Event, GradeDecided, GradeRevised,
     MeetingRecorded, SelfReviewSubmitted, SubjectRegistered,
 };
-use gradeflow_proto::{Actor, CycleId, DossierId, DossierState, Grade, OrgId};
+use gradeflow_proto::{
+    Actor, Category, CycleId, DossierId, DossierState, Grade, OrgId, Score, SubjectId, SubjectKind,
+    SubjectStatus, TaskCounts,
+};
 use gradeflow_service::{trace, Model, OrgTree};
 use serde::de::DeserializeOwned;
 
 /// A quota group: (deciding org, cycle, group name).
-pub type QuotaKey = (OrgId, CycleId, String);
+pub type QuotaKey = (OrgId, CycleId, Arc<str>);
 
 /// Something that happened to a dossier here, with when and who.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,27 +53,140 @@ pub struct Stamped<E> {
     pub actor: Actor,
 }
 
-/// Everything appraisal knows about one dossier.
+/// What the latest self-review said that the rulebook and the lists read
+/// (its report stays in the store).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Review {
+    /// The proposed grade.
+    pub proposed_grade: Grade,
+    /// The self-score.
+    pub score: Option<Score>,
+    /// Task counts.
+    pub tasks: TaskCounts,
+    /// Past shortcomings fixed.
+    pub shortcomings_fixed: bool,
+}
+
+/// A dossier's trace, a W3C `traceparent` kept as the bytes of its four
+/// fields (26 bytes in the record, where the text would be a 55-byte
+/// allocation and its pointer).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Trace {
+    version: u8,
+    trace_id: [u8; 16],
+    parent_id: [u8; 8],
+    flags: u8,
+}
+
+impl Trace {
+    /// The trace of a `traceparent` (one [`trace::valid`] accepts): `None`
+    /// unless its first four fields are lowercase hex of the W3C lengths.
+    pub fn parse(traceparent: &str) -> Option<Trace> {
+        let mut fields = traceparent.split('-');
+        let [version] = hex(fields.next()?)?;
+        let trace_id = hex(fields.next()?)?;
+        let parent_id = hex(fields.next()?)?;
+        let [flags] = hex(fields.next()?)?;
+        Some(Trace {
+            version,
+            trace_id,
+            parent_id,
+            flags,
+        })
+    }
+
+    /// The `traceparent` it was read from. A version after `00` may carry
+    /// further fields after the fourth; those are not kept (a child of the
+    /// trace, [`trace::child_of`], takes only its trace id and flags).
+    pub fn traceparent(&self) -> String {
+        let mut out = String::with_capacity(55);
+        push_hex(&mut out, &[self.version]);
+        out.push('-');
+        push_hex(&mut out, &self.trace_id);
+        out.push('-');
+        push_hex(&mut out, &self.parent_id);
+        out.push('-');
+        push_hex(&mut out, &[self.flags]);
+        out
+    }
+}
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Trace").field(&self.traceparent()).finish()
+    }
+}
+
+/// `text` as `N` bytes of lowercase hex, or `None`.
+fn hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let text = text.as_bytes();
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0; N];
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+}
+
+/// What appraisal keeps in memory about one dossier (its id is the key it
+/// is kept under).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppraisalDossier {
-    /// The registration.
-    pub registered: SubjectRegistered,
+    /// Its subject.
+    pub subject: SubjectId,
+    /// The cycle.
+    pub cycle: CycleId,
+    /// The org it belongs to (for a collective, the collective itself).
+    pub org: OrgId,
+    /// The org whose board appraises it.
+    pub deciding_org: OrgId,
+    /// The subject's name (the worklist shows it).
+    pub name: Box<str>,
+    /// Its quota group's name, shared with every dossier of that name.
+    pub quota_group: Arc<str>,
+    /// Individual or collective.
+    pub kind: SubjectKind,
+    /// The form.
+    pub category: Category,
+    /// Leader flag.
+    pub leader: bool,
+    /// Reviewed or not.
+    pub status: SubjectStatus,
     /// Its current state.
     pub state: DossierState,
     /// The latest self-review.
-    pub self_review: Option<SelfReviewSubmitted>,
-    /// The latest meeting.
-    pub meeting: Option<MeetingRecorded>,
-    /// The latest appraisal.
-    pub appraisal: Option<Stamped<DossierAppraised>>,
-    /// Every return, oldest first.
-    pub returns: Vec<Stamped<DossierReturned>>,
+    pub self_review: Option<Review>,
+    /// The latest meeting's proposed grade.
+    pub meeting_grade: Option<Grade>,
+    /// The latest appraisal's recommended grade.
+    pub recommended: Option<Grade>,
     /// The grade in force, once decided.
     pub decided: Option<Grade>,
     /// The dossier's trace: the `traceparent` of its first self-review
     /// (`gradeflow_service::trace`), which this service's events about it
     /// continue.
-    pub trace: Option<String>,
+    pub trace: Option<Trace>,
+    /// Where the latest appraisal is in the store.
+    pub appraisal_at: Option<NonZeroI64>,
+    /// Where every return is in the store, oldest first.
+    pub returns_at: Box<[i64]>,
 }
 
 impl AppraisalDossier {
@@ -65,24 +196,86 @@ impl AppraisalDossier {
     pub fn counted_grade(&self) -> Option<Grade> {
         self.decided.or_else(|| {
             (self.state == DossierState::Appraised)
-                .then(|| self.appraisal.as_ref().map(|a| a.event.recommended_grade))
+                .then_some(self.recommended)
                 .flatten()
         })
     }
 
     /// Its quota group.
     pub fn quota_key(&self) -> QuotaKey {
-        let r = &self.registered;
-        (r.deciding_org, r.cycle, r.quota_group.clone())
+        (self.deciding_org, self.cycle, Arc::clone(&self.quota_group))
     }
 
     /// The tentative grade before an appraisal: the meeting's proposal, else
     /// the self-review's.
     pub fn proposed_grade(&self) -> Option<Grade> {
-        self.meeting
-            .as_ref()
-            .map(|m| m.proposed_grade)
-            .or_else(|| self.self_review.as_ref().map(|s| s.proposed_grade))
+        self.meeting_grade
+            .or_else(|| self.self_review.map(|s| s.proposed_grade))
+    }
+
+    /// The store positions of the board's appraisal and returns that
+    /// [`Board::fold`] reads back, ascending.
+    pub fn board_positions(&self) -> Vec<i64> {
+        let mut positions: Vec<i64> = self.returns_at.to_vec();
+        positions.extend(self.appraisal_at.map(NonZeroI64::get));
+        positions.sort_unstable();
+        positions
+    }
+}
+
+/// One of the board's own events about a dossier.
+enum BoardEvent {
+    Appraised(DossierAppraised),
+    Returned(DossierReturned),
+}
+
+/// The board's event `event` is, parsed; `None` for another kind or a
+/// payload that does not parse.
+fn board_event(event: &StoredEvent) -> Option<BoardEvent> {
+    match event.kind.as_str() {
+        DossierAppraised::KIND => parse(event).map(BoardEvent::Appraised),
+        DossierReturned::KIND => parse(event).map(BoardEvent::Returned),
+        _ => None,
+    }
+}
+
+/// The board's say on one dossier as the store holds it: what
+/// `get_dossier.v1` shows beside the record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Board {
+    /// The latest appraisal.
+    pub appraisal: Option<Stamped<DossierAppraised>>,
+    /// Every return, oldest first.
+    pub returns: Vec<Stamped<DossierReturned>>,
+}
+
+impl Board {
+    /// Folds `events`, read at `positions` (a record's
+    /// [`AppraisalDossier::board_positions`]). `None` unless every position
+    /// holds an appraisal or return of `dossier`: an event the model holds
+    /// whose append is still being committed is not in the store yet, and
+    /// one that did not commit as the model applied it is not what the
+    /// store holds there.
+    pub fn fold(dossier: DossierId, positions: &[i64], events: &[StoredEvent]) -> Option<Board> {
+        if events.len() != positions.len() {
+            return None;
+        }
+        let mut board = Board::default();
+        for (event, position) in events.iter().zip(positions) {
+            if event.position != *position {
+                return None;
+            }
+            match board_event(event)? {
+                BoardEvent::Appraised(e) if e.dossier == dossier => {
+                    board.appraisal = Some(stamp(e, event));
+                }
+                BoardEvent::Returned(e) if e.dossier == dossier => {
+                    board.returns.push(stamp(e, event));
+                }
+                _ => return None,
+            }
+        }
+        Some(board)
     }
 }
 
@@ -100,6 +293,8 @@ pub struct AppraisalModel {
     pub by_deciding: HashMap<OrgId, Vec<DossierId>>,
     /// Excellent and good counts per quota group.
     pub tallies: HashMap<QuotaKey, GroupCounts>,
+    /// Every quota group name seen, each held once.
+    quota_groups: HashSet<Arc<str>>,
 }
 
 fn parse<E: Event + DeserializeOwned>(event: &StoredEvent) -> Option<E> {
@@ -130,82 +325,124 @@ impl Model for AppraisalModel {
         if self.orgs.apply(&event.kind, &event.payload) {
             return;
         }
-        let kind = event.kind.as_str();
-        if kind == CycleOpened::KIND {
-            if let Some(e) = parse::<CycleOpened>(event) {
-                self.cycles.insert(e.cycle, e);
+        match event.kind.as_str() {
+            CycleOpened::KIND => {
+                if let Some(e) = parse::<CycleOpened>(event) {
+                    self.cycles.insert(e.cycle, e);
+                }
             }
-        } else if kind == SubjectRegistered::KIND {
-            if let Some(e) = parse::<SubjectRegistered>(event) {
-                self.by_deciding
-                    .entry(e.deciding_org)
-                    .or_default()
-                    .push(e.dossier);
-                self.dossiers.insert(
-                    e.dossier,
-                    AppraisalDossier {
-                        state: e.state,
-                        registered: e,
-                        self_review: None,
-                        meeting: None,
-                        appraisal: None,
-                        returns: Vec::new(),
-                        decided: None,
-                        trace: None,
-                    },
-                );
+            SubjectRegistered::KIND => {
+                if let Some(e) = parse::<SubjectRegistered>(event) {
+                    self.register(e);
+                }
             }
-        } else if kind == SelfReviewSubmitted::KIND {
-            if let Some(e) = parse::<SelfReviewSubmitted>(event) {
-                let traceparent = event.metadata.traceparent.as_deref();
-                self.update(e.dossier, |d| {
-                    d.state = DossierState::Submitted;
-                    d.self_review = Some(e);
-                    if d.trace.is_none() {
-                        d.trace = trace::valid(traceparent).map(str::to_owned);
-                    }
-                });
+            SelfReviewSubmitted::KIND => {
+                if let Some(e) = parse::<SelfReviewSubmitted>(event) {
+                    let traceparent = event.metadata.traceparent.as_deref();
+                    self.update(e.dossier, |d| {
+                        d.state = DossierState::Submitted;
+                        d.self_review = Some(Review {
+                            proposed_grade: e.proposed_grade,
+                            score: e.score,
+                            tasks: e.tasks,
+                            shortcomings_fixed: e.shortcomings_fixed,
+                        });
+                        if d.trace.is_none() {
+                            d.trace = trace::valid(traceparent).and_then(Trace::parse);
+                        }
+                    });
+                }
             }
-        } else if kind == MeetingRecorded::KIND {
-            if let Some(e) = parse::<MeetingRecorded>(event) {
-                self.update(e.dossier, |d| {
-                    d.state = DossierState::Reviewed;
-                    d.meeting = Some(e);
-                });
+            MeetingRecorded::KIND => {
+                if let Some(e) = parse::<MeetingRecorded>(event) {
+                    self.update(e.dossier, |d| {
+                        d.state = DossierState::Reviewed;
+                        d.meeting_grade = Some(e.proposed_grade);
+                    });
+                }
             }
-        } else if kind == DossierAppraised::KIND {
-            if let Some(e) = parse::<DossierAppraised>(event) {
-                self.update(e.dossier, |d| {
-                    d.state = DossierState::Appraised;
-                    d.appraisal = Some(stamp(e, event));
-                });
+            DossierAppraised::KIND | DossierReturned::KIND => match board_event(event) {
+                Some(BoardEvent::Appraised(e)) => {
+                    self.update(e.dossier, |d| {
+                        d.state = DossierState::Appraised;
+                        d.recommended = Some(e.recommended_grade);
+                        d.appraisal_at = NonZeroI64::new(event.position);
+                    });
+                }
+                Some(BoardEvent::Returned(e)) => {
+                    self.update(e.dossier, |d| {
+                        d.state = DossierState::Returned;
+                        let mut at = std::mem::take(&mut d.returns_at).into_vec();
+                        at.push(event.position);
+                        d.returns_at = at.into_boxed_slice();
+                    });
+                }
+                None => {}
+            },
+            GradeDecided::KIND => {
+                if let Some(e) = parse::<GradeDecided>(event) {
+                    self.update(e.dossier, |d| {
+                        d.state = DossierState::Decided;
+                        d.decided = Some(e.grade);
+                    });
+                }
             }
-        } else if kind == DossierReturned::KIND {
-            if let Some(e) = parse::<DossierReturned>(event) {
-                self.update(e.dossier, |d| {
-                    d.state = DossierState::Returned;
-                    d.returns.push(stamp(e, event));
-                });
+            GradeRevised::KIND => {
+                if let Some(e) = parse::<GradeRevised>(event) {
+                    self.update(e.dossier, |d| {
+                        d.state = DossierState::Regraded;
+                        d.decided = Some(e.grade);
+                    });
+                }
             }
-        } else if kind == GradeDecided::KIND {
-            if let Some(e) = parse::<GradeDecided>(event) {
-                self.update(e.dossier, |d| {
-                    d.state = DossierState::Decided;
-                    d.decided = Some(e.grade);
-                });
-            }
-        } else if kind == GradeRevised::KIND {
-            if let Some(e) = parse::<GradeRevised>(event) {
-                self.update(e.dossier, |d| {
-                    d.state = DossierState::Regraded;
-                    d.decided = Some(e.grade);
-                });
-            }
+            _ => {}
         }
     }
 }
 
 impl AppraisalModel {
+    /// Opens a dossier's record from its registration.
+    fn register(&mut self, e: SubjectRegistered) {
+        self.by_deciding
+            .entry(e.deciding_org)
+            .or_default()
+            .push(e.dossier);
+        let quota_group = self.intern(e.quota_group);
+        self.dossiers.insert(
+            e.dossier,
+            AppraisalDossier {
+                subject: e.subject,
+                cycle: e.cycle,
+                org: e.org,
+                deciding_org: e.deciding_org,
+                name: e.name.into_boxed_str(),
+                quota_group,
+                kind: e.kind,
+                category: e.category,
+                leader: e.leader,
+                status: e.status,
+                state: e.state,
+                self_review: None,
+                meeting_grade: None,
+                recommended: None,
+                decided: None,
+                trace: None,
+                appraisal_at: None,
+                returns_at: Box::default(),
+            },
+        );
+    }
+
+    /// The one shared copy of a quota group's name.
+    fn intern(&mut self, group: String) -> Arc<str> {
+        if let Some(known) = self.quota_groups.get(group.as_str()) {
+            return Arc::clone(known);
+        }
+        let group: Arc<str> = Arc::from(group);
+        self.quota_groups.insert(Arc::clone(&group));
+        group
+    }
+
     /// Changes one dossier and keeps its quota group's tally in step with
     /// the grade it counts with before and after.
     fn update(&mut self, dossier: DossierId, change: impl FnOnce(&mut AppraisalDossier)) {
@@ -264,4 +501,365 @@ fn count(tally: &mut GroupCounts, grade: Option<Grade>, add: bool) {
     } else {
         slot.saturating_sub(1)
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use gradeflow_proto::events::RuleWarning;
+    use gradeflow_proto::{CorrelationId, EventId, Facts, Metadata, Role};
+    use serde::Serialize;
+
+    use super::*;
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// Folds events into a model as the engine does, each at the next
+    /// position; keeps what it folded.
+    #[derive(Default)]
+    struct Fold {
+        model: AppraisalModel,
+        log: Vec<StoredEvent>,
+    }
+
+    impl Fold {
+        fn apply<E: Event + Serialize>(&mut self, stream: &str, event: &E, actor: &Actor) -> i64 {
+            self.apply_traced(stream, event, actor, None)
+        }
+
+        fn apply_traced<E: Event + Serialize>(
+            &mut self,
+            stream: &str,
+            event: &E,
+            actor: &Actor,
+            traceparent: Option<&str>,
+        ) -> i64 {
+            let position = self.log.len() as i64 + 1;
+            let stored = StoredEvent {
+                position,
+                stream: stream.to_owned(),
+                version: 1,
+                event_id: EventId::new(),
+                kind: E::KIND.to_owned(),
+                payload: serde_json::to_value(event).unwrap(),
+                payload_text: String::new(),
+                metadata: Metadata {
+                    actor: actor.clone(),
+                    correlation_id: CorrelationId::new(),
+                    causation_id: None,
+                    traceparent: traceparent.map(str::to_owned),
+                    service: "test".to_owned(),
+                    province: None,
+                },
+                recorded_at: Utc::now(),
+                prev_hash: String::new(),
+                hash: String::new(),
+            };
+            self.model.apply(&stored);
+            self.log.push(stored);
+            position
+        }
+
+        /// The events at `positions`, as `Store::read_positions` answers.
+        fn read(&self, positions: &[i64]) -> Vec<StoredEvent> {
+            self.log
+                .iter()
+                .filter(|e| positions.contains(&e.position))
+                .cloned()
+                .collect()
+        }
+
+        fn register(&mut self, deciding_org: OrgId, group: &str) -> DossierId {
+            let dossier = DossierId::new();
+            let e = SubjectRegistered {
+                subject: SubjectId::new(),
+                dossier,
+                cycle: CycleId(uuid::Uuid::nil()),
+                org: OrgId::new(),
+                deciding_org,
+                kind: SubjectKind::Individual,
+                name: "Trần Thị B".to_owned(),
+                category: Category::Member2B,
+                leader: false,
+                status: SubjectStatus::Active,
+                quota_group: group.to_owned(),
+                state: DossierState::Open,
+            };
+            self.apply(&dossier.stream(), &e, &system());
+            dossier
+        }
+    }
+
+    fn system() -> Actor {
+        Actor {
+            sub: "system".to_owned(),
+            role: Role::System,
+            org: OrgId(uuid::Uuid::nil()),
+        }
+    }
+
+    fn appraiser() -> Actor {
+        Actor {
+            sub: "appraiser@district".to_owned(),
+            role: Role::Appraiser,
+            org: OrgId(uuid::Uuid::nil()),
+        }
+    }
+
+    fn review(dossier: DossierId, grade: Grade) -> SelfReviewSubmitted {
+        SelfReviewSubmitted {
+            dossier,
+            score: Some(Score {
+                general: 27.0,
+                tasks: 61.5,
+            }),
+            proposed_grade: grade,
+            tasks: TaskCounts {
+                total: 10,
+                on_time: 9,
+                ..TaskCounts::default()
+            },
+            shortcomings_fixed: false,
+            report: "Báo cáo kiểm điểm ".repeat(200),
+            resubmission: false,
+        }
+    }
+
+    fn appraised(dossier: DossierId, grade: Grade, notes: &str) -> DossierAppraised {
+        DossierAppraised {
+            dossier,
+            recommended_grade: grade,
+            facts: Facts {
+                degradation: true,
+                ..Facts::default()
+            },
+            notes: notes.to_owned(),
+            warnings: vec![RuleWarning {
+                rule: "quota".to_owned(),
+                message: "over".to_owned(),
+                message_vi: "vượt".to_owned(),
+            }],
+        }
+    }
+
+    fn returned(dossier: DossierId, reason: &str) -> DossierReturned {
+        DossierReturned {
+            dossier,
+            reason: reason.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_record_keeps_the_graded_facts_and_where_the_boards_events_are() {
+        let mut f = Fold::default();
+        let d = f.register(OrgId::new(), "individuals");
+        let stream = d.stream();
+        f.apply(&stream, &review(d, Grade::Good), &system());
+        let meeting = MeetingRecorded {
+            dossier: d,
+            proposed_grade: Grade::Excellent,
+            votes: [(Grade::Excellent, 12)].into(),
+            minutes: "Biên bản ".repeat(200),
+        };
+        f.apply(&stream, &meeting, &system());
+        let first = f.apply(&stream, &appraised(d, Grade::Good, "một"), &appraiser());
+        let back = f.apply(&stream, &returned(d, "Thiếu biên bản"), &appraiser());
+        f.apply(&stream, &review(d, Grade::Completed), &system());
+        f.apply(&stream, &meeting, &system());
+        let latest = f.apply(
+            &stream,
+            &appraised(d, Grade::Excellent, "hai"),
+            &appraiser(),
+        );
+
+        let r = &f.model.dossiers[&d];
+        assert_eq!(r.state, DossierState::Appraised);
+        assert_eq!(&*r.name, "Trần Thị B");
+        assert_eq!(
+            r.self_review,
+            Some(Review {
+                proposed_grade: Grade::Completed,
+                score: Some(Score {
+                    general: 27.0,
+                    tasks: 61.5
+                }),
+                tasks: TaskCounts {
+                    total: 10,
+                    on_time: 9,
+                    ..TaskCounts::default()
+                },
+                shortcomings_fixed: false,
+            })
+        );
+        assert_eq!(r.meeting_grade, Some(Grade::Excellent));
+        assert_eq!(r.proposed_grade(), Some(Grade::Excellent));
+        assert_eq!(r.recommended, Some(Grade::Excellent));
+        assert_eq!(r.counted_grade(), Some(Grade::Excellent));
+        // Only the latest appraisal is shown, so only its place is kept.
+        assert_eq!(r.appraisal_at.map(NonZeroI64::get), Some(latest));
+        assert_eq!(&*r.returns_at, [back]);
+        assert_eq!(r.board_positions(), [back, latest]);
+        assert!(first < back);
+        // The free text stays in the store: the record is a fixed size
+        // plus the name, whatever the report and minutes hold.
+        assert!(
+            std::mem::size_of::<AppraisalDossier>() <= 208,
+            "{}",
+            std::mem::size_of::<AppraisalDossier>()
+        );
+    }
+
+    #[test]
+    fn the_boards_events_read_back_fold_as_the_model_saw_them() {
+        let mut f = Fold::default();
+        let d = f.register(OrgId::new(), "individuals");
+        let other = f.register(OrgId::new(), "individuals");
+        let stream = d.stream();
+        f.apply(&stream, &appraised(d, Grade::Good, "một"), &appraiser());
+        f.apply(&stream, &returned(d, "Lần một"), &appraiser());
+        f.apply(
+            &other.stream(),
+            &appraised(other, Grade::Good, "khác"),
+            &appraiser(),
+        );
+        f.apply(
+            &stream,
+            &appraised(d, Grade::Excellent, "hai"),
+            &appraiser(),
+        );
+        f.apply(&stream, &returned(d, "Lần hai"), &appraiser());
+
+        let positions = f.model.dossiers[&d].board_positions();
+        assert_eq!(positions, [4, 6, 7]);
+        let events = f.read(&positions);
+        let board = Board::fold(d, &positions, &events).unwrap();
+        let stamped = |position: usize| (f.log[position - 1].recorded_at, appraiser());
+        let a = board.appraisal.unwrap();
+        assert_eq!(a.event, appraised(d, Grade::Excellent, "hai"));
+        assert_eq!((a.at, a.actor), stamped(6));
+        let reasons: Vec<_> = board.returns.iter().map(|r| &*r.event.reason).collect();
+        assert_eq!(reasons, ["Lần một", "Lần hai"]);
+        assert_eq!(
+            (board.returns[1].at, board.returns[1].actor.clone()),
+            stamped(7)
+        );
+
+        // Nothing to read: nothing to show.
+        let none = f.register(OrgId::new(), "individuals");
+        assert!(f.model.dossiers[&none].board_positions().is_empty());
+        assert_eq!(Board::fold(none, &[], &[]), Some(Board::default()));
+    }
+
+    #[test]
+    fn a_board_event_not_where_the_model_has_it_is_not_folded() {
+        let mut f = Fold::default();
+        let d = f.register(OrgId::new(), "individuals");
+        let other = f.register(OrgId::new(), "individuals");
+        f.apply(&d.stream(), &appraised(d, Grade::Good, "một"), &appraiser());
+        f.apply(&other.stream(), &returned(other, "khác"), &appraiser());
+        let positions = f.model.dossiers[&d].board_positions();
+        assert_eq!(positions, [3]);
+
+        // Not committed yet: the store has nothing there.
+        assert_eq!(Board::fold(d, &positions, &[]), None);
+        // Another dossier's return, another kind, another position.
+        assert_eq!(Board::fold(d, &[4], &f.read(&[4])), None);
+        assert_eq!(Board::fold(d, &[1], &f.read(&[1])), None);
+        assert_eq!(Board::fold(d, &positions, &f.read(&[4])), None);
+        assert!(Board::fold(d, &positions, &f.read(&positions)).is_some());
+    }
+
+    #[test]
+    fn a_quota_group_name_is_held_once_for_every_dossier_and_tally() {
+        let mut f = Fold::default();
+        let board = OrgId::new();
+        let a = f.register(board, &String::from("individuals"));
+        let b = f.register(board, &String::from("individuals"));
+        let c = f.register(board, "leaders");
+        for d in [a, b] {
+            f.apply(&d.stream(), &appraised(d, Grade::Good, ""), &appraiser());
+        }
+        let group = |d: DossierId| Arc::clone(&f.model.dossiers[&d].quota_group);
+        assert!(Arc::ptr_eq(&group(a), &group(b)));
+        assert!(!Arc::ptr_eq(&group(a), &group(c)));
+        assert_eq!(&*group(c), "leaders");
+        let (key, counts) = f.model.tallies.iter().next().unwrap();
+        assert_eq!(f.model.tallies.len(), 1);
+        assert!(Arc::ptr_eq(&key.2, &group(a)));
+        assert_eq!(counts.good, 2);
+        assert_eq!(f.model.quota_groups.len(), 2);
+    }
+
+    #[test]
+    fn the_trace_is_the_first_valid_self_reviews_kept_compactly() {
+        let mut f = Fold::default();
+        let d = f.register(OrgId::new(), "individuals");
+        let later = "00-11111111111111111111111111111111-2222222222222222-00";
+        f.apply_traced(
+            &d.stream(),
+            &review(d, Grade::Good),
+            &system(),
+            Some("00-garbage"),
+        );
+        assert_eq!(f.model.dossiers[&d].trace, None);
+        f.apply_traced(
+            &d.stream(),
+            &review(d, Grade::Good),
+            &system(),
+            Some(PARENT),
+        );
+        f.apply_traced(&d.stream(), &review(d, Grade::Good), &system(), Some(later));
+        let trace = f.model.dossiers[&d].trace.unwrap();
+        assert_eq!(trace.traceparent(), PARENT);
+        assert_eq!(format!("{trace:?}"), format!("Trace({PARENT:?})"));
+    }
+
+    #[test]
+    fn a_trace_gives_back_the_traceparent_it_was_read_from() {
+        for tp in [PARENT, later_version().as_str()] {
+            let trace = Trace::parse(tp).unwrap();
+            assert_eq!(trace.traceparent(), tp[..55], "{tp}");
+            assert!(trace::valid(Some(&trace.traceparent())).is_some());
+        }
+        assert_eq!(
+            Trace::parse(&format!("{PARENT}-future"))
+                .unwrap()
+                .traceparent(),
+            PARENT
+        );
+        for bad in [
+            "",
+            "00-garbage",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(Trace::parse(bad), None, "{bad}");
+        }
+    }
+
+    fn later_version() -> String {
+        format!("cc{}", &PARENT[2..])
+    }
+
+    #[test]
+    fn the_appraisal_continues_the_dossiers_trace() {
+        let mut f = Fold::default();
+        let d = f.register(OrgId::new(), "individuals");
+        f.apply_traced(
+            &d.stream(),
+            &review(d, Grade::Good),
+            &system(),
+            Some(PARENT),
+        );
+        let r = &f.model.dossiers[&d];
+        let emit = gradeflow_service::Emit::new(d.stream(), &returned(d, "x"), None)
+            .in_trace(r.trace.map(|t| t.traceparent()).as_deref());
+        let child = emit.traceparent.unwrap();
+        assert_eq!(child[..36], PARENT[..36], "the same trace id");
+        assert_eq!(child[52..], PARENT[52..], "the same flags");
+        assert_ne!(child[37..53], PARENT[37..53], "a fresh span");
+    }
 }

@@ -3,17 +3,20 @@
 //! `accepted` with the `result`. Their payload and answer types live here:
 //! they are the portal's private conversation with this service.
 
+use std::time::Duration;
+
+use gradeflow_eventstore::StoreError;
 use gradeflow_proto::events::RuleWarning;
 use gradeflow_proto::{
     Actor, Category, CommandEnvelope, CycleId, DossierId, DossierState, Facts, Grade, OrgId,
     Rejection, Role, Score, SubjectId, SubjectKind,
 };
-use gradeflow_service::payload;
+use gradeflow_service::{payload, Engine};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::appraisals::warnings_for;
-use crate::model::{AppraisalDossier, AppraisalModel};
+use crate::model::{AppraisalDossier, AppraisalModel, Board};
 use crate::refusals::{not_readable, unknown_dossier};
 
 /// `get_dossier.v1`: appraisal's view of a dossier.
@@ -100,46 +103,92 @@ impl Query {
             _ => Query::Worklist(payload(cmd)?),
         })
     }
+}
 
-    /// The answer from `model`, for `actor`.
-    pub fn answer(&self, model: &AppraisalModel, actor: &Actor) -> Result<Value, Rejection> {
-        match self {
-            Query::GetDossier(q) => {
-                let d = model
-                    .dossiers
-                    .get(&q.dossier)
-                    .ok_or_else(|| unknown_dossier(q.dossier))?;
-                if actor.role != Role::System && !model.orgs.is_within(d.registered.org, actor.org)
-                {
-                    return Err(not_readable(q.dossier, actor.org));
-                }
-                Ok(dossier_view(d))
-            }
-            Query::Worklist(q) => Ok(worklist(model, actor, q)),
+/// How many times `get_dossier.v1` reads the model and the store before it
+/// gives up on finding the board's events where the model has them.
+const BOARD_READS: u32 = 20;
+/// How long it waits for the store's next commit between two reads.
+const BOARD_WAIT: Duration = Duration::from_millis(50);
+
+/// `get_dossier.v1`: dossier `q.dossier` as `actor` may read it. The record
+/// is copied under the engine's lock; the board's appraisal and returns are
+/// read from the store at the positions it keeps, after the lock is
+/// released, and folded with [`Board::fold`]. The model may hold an append
+/// whose commit is in flight (`Engine::read`): until the store has it, the
+/// answer waits for the next commit and reads again — the model too, which
+/// is rebuilt if the append did not commit as applied. A store failure is
+/// the `Err` (the caller answers `unavailable`).
+pub async fn get_dossier(
+    engine: &Engine<AppraisalModel>,
+    actor: &Actor,
+    q: &GetDossier,
+) -> Result<Result<Value, Rejection>, StoreError> {
+    let mut committed = engine.store().committed();
+    let mut reads = 0;
+    loop {
+        let d = match engine.read(|m| readable(m, actor, q.dossier)).await? {
+            Ok(d) => d,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let positions = d.board_positions();
+        let events = if positions.is_empty() {
+            Vec::new()
+        } else {
+            engine.store().read_positions(&positions).await?
+        };
+        if let Some(board) = Board::fold(q.dossier, &positions, &events) {
+            return Ok(Ok(dossier_view(q.dossier, &d, &board)));
         }
+        reads += 1;
+        if reads == BOARD_READS {
+            return Err(StoreError::Corrupt {
+                position: positions.first().copied().unwrap_or_default(),
+                problem: format!(
+                    "the appraisals and returns of dossier {} are not where the model has them",
+                    q.dossier
+                ),
+            });
+        }
+        // The next commit of this store's writer, or `BOARD_WAIT` at most:
+        // an append that did not commit as applied leaves nothing to wait
+        // for, and the next read rebuilds the model.
+        let _ = tokio::time::timeout(BOARD_WAIT, committed.changed()).await;
     }
 }
 
-/// Appraisal's view of a dossier: its registration, state, the standing
-/// appraisal and every return.
-pub fn dossier_view(d: &AppraisalDossier) -> Value {
-    let r = &d.registered;
+/// A copy of dossier `id`'s record, if `actor` may read it.
+pub fn readable(
+    model: &AppraisalModel,
+    actor: &Actor,
+    id: DossierId,
+) -> Result<AppraisalDossier, Rejection> {
+    let d = model.dossiers.get(&id).ok_or_else(|| unknown_dossier(id))?;
+    if actor.role != Role::System && !model.orgs.is_within(d.org, actor.org) {
+        return Err(not_readable(id, actor.org));
+    }
+    Ok(d.clone())
+}
+
+/// Appraisal's view of dossier `id`: its registration, state, the standing
+/// appraisal and every return (`board`, as read back from the store).
+pub fn dossier_view(id: DossierId, d: &AppraisalDossier, board: &Board) -> Value {
     json!({
-        "id": r.dossier,
-        "subject": r.subject,
-        "cycle": r.cycle,
-        "org": r.org,
-        "deciding_org": r.deciding_org,
-        "kind": r.kind,
-        "name": r.name,
-        "category": r.category,
-        "leader": r.leader,
-        "status": r.status,
-        "quota_group": r.quota_group,
+        "id": id,
+        "subject": d.subject,
+        "cycle": d.cycle,
+        "org": d.org,
+        "deciding_org": d.deciding_org,
+        "kind": d.kind,
+        "name": &*d.name,
+        "category": d.category,
+        "leader": d.leader,
+        "status": d.status,
+        "quota_group": &*d.quota_group,
         "state": d.state,
         "proposed_grade": d.proposed_grade(),
-        "score": d.self_review.as_ref().and_then(|s| s.score),
-        "appraisal": d.appraisal.as_ref().map(|a| json!({
+        "score": d.self_review.and_then(|s| s.score),
+        "appraisal": board.appraisal.as_ref().map(|a| json!({
             "recommended_grade": a.event.recommended_grade,
             "facts": a.event.facts,
             "notes": a.event.notes,
@@ -147,7 +196,7 @@ pub fn dossier_view(d: &AppraisalDossier) -> Value {
             "at": a.at,
             "actor": a.actor,
         })),
-        "returns": d.returns.iter().map(|r| json!({
+        "returns": board.returns.iter().map(|r| json!({
             "reason": r.event.reason,
             "at": r.at,
             "actor": r.actor,
@@ -180,8 +229,7 @@ pub fn worklist(model: &AppraisalModel, actor: &Actor, q: &Worklist) -> Value {
             let Some(d) = model.dossiers.get(id) else {
                 continue;
             };
-            if d.state != DossierState::Reviewed || q.cycle.is_some_and(|c| c != d.registered.cycle)
-            {
+            if d.state != DossierState::Reviewed || q.cycle.is_some_and(|c| c != d.cycle) {
                 continue;
             }
             if items.len() == limit {
@@ -190,23 +238,22 @@ pub fn worklist(model: &AppraisalModel, actor: &Actor, q: &Worklist) -> Value {
             }
             let proposed = d.proposed_grade();
             let warnings = proposed
-                .and_then(|g| warnings_for(model, d, g, &no_facts).ok())
+                .and_then(|g| warnings_for(model, *id, d, g, &no_facts).ok())
                 .unwrap_or_default();
-            let r = &d.registered;
             items.push(WorkItem {
-                dossier: r.dossier,
-                subject: r.subject,
-                name: r.name.clone(),
-                kind: r.kind,
-                category: r.category,
-                leader: r.leader,
-                cycle: r.cycle,
-                org: r.org,
-                deciding_org: r.deciding_org,
+                dossier: *id,
+                subject: d.subject,
+                name: d.name.to_string(),
+                kind: d.kind,
+                category: d.category,
+                leader: d.leader,
+                cycle: d.cycle,
+                org: d.org,
+                deciding_org: d.deciding_org,
                 state: d.state,
                 action: "appraise".to_owned(),
                 proposed_grade: proposed,
-                score: d.self_review.as_ref().and_then(|s| s.score),
+                score: d.self_review.and_then(|s| s.score),
                 warnings,
             });
         }
