@@ -9,10 +9,10 @@
 
 use gradeflow_appraisal_server::Appraisal;
 use gradeflow_eventstore::{AppendOutcome, InboxEntry, Store, StoreOptions};
-use gradeflow_proto::events::{Event, GradeDecided, RecordRef};
+use gradeflow_proto::events::{DossierAppraised, Event, GradeDecided, RecordRef};
 use gradeflow_proto::{
     Actor, CommandEnvelope, CommandId, CommandReply, CorrelationId, CycleId, DecisionId, DossierId,
-    Envelope, EventId, Grade, OrgId, Rejection, Role, SubjectId,
+    Envelope, EventId, Facts, Grade, OrgId, Rejection, Role, SubjectId,
 };
 use gradeflow_service::Workflow;
 use gradeflow_submission_server::Submission;
@@ -649,6 +649,147 @@ async fn a_returned_dossier_is_filed_again_reviewed_again_and_then_appraised() {
         .await;
     assert_eq!(view["returns"][0]["reason"], "Thiếu biên bản hội nghị");
     assert_eq!(view["score"]["tasks"], 61.0, "the refiled score stands");
+}
+
+#[tokio::test]
+async fn the_view_shows_the_boards_appraisal_and_returns_as_the_store_holds_them() {
+    let w = World::sqlite().await;
+    let d = w.reviewed_member(27, 60).await;
+    let untouched = w.reviewed_member(27, 60).await;
+    for reason in ["Lần một", "Lần hai"] {
+        w.ok(&w.appraiser(), "appraise_dossier.v1", appraise(d, "good"))
+            .await;
+        w.ok(
+            &w.appraiser(),
+            "return_dossier.v1",
+            json!({"dossier": d, "reason": reason}),
+        )
+        .await;
+        w.relay().await;
+        w.review(d, 27, 61).await;
+    }
+    let mut input = appraise(d, "excellent");
+    input["facts"] = json!({"degradation": true, "low_confidence_ratio": 0.123_456_789_123_4});
+    w.ok(&w.appraiser(), "appraise_dossier.v1", input).await;
+
+    let view = w
+        .query(&w.appraiser(), "get_dossier.v1", json!({"dossier": d}))
+        .await;
+    let stored = w.store.load_stream(&d.stream()).await.unwrap();
+    let of = |kind: &str| {
+        stored
+            .iter()
+            .filter(|e| e.kind == kind)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let appraisals = of("dossier_appraised.v1");
+    assert_eq!(appraisals.len(), 3);
+    let last = appraisals.last().unwrap();
+    assert_eq!(
+        view["appraisal"],
+        json!({
+            "recommended_grade": "excellent",
+            "facts": last.payload["facts"],
+            "notes": "Đạt yêu cầu",
+            "warnings": last.payload["warnings"],
+            "at": last.recorded_at,
+            "actor": last.metadata.actor,
+        })
+    );
+    assert_eq!(
+        view["appraisal"]["facts"]["low_confidence_ratio"],
+        0.123_456_789_123_4
+    );
+    let returns = of("dossier_returned.v1")
+        .iter()
+        .map(|e| json!({"reason": e.payload["reason"], "at": e.recorded_at, "actor": e.metadata.actor}))
+        .collect::<Vec<_>>();
+    assert_eq!(view["returns"], json!(returns));
+    assert_eq!(view["returns"][1]["reason"], "Lần hai");
+    assert_eq!(view["state"], "appraised");
+    assert_eq!(view["score"]["tasks"], 61.0);
+
+    let plain = w
+        .query(
+            &w.appraiser(),
+            "get_dossier.v1",
+            json!({"dossier": untouched}),
+        )
+        .await;
+    assert_eq!(plain["appraisal"], Value::Null);
+    assert_eq!(plain["returns"], json!([]));
+    assert_eq!(plain["state"], "reviewed");
+
+    // Someone else's dossier is refused before anything is read.
+    let r = w
+        .refused(
+            &actor(Role::Appraiser, OrgId::new()),
+            "get_dossier.v1",
+            json!({"dossier": d}),
+            "out_of_scope",
+        )
+        .await;
+    assert_eq!(r.details["dossier"], json!(d));
+
+    // A store that cannot be read answers `unavailable`.
+    w.store.close().await;
+    let reply = w
+        .send(&w.appraiser(), "get_dossier.v1", json!({"dossier": d}))
+        .await;
+    let CommandReply::Rejected(r) = reply else {
+        panic!("expected unavailable, got {reply:?}");
+    };
+    assert_eq!(r.code, "unavailable");
+}
+
+#[tokio::test]
+async fn a_dossier_read_while_its_appraisal_commits_shows_the_appraisal() {
+    let w = World::sqlite().await;
+    // The engine applies an append to the model as soon as it is queued,
+    // before it commits, and a read may see it (`Engine::read`); the view
+    // reads the appraisal itself from the store, so it waits for the
+    // commit. The append is handed to the engine here without awaiting it,
+    // and read at once — a few times, as the commit may win the race.
+    for _ in 0..5 {
+        let d = w.reviewed_member(27, 60).await;
+        let appraised = DossierAppraised {
+            dossier: d,
+            recommended_grade: Grade::Good,
+            facts: Facts::default(),
+            notes: "Đang ghi".into(),
+            warnings: Vec::new(),
+        };
+        let env = Envelope {
+            event_id: EventId::new(),
+            kind: DossierAppraised::KIND.into(),
+            stream: d.stream(),
+            version: 4,
+            occurred_at: chrono::Utc::now(),
+            actor: w.appraiser(),
+            correlation_id: CorrelationId::new(),
+            causation_id: None,
+            traceparent: None,
+            payload: serde_json::to_value(&appraised).unwrap(),
+        };
+        let inbox = InboxEntry {
+            consumer: "appraisal-test".into(),
+            message_id: env.event_id.to_string(),
+            reply: None,
+        };
+        let committing = w.appraisal.observe(&env, inbox).await.unwrap();
+        let view = w
+            .query(&w.appraiser(), "get_dossier.v1", json!({"dossier": d}))
+            .await;
+        assert_eq!(view["state"], "appraised");
+        assert_eq!(view["appraisal"]["notes"], "Đang ghi");
+        assert_eq!(view["appraisal"]["actor"], json!(w.appraiser()));
+        let outcome = committing.outcome().await.unwrap();
+        let AppendOutcome::Appended(events) = outcome else {
+            panic!("expected Appended, got {outcome:?}");
+        };
+        assert_eq!(view["appraisal"]["at"], json!(events[0].recorded_at));
+    }
 }
 
 #[tokio::test]
