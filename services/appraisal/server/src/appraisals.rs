@@ -30,7 +30,11 @@ pub fn step(
 }
 
 fn dossier(model: &AppraisalModel, id: DossierId) -> Result<&AppraisalDossier, Rejection> {
-    model.dossiers.get(&id).ok_or_else(|| unknown_dossier(id))
+    model
+        .dossiers
+        .get(&id)
+        .map(|d| &**d)
+        .ok_or_else(|| unknown_dossier(id))
 }
 
 /// Dossier `id` (record `d`) as the rulebook reads it, graded `grade` on

@@ -286,8 +286,10 @@ pub struct AppraisalModel {
     pub orgs: OrgTree,
     /// Cycles by id.
     pub cycles: HashMap<CycleId, CycleOpened>,
-    /// Dossiers by id.
-    pub dossiers: HashMap<DossierId, AppraisalDossier>,
+    /// Dossiers by id, each boxed: the table's slots stay small (a hash
+    /// table grows by doubling, so up to half its slots stand empty, and an
+    /// empty slot costs what an entry's inline part does).
+    pub dossiers: HashMap<DossierId, Box<AppraisalDossier>>,
     /// Dossiers by their deciding org (the worklist walks the tree, then
     /// this index).
     pub by_deciding: HashMap<OrgId, Vec<DossierId>>,
@@ -410,7 +412,7 @@ impl AppraisalModel {
         let quota_group = self.intern(e.quota_group);
         self.dossiers.insert(
             e.dossier,
-            AppraisalDossier {
+            Box::new(AppraisalDossier {
                 subject: e.subject,
                 cycle: e.cycle,
                 org: e.org,
@@ -429,7 +431,7 @@ impl AppraisalModel {
                 trace: None,
                 appraisal_at: None,
                 returns_at: Box::default(),
-            },
+            }),
         );
     }
 

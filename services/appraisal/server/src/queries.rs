@@ -167,7 +167,7 @@ pub fn readable(
     if actor.role != Role::System && !model.orgs.is_within(d.org, actor.org) {
         return Err(not_readable(id, actor.org));
     }
-    Ok(d.clone())
+    Ok(AppraisalDossier::clone(d))
 }
 
 /// Appraisal's view of dossier `id`: its registration, state, the standing
