@@ -536,7 +536,8 @@ where
             ),
         };
         // Each grade continues its dossier's trace.
-        events.push(grade.in_trace(c.dossier.trace.as_deref()));
+        let trace = c.dossier.trace.map(|t| t.traceparent());
+        events.push(grade.in_trace(trace.as_deref()));
     }
 
     if command.kind == DecisionKind::Decide {

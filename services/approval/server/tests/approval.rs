@@ -163,6 +163,16 @@ impl World {
     /// Records an event of another service as the consumer loop does: the
     /// copy and approval's reactions, with the inbox entry, in one append.
     async fn observe<E: Event>(&self, event: E, stream: String) {
+        self.observe_in_trace(event, stream, None).await;
+    }
+
+    /// [`World::observe`] of an event recorded in the trace `traceparent`.
+    async fn observe_in_trace<E: Event>(
+        &self,
+        event: E,
+        stream: String,
+        traceparent: Option<&str>,
+    ) {
         let envelope = Envelope {
             event_id: EventId::new(),
             kind: E::KIND.to_owned(),
@@ -172,7 +182,7 @@ impl World {
             actor: system(),
             correlation_id: CorrelationId::new(),
             causation_id: None,
-            traceparent: None,
+            traceparent: traceparent.map(str::to_owned),
             payload: serde_json::to_value(&event).unwrap(),
         };
         assert!(self.approval.observes(&envelope.kind), "{}", envelope.kind);
@@ -1683,4 +1693,88 @@ async fn the_worklist_names_each_subject_as_last_registered_and_answers_the_same
         serde_json::to_string(&again).unwrap(),
         serde_json::to_string(&list).unwrap()
     );
+}
+
+#[tokio::test]
+async fn each_grade_continues_the_trace_of_its_dossiers_first_self_review_also_after_a_restart() {
+    let w = World::sqlite().await;
+    let traced = [
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+    ];
+    let members = &w.c01_members[..3];
+    for (d, tp) in members.iter().zip(traced) {
+        let e = SelfReviewSubmitted {
+            dossier: *d,
+            score: Some(Score {
+                general: 28.0,
+                tasks: 65.0,
+            }),
+            proposed_grade: Grade::Good,
+            tasks: TaskCounts {
+                total: 10,
+                on_time: 10,
+                exceeded: 3,
+                late: 0,
+                not_done: 0,
+            },
+            shortcomings_fixed: true,
+            report: "Hoàn thành tốt nhiệm vụ".into(),
+            resubmission: false,
+        };
+        // A later self-review in another trace does not move the dossier's.
+        w.observe_in_trace(e.clone(), d.stream(), Some(tp)).await;
+        w.observe_in_trace(
+            e,
+            d.stream(),
+            Some("00-11111111111111111111111111111111-2222222222222222-01"),
+        )
+        .await;
+    }
+    w.appraise(&members[2..]).await;
+    for d in &members[..2] {
+        w.observe(
+            DossierAppraised {
+                dossier: *d,
+                recommended_grade: Grade::Good,
+                facts: Facts::default(),
+                notes: String::new(),
+                warnings: Vec::new(),
+            },
+            d.stream(),
+        )
+        .await;
+    }
+    let restarted = Approval::open(
+        w.store.clone(),
+        KeyRing::open(w.approval.keys().dir()).unwrap(),
+    )
+    .await
+    .unwrap();
+    let batch = w.batch(
+        w.d01,
+        members.iter().map(|d| grade(*d, Grade::Good)).collect(),
+    );
+    accepted(
+        restarted
+            .handle_command(w.command(&authority(w.d01), &batch))
+            .await,
+    );
+    let grades = w.events_of(GradeDecided::KIND).await;
+    assert_eq!(grades.len(), 3);
+    for e in &grades {
+        let dossier: DossierId = serde_json::from_value(e.payload["dossier"].clone()).unwrap();
+        let tp = e.metadata.traceparent.as_deref();
+        match members.iter().position(|m| *m == dossier) {
+            Some(i) if i < 2 => {
+                let (tp, first) = (tp.unwrap(), traced[i]);
+                // The trace id and flags of the first self-review, a span
+                // of its own.
+                assert_eq!((&tp[..36], &tp[52..]), (&first[..36], &first[52..]), "{tp}");
+                assert_ne!(&tp[36..52], &first[36..52]);
+            }
+            // No trace recorded: the command's own (here, none).
+            _ => assert_eq!(tp, None),
+        }
+    }
 }
