@@ -13,17 +13,19 @@
 //!
 //! | kind | payload | result |
 //! | --- | --- | --- |
-//! | `progress.v1` | `{cycle, org?, depth?, after?}` | a [`ProgressNode`], at most [`queries::MAX_NODES`] nodes and [`queries::MAX_REPLY_BYTES`] bytes |
+//! | `progress.v1` | `{cycle, org?, depth?, after?, until?}` | a [`ProgressNode`], at most [`queries::MAX_NODES`] nodes and [`queries::MAX_REPLY_BYTES`] bytes |
 //! | `report.v1` | `{cycle, org?, offset?, limit?}` | a [`Report`] page |
 //! | `progress_version.v1` | `{cycle?}` | `{"position", "cycle"?, "cycle_position"?}` |
 //!
 //! A `progress.v1` answer travels as one NATS message, so a large tree
 //! comes back cut: the nodes whose children were left out are flagged
 //! `children_truncated`, and `after` (a child's code) asks for a node's
-//! children after that one. [`tree::assemble`] asks for every missing page
-//! and returns the whole tree; the portal and the benchmark read the tree
-//! through it. (An answer that still does not fit in one message comes back
-//! as the bus's `reply_too_large` rejection, never as a silent timeout.)
+//! children after that one; `until` ends them at a child's code, so ranges
+//! of a node's children can be asked at once. [`tree::assemble`] asks a
+//! deep tree in such ranges, asks for every missing page and returns the
+//! whole tree; the portal and the benchmark read the tree through it. (An
+//! answer that still does not fit in one message comes back as the bus's
+//! `reply_too_large` rejection, never as a silent timeout.)
 //!
 //! The portal renders reports for people with [`report_csv`] and
 //! [`report_xlsx`], and streams live progress by polling

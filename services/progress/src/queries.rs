@@ -8,7 +8,9 @@
 //!   is one NATS message, so it stops at [`MAX_NODES`] nodes and
 //!   [`MAX_REPLY_BYTES`] bytes: the nodes left out are flagged
 //!   `children_truncated`, and `after` asks for the rest of a node's
-//!   children ([`crate::tree::assemble`] puts the pages together);
+//!   children; `until` ends them at a child, so a large node's children can
+//!   be asked in ranges at once ([`crate::tree::assemble`] does both and
+//!   puts the pages together);
 //! * [`REPORT`] — the report of a subtree ([`crate::report`]);
 //! * [`PROGRESS_VERSION`] — the store position, polled by the portal's
 //!   live-update stream ([`crate::changes`]).
@@ -81,7 +83,8 @@ impl Limits {
 }
 
 /// A subtree of the progress tree, as read in process ([`progress`]); the
-/// `progress.v1` payload is [`ProgressPageQuery`], which adds `after`.
+/// `progress.v1` payload is [`ProgressPageQuery`], which adds `after` and
+/// `until`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressQuery {
@@ -114,6 +117,12 @@ pub struct ProgressPageQuery {
     /// Deeper levels are not filtered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
+    /// Only the asked node's own children whose code sorts at or before
+    /// this one: with `after`, one range of its children (ranges split at
+    /// children's codes, `(a, b]` then `(b, c]`, cover every child once).
+    /// Deeper levels are not filtered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 impl ProgressPageQuery {
@@ -124,6 +133,37 @@ impl ProgressPageQuery {
             org: self.org,
             depth: self.depth,
         }
+    }
+
+    /// The asked node's children this page may carry.
+    pub fn span(&self) -> Span<'_> {
+        Span {
+            after: self.after.as_deref(),
+            until: self.until.as_deref(),
+        }
+    }
+}
+
+/// Which of the asked node's own children an answer carries, by code:
+/// those after `after` and at or before `until` (either open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span<'q> {
+    /// Only children whose code sorts after this one.
+    pub after: Option<&'q str>,
+    /// Only children whose code sorts at or before this one.
+    pub until: Option<&'q str>,
+}
+
+impl Span<'_> {
+    /// Every child.
+    pub const ALL: Span<'static> = Span {
+        after: None,
+        until: None,
+    };
+
+    /// Whether the child coded `code` is in the span.
+    pub fn holds(&self, code: &str) -> bool {
+        self.after.is_none_or(|a| code > a) && self.until.is_none_or(|u| code <= u)
     }
 }
 
@@ -347,29 +387,22 @@ pub fn progress(
     actor: &Actor,
     today: NaiveDate,
 ) -> Result<ProgressNode, Rejection> {
-    progress_within(model, q, None, actor, today, Limits::IN_PROCESS)
+    progress_within(model, q, Span::ALL, actor, today, Limits::IN_PROCESS)
 }
 
 /// `progress.v1`: [`progress`] within one reply's [`Limits::REPLY`], the
-/// asked node's children starting after `q.after`.
+/// asked node's children in `q`'s [`Span`].
 pub fn progress_page(
     model: &ProgressModel,
     q: &ProgressPageQuery,
     actor: &Actor,
     today: NaiveDate,
 ) -> Result<ProgressNode, Rejection> {
-    progress_within(
-        model,
-        &q.subtree(),
-        q.after.as_deref(),
-        actor,
-        today,
-        Limits::REPLY,
-    )
+    progress_within(model, &q.subtree(), q.span(), actor, today, Limits::REPLY)
 }
 
 /// The node of `q.org` with its children to `q.depth` levels, the asked
-/// node's own children only those whose code sorts after `after`, within
+/// node's own children only those in `span`, within
 /// `limits`. The tree is built depth first, by code; once a child does not
 /// fit, it and the children after it are left out and the parent is
 /// flagged `children_truncated`. The asked node always carries its first
@@ -377,7 +410,7 @@ pub fn progress_page(
 pub fn progress_within(
     model: &ProgressModel,
     q: &ProgressQuery,
-    after: Option<&str>,
+    span: Span<'_>,
     actor: &Actor,
     today: NaiveDate,
     limits: Limits,
@@ -394,14 +427,7 @@ pub fn progress_within(
         cycle,
         today,
     };
-    tree.fill(
-        &mut top,
-        org,
-        q.depth.unwrap_or(1),
-        after,
-        true,
-        &mut budget,
-    );
+    tree.fill(&mut top, org, q.depth.unwrap_or(1), span, true, &mut budget);
     Ok(top)
 }
 
@@ -419,7 +445,7 @@ struct TreeBuilder<'m> {
 }
 
 impl TreeBuilder<'_> {
-    /// Adds `org`'s children (only those after `after`) to `parent`, to
+    /// Adds `org`'s children (only those in `span`) to `parent`, to
     /// `depth` levels, while `budget` lasts; `asked` is set for the asked
     /// node, whose first child always comes.
     fn fill(
@@ -427,7 +453,7 @@ impl TreeBuilder<'_> {
         parent: &mut ProgressNode,
         org: &OrgNode,
         depth: u32,
-        after: Option<&str>,
+        span: Span<'_>,
         asked: bool,
         budget: &mut Budget,
     ) {
@@ -436,7 +462,7 @@ impl TreeBuilder<'_> {
         }
         let remaining = children(self.model, org)
             .into_iter()
-            .filter(|c| after.is_none_or(|a| c.code.as_str() > a));
+            .filter(|c| span.holds(&c.code));
         for child_org in remaining {
             let forced = asked && parent.children.is_empty();
             if !forced && budget.nodes == 0 {
@@ -452,7 +478,7 @@ impl TreeBuilder<'_> {
             }
             budget.nodes = budget.nodes.saturating_sub(1);
             budget.bytes = budget.bytes.saturating_sub(size);
-            self.fill(&mut child, child_org, depth - 1, None, false, budget);
+            self.fill(&mut child, child_org, depth - 1, Span::ALL, false, budget);
             parent.children.push(child);
         }
     }

@@ -1650,3 +1650,76 @@ async fn the_asked_node_always_carries_its_first_child_even_past_the_budget() {
     let tree = assemble(query, |q| w.ask(q)).await.unwrap();
     assert_eq!(tree, w.whole_node(w.root, 3).await);
 }
+
+#[tokio::test]
+async fn until_ends_the_asked_nodes_children_at_a_code_and_ranges_join_into_the_whole_tree() {
+    let w = World::sqlite().await;
+    populated(&w).await;
+    for (code, parent) in [("P03", w.root), ("P04", w.root), ("P03.D01", w.p1)] {
+        let tier = if code.contains(".D") {
+            "district"
+        } else {
+            "province"
+        };
+        w.org(code, &format!("Đảng bộ {code}"), tier, parent).await;
+    }
+    let whole = w.whole(w.root, 2).await;
+    let central = w.central();
+    let page = |after: Option<&str>, until: Option<&str>| {
+        let mut q = json!({"cycle": w.cycle, "org": w.root, "depth": 2});
+        if let Some(a) = after {
+            q["after"] = json!(a);
+        }
+        if let Some(u) = until {
+            q["until"] = json!(u);
+        }
+        w.ok(&central, "progress.v1", q)
+    };
+    // Up to and including the code; after one and up to another; a code
+    // between two children; a bound before every child.
+    let first = page(None, Some("P02")).await;
+    assert_eq!(codes(&first), ["P01", "P02"]);
+    assert!(!truncated(&first));
+    assert_eq!(
+        first["children"][0], whole["children"][0],
+        "deeper levels whole"
+    );
+    assert_eq!(codes(&page(Some("P01"), Some("P03")).await), ["P02", "P03"]);
+    assert_eq!(codes(&page(Some("P02"), Some("P035")).await), ["P03"]);
+    let none = page(None, Some("P")).await;
+    assert!(codes(&none).is_empty());
+    assert!(!truncated(&none));
+    assert_eq!(none["totals"], whole["totals"], "the node is whole");
+    // Ranges split at children's codes carry every child once.
+    let mut joined = Vec::new();
+    for (after, until) in [
+        (None, Some("P01")),
+        (Some("P01"), Some("P03")),
+        (Some("P03"), None),
+    ] {
+        let p = page(after, until).await;
+        joined.extend(p["children"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(&joined, whole["children"].as_array().unwrap());
+    // The assembler asks a tree two levels deep in such ranges, at once.
+    let sent = Mutex::new(Vec::new());
+    let query = ProgressQuery {
+        cycle: w.cycle,
+        org: None,
+        depth: Some(3),
+    };
+    let tree = assemble(query, |q| {
+        sent.lock().unwrap().push(q.clone());
+        w.ask(q)
+    })
+    .await
+    .unwrap();
+    assert_eq!(tree, w.whole_node(w.root, 3).await);
+    let sent = sent.into_inner().unwrap();
+    assert_eq!(sent[0].depth, Some(1), "the top's children first");
+    assert_eq!(sent.len(), 1 + 4, "{sent:#?}");
+    assert!(sent[1..].iter().all(|q| q.depth == Some(3)));
+    assert_eq!(sent[1].until.as_deref(), Some("P01"));
+    assert_eq!(sent[4].after.as_deref(), Some("P03"));
+    assert_eq!(sent[4].until, None, "the last range is open");
+}
