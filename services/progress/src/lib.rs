@@ -23,8 +23,9 @@
 //! children after that one; `until` ends them at a child's code, so ranges
 //! of a node's children can be asked at once. [`tree::assemble`] asks a
 //! deep tree in such ranges, asks for every missing page and returns the
-//! whole tree; the portal and the benchmark read the tree through it. (An
-//! answer that still does not fit in one message comes back as the bus's
+//! whole tree; the portal and the benchmark read the tree through it. The
+//! answer is encoded in one walk of the model ([`page`]). (An answer that
+//! still does not fit in one message comes back as the bus's
 //! `reply_too_large` rejection, never as a silent timeout.)
 //!
 //! The portal renders reports for people with [`report_csv`] and
@@ -40,6 +41,7 @@ pub mod changes;
 pub mod counters;
 pub mod export;
 pub mod model;
+pub mod page;
 pub mod queries;
 pub mod refusals;
 pub mod report;
@@ -120,26 +122,25 @@ impl Progress {
     }
 
     /// `progress.v1` as the command server sends it: the largest answer
-    /// this service gives (~1 KB a node), built under the engine's lock
-    /// and encoded once, after the lock is released, straight from its
-    /// nodes — the bytes [`Progress::answer_query`]'s reply encodes to.
+    /// this service gives (~1 KB a node), encoded under the engine's lock
+    /// in one walk of the model ([`page::encode_progress_page`]), with no
+    /// node built or measured apart — the bytes [`Progress::answer_query`]'s
+    /// reply encodes to.
     #[tracing::instrument(name = "progress.query", skip_all, fields(kind = %cmd.kind))]
     async fn answer_progress(&self, cmd: &CommandEnvelope) -> Reply {
         let q = match gradeflow_service::payload::<queries::ProgressPageQuery>(cmd) {
             Ok(q) => q,
             Err(r) => return Reply::Typed(CommandReply::Rejected(r)),
         };
-        let node = match self
+        match self
             .read(cmd, |m, actor, today| {
-                queries::progress_page(m, &q, actor, today)
+                page::encode_progress_page(m, &q, actor, today)
             })
             .await
         {
-            Ok(node) => node,
-            Err(refused) => return Reply::Typed(refused),
-        };
-        // Plain data structs always serialise.
-        Reply::Encoded(CommandReply::encode_accepted(&[], &node).unwrap_or_default())
+            Ok(body) => Reply::Encoded(body),
+            Err(refused) => Reply::Typed(refused),
+        }
     }
 
     /// Runs a read-only query on the model as `cmd`'s actor, today: its
@@ -167,8 +168,9 @@ impl Workflow for Progress {
         SERVICE
     }
 
-    /// `progress.v1` encoded once ([`Progress::answer_progress`]); every
-    /// other command as [`Workflow::handle_command`] answers it.
+    /// `progress.v1` written in one walk of the model
+    /// ([`page::encode_progress_page`]); every other command as
+    /// [`Workflow::handle_command`] answers it.
     async fn answer_command(&self, command: CommandEnvelope) -> Reply {
         if command.kind == queries::PROGRESS {
             return self.answer_progress(&command).await;

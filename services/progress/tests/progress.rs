@@ -1723,3 +1723,16 @@ async fn until_ends_the_asked_nodes_children_at_a_code_and_ranges_join_into_the_
     assert_eq!(sent[4].after.as_deref(), Some("P03"));
     assert_eq!(sent[4].until, None, "the last range is open");
 }
+
+#[tokio::test]
+async fn names_with_quotes_backslashes_and_control_characters_encode_as_the_typed_answer() {
+    let w = World::sqlite().await;
+    populated(&w).await;
+    // `body` checks every answer's bytes against the typed reply's.
+    let odd = "Chi bộ \"Đoàn kết\" \\ số 1\n\t\u{1}\u{7f} – ✓";
+    w.org("P01.D01.C09", odd, "cell", w.d1).await;
+    let node = w.node(w.d1, 1).await;
+    assert_eq!(node["children"][3]["name"], json!(odd));
+    let node = w.node(w.root, 3).await;
+    assert_eq!(node_count(&node), node_count(&w.whole(w.root, 3).await));
+}
