@@ -157,7 +157,7 @@ pub struct Contribution {
     /// The deciding authority.
     pub authority: OrgId,
     /// Its quota group.
-    pub group: String,
+    pub group: std::sync::Arc<str>,
 }
 
 /// Index of a state in [`DossierState::ALL`].

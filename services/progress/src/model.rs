@@ -16,6 +16,7 @@
 //! the same way and the rebuilt model is the same.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use gradeflow_approval_domain::{ratio_bp, GroupCounts};
@@ -25,7 +26,10 @@ use gradeflow_proto::events::{
     DossierReturned, Event, GradeDecided, GradeRevised, MeetingRecorded, OrgMoved, OrgsMerged,
     SelfReviewSubmitted, SubjectRegistered, UnitCompleted,
 };
-use gradeflow_proto::{CycleId, DecisionId, DossierId, DossierState, Grade, OrgId};
+use gradeflow_proto::{
+    Category, CycleId, DecisionId, DossierId, DossierState, Grade, OrgId, SubjectId, SubjectKind,
+    SubjectStatus,
+};
 use gradeflow_service::{Model, OrgNode, OrgTree};
 use serde::de::DeserializeOwned;
 
@@ -49,24 +53,51 @@ impl CycleInfo {
     }
 }
 
+/// What progress keeps of a dossier's registration: what the counters and
+/// the unit report read (the dossier's id is its key in
+/// [`ProgressModel::dossiers`]). The quota group's name is shared by every
+/// dossier of the group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    /// The subject.
+    pub subject: SubjectId,
+    /// The cycle.
+    pub cycle: CycleId,
+    /// The org it belongs to.
+    pub org: OrgId,
+    /// The org that decides its grade.
+    pub deciding_org: OrgId,
+    /// Individual or collective.
+    pub kind: SubjectKind,
+    /// The subject's name.
+    pub name: Box<str>,
+    /// Its category.
+    pub category: Category,
+    /// Whether the subject is a leader.
+    pub leader: bool,
+    /// Its status (the not-reviewed reason).
+    pub status: SubjectStatus,
+    /// Its quota group.
+    pub quota_group: Arc<str>,
+}
+
 /// Everything progress knows about one dossier.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DossierRecord {
     /// The registration (org, deciding org, kind, category, leader,
     /// status, quota group, name).
-    pub registered: SubjectRegistered,
+    pub registered: Registration,
     /// Its current state.
     pub state: DossierState,
     /// The grade in force once decided (the new one after a re-grade).
     pub grade: Option<Grade>,
     /// The grade a re-grade superseded.
     pub previous_grade: Option<Grade>,
-    /// The decision document of the grade in force.
+    /// The decision document of the grade in force (its number:
+    /// [`ProgressModel::decision_number`]).
     pub decision: Option<DecisionId>,
-    /// That document's number, once known.
-    pub decision_number: Option<String>,
     /// The re-grading reason.
-    pub regrade_reason: Option<String>,
+    pub regrade_reason: Option<Box<str>>,
     /// How often it was returned for rework.
     pub returns: u32,
     /// For a collective: opened for decision (all it waited for is
@@ -97,8 +128,11 @@ pub struct ProgressModel {
     pub orgs: OrgTree,
     /// Cycles by id.
     pub cycles: HashMap<CycleId, CycleInfo>,
-    /// Dossiers by id.
-    pub dossiers: HashMap<DossierId, DossierRecord>,
+    /// Dossiers by id. Boxed: the table doubles as it grows, and an empty
+    /// slot then costs a pointer rather than a whole record.
+    pub dossiers: HashMap<DossierId, Box<DossierRecord>>,
+    /// Every quota group name, once (the records share them).
+    groups: HashSet<Arc<str>>,
     /// Subtree counters per (cycle, org).
     counters: HashMap<(CycleId, OrgId), Counters>,
     /// Per (cycle, authority): the excellent and good it decided, per quota
@@ -108,7 +142,8 @@ pub struct ProgressModel {
     units: HashMap<(CycleId, OrgId), Vec<DossierId>>,
     /// Units whose completion approval announced.
     completed: HashSet<(CycleId, OrgId)>,
-    /// Decision document numbers.
+    /// Decision document numbers, from the decision or from the first
+    /// grade that carried one.
     decisions: HashMap<DecisionId, String>,
     /// Orgs merged into each org (their own dossiers are listed there).
     merged_from: HashMap<OrgId, Vec<OrgId>>,
@@ -201,15 +236,9 @@ impl Model for ProgressModel {
             }
         } else if kind == DecisionRecorded::KIND {
             if let Some(e) = parse::<DecisionRecorded>(event) {
-                // The grades may have been folded first: give them the number.
-                for id in &e.dossiers {
-                    if let Some(d) = self.dossiers.get_mut(id) {
-                        if d.decision == Some(e.decision) && d.decision_number.is_none() {
-                            d.decision_number = Some(e.number.clone());
-                        }
-                    }
-                }
-                self.decisions.insert(e.decision, e.number);
+                // A grade folded first may have given the number already
+                // (the same document's, as approval writes both).
+                self.decisions.entry(e.decision).or_insert(e.number);
                 self.touch(e.cycle);
             }
         } else if kind == UnitCompleted::KIND {
@@ -288,6 +317,14 @@ impl ProgressModel {
                 .is_some_and(|c| c.completed_at.is_some() && c.opened.root == org)
     }
 
+    /// The number of the decision document of `d`'s grade in force, once
+    /// known (from the decision, or from a grade that carried it).
+    pub fn decision_number(&self, d: &DossierRecord) -> Option<&str> {
+        d.decision
+            .and_then(|id| self.decisions.get(&id))
+            .map(String::as_str)
+    }
+
     /// `org` and its ancestors up to the root, nearest first; a merged org
     /// stands for the org it was merged into.
     pub fn path(&self, org: OrgId) -> Vec<OrgId> {
@@ -338,19 +375,37 @@ impl ProgressModel {
             return;
         }
         let (cycle, org) = (e.cycle, e.org);
+        let quota_group = match self.groups.get(e.quota_group.as_str()) {
+            Some(g) => g.clone(),
+            None => {
+                let g: Arc<str> = Arc::from(e.quota_group.as_str());
+                self.groups.insert(g.clone());
+                g
+            }
+        };
         let record = DossierRecord {
             state: e.state,
-            registered: e,
+            registered: Registration {
+                subject: e.subject,
+                cycle: e.cycle,
+                org: e.org,
+                deciding_org: e.deciding_org,
+                kind: e.kind,
+                name: e.name.into_boxed_str(),
+                category: e.category,
+                leader: e.leader,
+                status: e.status,
+                quota_group,
+            },
             grade: None,
             previous_grade: None,
             decision: None,
-            decision_number: None,
             regrade_reason: None,
             returns: 0,
             ready: false,
         };
         let c = record.contribution();
-        self.dossiers.insert(dossier, record);
+        self.dossiers.insert(dossier, Box::new(record));
         self.units.entry((cycle, org)).or_default().push(dossier);
         self.shift(cycle, org, &c, 1);
         self.touch(cycle);
@@ -385,30 +440,26 @@ impl ProgressModel {
             }
         } else if kind == GradeDecided::KIND {
             if let Some(e) = parse::<GradeDecided>(event) {
-                let number = e
-                    .number
-                    .clone()
-                    .or_else(|| self.decisions.get(&e.decision).cloned());
+                if let Some(number) = e.number {
+                    self.decisions.entry(e.decision).or_insert(number);
+                }
                 self.update(e.dossier, |d| {
                     d.state = DossierState::Decided;
                     d.grade = Some(e.grade);
                     d.decision = Some(e.decision);
-                    d.decision_number = number;
                 });
             }
         } else if kind == GradeRevised::KIND {
             if let Some(e) = parse::<GradeRevised>(event) {
-                let number = e
-                    .number
-                    .clone()
-                    .or_else(|| self.decisions.get(&e.decision).cloned());
+                if let Some(number) = e.number {
+                    self.decisions.entry(e.decision).or_insert(number);
+                }
                 self.update(e.dossier, |d| {
                     d.state = DossierState::Regraded;
                     d.previous_grade = Some(e.previous_grade);
                     d.grade = Some(e.grade);
                     d.decision = Some(e.decision);
-                    d.decision_number = number;
-                    d.regrade_reason = Some(e.reason);
+                    d.regrade_reason = Some(e.reason.into_boxed_str());
                 });
             }
         } else if kind == CollectiveDossierOpened::KIND {
@@ -450,7 +501,7 @@ impl ProgressModel {
                 .authorities
                 .entry((cycle, c.authority))
                 .or_default()
-                .entry(c.group.clone())
+                .entry(c.group.to_string())
                 .or_default(),
             _ => return,
         };
@@ -532,5 +583,110 @@ impl ProgressModel {
                 .or_default()
                 .merge(c, 1, rule);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use gradeflow_proto::events::RecordRef;
+    use gradeflow_proto::{Actor, CorrelationId, EventId, Metadata, Role};
+
+    use super::*;
+
+    fn feed<E: Event>(model: &mut ProgressModel, position: i64, event: &E) {
+        model.apply(&StoredEvent {
+            position,
+            stream: "test".into(),
+            version: 1,
+            event_id: EventId::new(),
+            kind: E::KIND.into(),
+            payload: serde_json::to_value(event).unwrap(),
+            payload_text: String::new(),
+            metadata: Metadata {
+                actor: Actor {
+                    sub: "central".into(),
+                    role: Role::System,
+                    org: OrgId(uuid::Uuid::nil()),
+                },
+                correlation_id: CorrelationId::new(),
+                causation_id: None,
+                traceparent: None,
+                service: "test".into(),
+                province: None,
+            },
+            recorded_at: Utc::now(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        });
+    }
+
+    fn registered(cycle: CycleId, org: OrgId, group: &str) -> SubjectRegistered {
+        SubjectRegistered {
+            subject: SubjectId::new(),
+            dossier: DossierId::new(),
+            cycle,
+            org,
+            deciding_org: org,
+            kind: SubjectKind::Individual,
+            name: "Nguyễn Văn A".into(),
+            category: Category::Member2B,
+            leader: false,
+            status: SubjectStatus::Active,
+            quota_group: group.into(),
+            state: DossierState::Open,
+        }
+    }
+
+    #[test]
+    fn dossiers_share_their_group_name_and_a_decision_number_is_kept_once() {
+        let mut model = ProgressModel::default();
+        let (cycle, org) = (CycleId::new(), OrgId::new());
+        let a = registered(cycle, org, "individuals");
+        let b = registered(cycle, org, &String::from("individuals"));
+        let c = registered(cycle, org, "leaders");
+        for (i, e) in [&a, &b, &c].into_iter().enumerate() {
+            feed(&mut model, i as i64 + 1, e);
+        }
+        let group = |id: DossierId| model.dossiers[&id].registered.quota_group.clone();
+        assert!(Arc::ptr_eq(&group(a.dossier), &group(b.dossier)));
+        assert_eq!(&*group(c.dossier), "leaders");
+        assert_eq!(&*model.dossiers[&a.dossier].registered.name, "Nguyễn Văn A");
+
+        // One decision grading two dossiers: its number is kept once and
+        // both read it; the grade's own number comes first.
+        let decision = DecisionId::new();
+        for (i, e) in [&a, &b].into_iter().enumerate() {
+            feed(
+                &mut model,
+                10 + i as i64,
+                &GradeDecided {
+                    decision,
+                    dossier: e.dossier,
+                    subject: e.subject,
+                    cycle,
+                    authority: org,
+                    org,
+                    grade: Grade::Good,
+                    quota_group: "individuals".into(),
+                    override_reason: None,
+                    record: RecordRef {
+                        seq: i as u64 + 1,
+                        hash: String::new(),
+                        signature: String::new(),
+                        key_id: String::new(),
+                        prev_hash: None,
+                        at: None,
+                    },
+                    number: (i == 0).then(|| "7-QĐ/ĐU".to_owned()),
+                },
+            );
+        }
+        assert_eq!(model.decisions.len(), 1);
+        for id in [a.dossier, b.dossier] {
+            assert_eq!(model.decision_number(&model.dossiers[&id]), Some("7-QĐ/ĐU"));
+        }
+        assert_eq!(model.decision_number(&model.dossiers[&c.dossier]), None);
     }
 }

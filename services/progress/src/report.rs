@@ -390,7 +390,8 @@ impl Lister<'_> {
             }
             if let Some(d) = self.model.dossiers.get(dossier) {
                 let org = self.model.orgs.get(id).unwrap_or(unit);
-                self.rows.push(row(self.stt, d, org));
+                let number = self.model.decision_number(d);
+                self.rows.push(row(self.stt, *dossier, d, number, org));
             }
         }
         for merged in self.model.merged_into(id).to_vec() {
@@ -401,14 +402,20 @@ impl Lister<'_> {
     }
 }
 
-fn row(stt: u64, d: &DossierRecord, org: &OrgNode) -> DossierRow {
+fn row(
+    stt: u64,
+    dossier: DossierId,
+    d: &DossierRecord,
+    decision_number: Option<&str>,
+    org: &OrgNode,
+) -> DossierRow {
     let r = &d.registered;
     let graded = matches!(d.state, DossierState::Decided | DossierState::Regraded);
     DossierRow {
         stt,
-        dossier: r.dossier,
+        dossier,
         subject: r.subject,
-        name: r.name.clone(),
+        name: r.name.to_string(),
         org: r.org,
         unit: org.name.clone(),
         unit_code: org.code.clone(),
@@ -418,9 +425,9 @@ fn row(stt: u64, d: &DossierRecord, org: &OrgNode) -> DossierRow {
         status: r.status,
         state: d.state,
         grade: d.grade.filter(|_| graded),
-        decision_number: d.decision_number.clone().filter(|_| graded),
+        decision_number: decision_number.map(str::to_owned).filter(|_| graded),
         previous_grade: d.previous_grade,
-        regrade_reason: d.regrade_reason.clone(),
+        regrade_reason: d.regrade_reason.as_deref().map(str::to_owned),
     }
 }
 
