@@ -211,7 +211,7 @@ pub fn report(model: &ProgressModel, q: &ReplayQuery) -> Result<ReplayReport, Au
                 DossierAt {
                     dossier: *id,
                     subject: r.subject,
-                    name: r.name.clone(),
+                    name: r.name.to_string(),
                     kind: r.kind,
                     category: r.category,
                     org: r.org,
@@ -224,9 +224,9 @@ pub fn report(model: &ProgressModel, q: &ReplayQuery) -> Result<ReplayReport, Au
                     grade: d.grade,
                     previous_grade: d.previous_grade,
                     decision: d.decision,
-                    decision_number: d.decision_number.clone(),
+                    decision_number: model.decision_number(d).map(str::to_owned),
                     returns: d.returns,
-                    regrade_reason: d.regrade_reason.clone(),
+                    regrade_reason: d.regrade_reason.as_deref().map(str::to_owned),
                 }
             })
             .collect();
