@@ -587,7 +587,7 @@ impl ProgressModel {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use gradeflow_proto::events::RecordRef;
@@ -596,7 +596,13 @@ mod tests {
     use super::*;
 
     fn feed<E: Event>(model: &mut ProgressModel, position: i64, event: &E) {
-        model.apply(&StoredEvent {
+        model.apply(&stored(position, event));
+    }
+
+    /// `event` as the store would hand it out at `position`, recorded now
+    /// by the system actor.
+    pub(crate) fn stored<E: Event>(position: i64, event: &E) -> StoredEvent {
+        StoredEvent {
             position,
             stream: "test".into(),
             version: 1,
@@ -619,7 +625,7 @@ mod tests {
             recorded_at: Utc::now(),
             prev_hash: String::new(),
             hash: String::new(),
-        });
+        }
     }
 
     fn registered(cycle: CycleId, org: OrgId, group: &str) -> SubjectRegistered {

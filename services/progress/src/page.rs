@@ -302,16 +302,13 @@ mod tests {
 
     use std::collections::BTreeMap;
 
-    use chrono::Utc;
-    use gradeflow_eventstore::StoredEvent;
     use gradeflow_proto::events::{
         CycleOpened, Event, GradeDecided, OrgRegistered, RecordRef, SubjectRegistered,
         UnitCompleted,
     };
     use gradeflow_proto::{
-        Category, CommandReply, CorrelationId, CycleId, CycleKind, DecisionId, DossierId,
-        DossierState, EventId, Metadata, OrgId, QuotaSettings, Role, RulebookId, SubjectId,
-        SubjectKind, SubjectStatus, Tier, Tiers,
+        Category, CommandReply, CycleId, CycleKind, DecisionId, DossierId, DossierState, OrgId,
+        QuotaSettings, Role, RulebookId, SubjectId, SubjectKind, SubjectStatus, Tier, Tiers,
     };
     use gradeflow_service::Model;
 
@@ -327,26 +324,8 @@ mod tests {
     impl Fold {
         fn feed<E: Event>(&mut self, event: &E) {
             self.position += 1;
-            self.model.apply(&StoredEvent {
-                position: self.position,
-                stream: "test".into(),
-                version: 1,
-                event_id: EventId::new(),
-                kind: E::KIND.into(),
-                payload: serde_json::to_value(event).unwrap(),
-                payload_text: String::new(),
-                metadata: Metadata {
-                    actor: central(),
-                    correlation_id: CorrelationId::new(),
-                    causation_id: None,
-                    traceparent: None,
-                    service: "test".into(),
-                    province: None,
-                },
-                recorded_at: Utc::now(),
-                prev_hash: String::new(),
-                hash: String::new(),
-            });
+            self.model
+                .apply(&crate::model::tests::stored(self.position, event));
         }
     }
 

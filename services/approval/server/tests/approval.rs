@@ -261,25 +261,8 @@ impl World {
     /// A self-review scoring 93 with every task on time and 3 of 10
     /// exceeded: every grade up to excellent is within band and conditions.
     async fn submit(&self, dossier: DossierId) {
-        let e = SelfReviewSubmitted {
-            dossier,
-            score: Some(Score {
-                general: 28.0,
-                tasks: 65.0,
-            }),
-            proposed_grade: Grade::Excellent,
-            tasks: TaskCounts {
-                total: 10,
-                on_time: 10,
-                exceeded: 3,
-                late: 0,
-                not_done: 0,
-            },
-            shortcomings_fixed: true,
-            report: "Hoàn thành tốt nhiệm vụ".into(),
-            resubmission: false,
-        };
-        self.observe(e, dossier.stream()).await;
+        self.observe(self_review(dossier, Grade::Excellent), dossier.stream())
+            .await;
     }
 
     async fn appraise_with(&self, dossier: DossierId, facts: Facts) {
@@ -486,6 +469,29 @@ async fn a_batch_is_decided_and_recorded_with_contiguous_seq_chained_hashes_and_
     assert_eq!(next["records"][0]["seq"], json!(7));
     let log = assert_log_verifies(&w).await;
     assert_eq!(log[6].prev_hash, log[5].hash);
+}
+
+/// A self-review scoring 93 with every task on time and 3 of 10 exceeded,
+/// proposing `grade`.
+fn self_review(dossier: DossierId, grade: Grade) -> SelfReviewSubmitted {
+    SelfReviewSubmitted {
+        dossier,
+        score: Some(Score {
+            general: 28.0,
+            tasks: 65.0,
+        }),
+        proposed_grade: grade,
+        tasks: TaskCounts {
+            total: 10,
+            on_time: 10,
+            exceeded: 3,
+            late: 0,
+            not_done: 0,
+        },
+        shortcomings_fixed: true,
+        report: "Hoàn thành tốt nhiệm vụ".into(),
+        resubmission: false,
+    }
 }
 
 #[tokio::test]
@@ -1704,24 +1710,7 @@ async fn each_grade_continues_the_trace_of_its_dossiers_first_self_review_also_a
     ];
     let members = &w.c01_members[..3];
     for (d, tp) in members.iter().zip(traced) {
-        let e = SelfReviewSubmitted {
-            dossier: *d,
-            score: Some(Score {
-                general: 28.0,
-                tasks: 65.0,
-            }),
-            proposed_grade: Grade::Good,
-            tasks: TaskCounts {
-                total: 10,
-                on_time: 10,
-                exceeded: 3,
-                late: 0,
-                not_done: 0,
-            },
-            shortcomings_fixed: true,
-            report: "Hoàn thành tốt nhiệm vụ".into(),
-            resubmission: false,
-        };
+        let e = self_review(*d, Grade::Good);
         // A later self-review in another trace does not move the dossier's.
         w.observe_in_trace(e.clone(), d.stream(), Some(tp)).await;
         w.observe_in_trace(
