@@ -23,7 +23,8 @@ use gradeflow_proto::{
     Category, CycleId, DossierId, DossierState, Facts, Grade, OrgId, QuotaSettings, RulebookId,
     Score, SubjectId, SubjectKind, SubjectStatus, TaskCounts, Tiers,
 };
-use gradeflow_service::{trace, Model, OrgTree};
+use gradeflow_service::trace::{self, PackedTrace};
+use gradeflow_service::{Model, OrgTree};
 
 use crate::record::{DECISION_LOG_STREAM, GENESIS_HASH};
 use crate::SERVICE;
@@ -99,47 +100,7 @@ pub struct DossierInfo {
     pub current: Option<CurrentGrade>,
     /// The dossier's trace: the `traceparent` of its first self-review
     /// (`gradeflow_service::trace`), which its grades continue; packed.
-    pub trace: Option<Trace>,
-}
-
-/// A dossier's trace as the model keeps it: the trace id, span id and flags
-/// of a valid `traceparent`, 25 bytes rather than a string of 55 (for each
-/// dossier). [`Trace::traceparent`] gives it back as the version-00
-/// `traceparent` that [`gradeflow_service::trace::child_of`] continues
-/// exactly as it would the one recorded (a child keeps only the trace id
-/// and the flags).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Trace([u8; 25]);
-
-impl Trace {
-    /// Packs a `traceparent` that [`trace::valid`] accepted; `None` for
-    /// anything else.
-    pub fn pack(traceparent: &str) -> Option<Self> {
-        let tp = traceparent.trim();
-        let field = |from: usize, to: usize| tp.get(from..to);
-        let mut bytes = [0u8; 25];
-        let (trace_id, rest) = bytes.split_at_mut(16);
-        let (span_id, flags) = rest.split_at_mut(8);
-        if tp.get(2..3) != Some("-") || tp.get(35..36) != Some("-") || tp.get(52..53) != Some("-") {
-            return None;
-        }
-        hex::decode_to_slice(field(3, 35)?, trace_id).ok()?;
-        hex::decode_to_slice(field(36, 52)?, span_id).ok()?;
-        hex::decode_to_slice(field(53, 55)?, flags).ok()?;
-        Some(Self(bytes))
-    }
-
-    /// The version-00 `traceparent` of the trace.
-    pub fn traceparent(&self) -> String {
-        let (trace_id, rest) = self.0.split_at(16);
-        let (span_id, flags) = rest.split_at(8);
-        format!(
-            "00-{}-{}-{}",
-            hex::encode(trace_id),
-            hex::encode(span_id),
-            hex::encode(flags)
-        )
-    }
+    pub trace: Option<PackedTrace>,
 }
 
 /// A unit of a cycle: an org with the dossiers that belong to it.
@@ -259,7 +220,7 @@ impl Model for ApprovalModel {
                     d.shortcomings_fixed = e.shortcomings_fixed;
                     if d.trace.is_none() {
                         d.trace = trace::valid(event.metadata.traceparent.as_deref())
-                            .and_then(Trace::pack);
+                            .and_then(PackedTrace::pack);
                     }
                     if e.resubmission {
                         // A re-filed dossier will be appraised afresh; the
@@ -616,35 +577,5 @@ impl ApprovalModel {
             cur = self.tree.get(p).and_then(|n| n.parent);
         }
         depth
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    #[test]
-    fn a_packed_trace_gives_back_the_traceparent_a_child_continues() {
-        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(Trace::pack(tp).unwrap().traceparent(), tp);
-        // A later version with more fields: the same trace, span and flags.
-        let later = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what-follows";
-        assert_eq!(trace::valid(Some(later)), Some(later));
-        assert_eq!(
-            Trace::pack(later).unwrap().traceparent(),
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
-        );
-        let child = trace::child_of(&Trace::pack(later).unwrap().traceparent());
-        assert_eq!(&child[..36], "00-4bf92f3577b34da6a3ce929d0e0e4736-");
-        assert_eq!(&child[52..], "-00");
-        for bad in [
-            "",
-            "00-4bf9",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736x00f067aa0ba902b7-01",
-        ] {
-            assert_eq!(Trace::pack(bad), None, "{bad}");
-        }
     }
 }

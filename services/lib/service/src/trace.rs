@@ -12,6 +12,7 @@
 //! keep the trace of their cause.
 
 use gradeflow_kit::TraceParent;
+use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 
 /// A `traceparent` in the trace of `traceparent`, with a fresh random span
 /// id and the same sampling decision. A value that is not a valid W3C
@@ -38,6 +39,51 @@ pub fn valid(traceparent: Option<&str>) -> Option<&str> {
     traceparent.filter(|tp| TraceParent::parse(tp).is_ok())
 }
 
+/// A dossier's trace as a model keeps it: the trace id, span id and flags
+/// of a valid `traceparent`, 25 bytes in the record rather than a string of
+/// 55 (models keep one per dossier). [`PackedTrace::traceparent`] gives it
+/// back as a version-00 `traceparent`, which [`child_of`] continues exactly
+/// as it would the one recorded: a child keeps only the trace id and flags.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PackedTrace([u8; 25]);
+
+impl PackedTrace {
+    /// Packs `traceparent` if it is a valid W3C `traceparent` (what
+    /// [`valid`] accepts); `None` otherwise.
+    pub fn pack(traceparent: &str) -> Option<Self> {
+        let tp = TraceParent::parse(traceparent).ok()?;
+        let mut bytes = [0u8; 25];
+        bytes[..16].copy_from_slice(&tp.trace_id().to_bytes());
+        bytes[16..24].copy_from_slice(&tp.span_id().to_bytes());
+        bytes[24] = tp.flags().to_u8();
+        Some(Self(bytes))
+    }
+
+    /// The version-00 `traceparent` of the trace.
+    pub fn traceparent(&self) -> String {
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        trace_id.copy_from_slice(&self.0[..16]);
+        span_id.copy_from_slice(&self.0[16..24]);
+        // Packed from a valid traceparent, so the ids are not zero and
+        // `new` accepts them; the fallback is never taken.
+        TraceParent::new(
+            TraceId::from_bytes(trace_id),
+            SpanId::from_bytes(span_id),
+            TraceFlags::new(self.0[24]),
+        )
+        .map_or_else(new_root, |tp| tp.to_string())
+    }
+}
+
+impl std::fmt::Debug for PackedTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PackedTrace")
+            .field(&self.traceparent())
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -45,6 +91,40 @@ mod tests {
     use super::*;
 
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_packed_trace_gives_back_its_traceparent_and_refuses_what_is_not_one() {
+        for tp in [
+            PARENT,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        ] {
+            let packed = PackedTrace::pack(tp).unwrap();
+            assert_eq!(packed.traceparent(), tp);
+            assert_eq!(std::mem::size_of::<Option<PackedTrace>>(), 26);
+        }
+        // A later version with more fields: the same trace, span and flags,
+        // which a child continues.
+        let later = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what-follows";
+        assert_eq!(valid(Some(later)), Some(later));
+        let packed = PackedTrace::pack(later).unwrap();
+        assert_eq!(
+            packed.traceparent(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        );
+        let child = child_of(&packed.traceparent());
+        assert_eq!(&child[..36], "00-4bf92f3577b34da6a3ce929d0e0e4736-");
+        assert_eq!(&child[52..], "-00");
+        for bad in [
+            "",
+            "not a traceparent",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            &PARENT[..54],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736x00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(PackedTrace::pack(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn a_child_keeps_the_trace_and_the_flags_with_a_fresh_span() {

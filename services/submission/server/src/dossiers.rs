@@ -202,7 +202,7 @@ pub fn submit_self_review(
         model.orgs.province_of(d.org),
     );
     let emit = match (&d.trace, trace::valid(traceparent)) {
-        (Some(dossier), _) => emit.in_trace(Some(&dossier.to_string())),
+        (Some(dossier), _) => emit.in_trace(Some(&dossier.traceparent())),
         // The command's own trace, as the context stamps it.
         (None, Some(_)) => emit,
         // No trace to continue: the dossier's starts here.
@@ -282,7 +282,7 @@ pub fn record_meeting(
             &event,
             model.orgs.province_of(d.org),
         )
-        .in_trace(d.trace.as_ref().map(ToString::to_string).as_deref())],
+        .in_trace(d.trace.map(|t| t.traceparent()).as_deref())],
         reads: Vec::new(),
         result: json!({ "state": state }),
     })

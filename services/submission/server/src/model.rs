@@ -29,7 +29,8 @@ use gradeflow_proto::events::{
     UnitCompleted,
 };
 use gradeflow_proto::{Category, CycleId, DossierId, DossierState, OrgId, SubjectId, SubjectKind};
-use gradeflow_service::{trace, Model, OrgTree};
+use gradeflow_service::trace::{self, PackedTrace};
+use gradeflow_service::{Model, OrgTree};
 use serde::de::DeserializeOwned;
 
 /// A cycle as opened, with when it was opened and (once approval says so)
@@ -69,78 +70,10 @@ pub struct DossierRecord {
     pub opened_for_decision: bool,
     /// The dossier's trace: the `traceparent` of its first self-review
     /// (`gradeflow_service::trace`); every later event about it continues it.
-    pub trace: Option<Trace>,
+    pub trace: Option<PackedTrace>,
     /// The store positions of the events about it (own and observed
     /// copies), oldest first.
     pub events: Positions,
-}
-
-/// A `traceparent` kept in fewer bytes: a version-00 one (what this system
-/// writes) as its 25 binary bytes, anything else as its text. Gives back
-/// exactly the text it was made from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Trace {
-    /// `00-<trace id>-<span id>-<flags>`, lowercase hex: trace id, span
-    /// id and flags as bytes.
-    V00([u8; 25]),
-    /// Any other valid `traceparent`, as written.
-    Text(Box<str>),
-}
-
-impl Trace {
-    /// Keeps `traceparent`.
-    pub fn new(traceparent: &str) -> Trace {
-        match Self::pack(traceparent) {
-            Some(bytes) => Trace::V00(bytes),
-            None => Trace::Text(traceparent.into()),
-        }
-    }
-
-    fn pack(tp: &str) -> Option<[u8; 25]> {
-        let hex = tp.strip_prefix("00-")?;
-        let b = hex.as_bytes();
-        if b.len() != 52 || b[32] != b'-' || b[49] != b'-' {
-            return None;
-        }
-        let digits = b[..32].iter().chain(&b[33..49]).chain(&b[50..]);
-        let mut out = [0u8; 25];
-        let mut high = None;
-        let mut i = 0;
-        for &c in digits {
-            // Lowercase only, so that the text comes back byte for byte.
-            let v = match c {
-                b'0'..=b'9' => c - b'0',
-                b'a'..=b'f' => c - b'a' + 10,
-                _ => return None,
-            };
-            match high.take() {
-                None => high = Some(v),
-                Some(h) => {
-                    out[i] = (h << 4) | v;
-                    i += 1;
-                }
-            }
-        }
-        Some(out)
-    }
-}
-
-impl std::fmt::Display for Trace {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Trace::Text(text) => f.write_str(text),
-            Trace::V00(b) => {
-                f.write_str("00-")?;
-                for (i, byte) in b.iter().enumerate() {
-                    if i == 16 || i == 24 {
-                        f.write_str("-")?;
-                    }
-                    write!(f, "{byte:02x}")?;
-                }
-                Ok(())
-            }
-        }
-    }
 }
 
 /// Ascending store positions, kept as the LEB128 varints of the gaps between
@@ -395,7 +328,8 @@ impl SubmissionModel {
         d.state = step.state_after(d.state);
         match step {
             Step::SelfReview(_) if d.trace.is_none() => {
-                d.trace = trace::valid(event.metadata.traceparent.as_deref()).map(Trace::new);
+                d.trace =
+                    trace::valid(event.metadata.traceparent.as_deref()).and_then(PackedTrace::pack);
             }
             Step::Opened(_) => d.opened_for_decision = true,
             _ => {}
@@ -504,24 +438,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_trace_comes_back_exactly_as_written() {
-        let packed = Trace::new(TP);
-        assert!(matches!(packed, Trace::V00(_)));
-        assert_eq!(packed.to_string(), TP);
-        let other = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future";
-        for text in [
-            other,
-            &TP.to_uppercase(),
-            "00-4bf9",
-            &TP.replace("-01", "-0g"),
-        ] {
-            let kept = Trace::new(text);
-            assert!(matches!(kept, Trace::Text(_)), "{text}");
-            assert_eq!(kept.to_string(), text);
-        }
-    }
-
-    #[test]
     fn the_record_keeps_the_state_and_where_the_events_are_not_their_payloads() {
         let (dossier, subject, cycle, org) = (
             DossierId::new(),
@@ -590,7 +506,7 @@ pub(crate) mod tests {
                 category: Category::Member2B,
                 state: DossierState::Returned,
                 opened_for_decision: false,
-                trace: Some(Trace::new(TP)),
+                trace: PackedTrace::pack(TP),
                 events: at,
             }
         );

@@ -128,8 +128,8 @@ fn opened(model: &SubmissionModel, cycle: CycleId, org: OrgId, dossier: DossierI
         model
             .dossiers
             .get(&dossier)
-            .and_then(|d| d.trace.as_ref())
-            .map(ToString::to_string)
+            .and_then(|d| d.trace)
+            .map(|t| t.traceparent())
             .as_deref(),
     )
 }
