@@ -375,22 +375,28 @@ impl Store {
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
         self.walk_chain(
             verify_page_rows(&self.inner.pool),
-            None::<fn(Result<StoredEvent, StoreError>)>,
+            None::<(&[&str], fn(Result<StoredEvent, StoreError>))>,
         )
         .await
     }
 
-    /// [`Store::verify`], and every row it reads also handed to `each`, in
-    /// position order, as [`Store::read_from`] would return it: the event,
-    /// or the [`StoreError::Corrupt`] saying why that row does not read
-    /// back (the walk goes on past it). One pass over the log for a caller
-    /// that needs both the chain's verdict and the events (the auditor's
-    /// decision log), instead of reading the store twice.
-    pub async fn verify_with_events<F>(&self, each: F) -> Result<VerifyReport, StoreError>
+    /// [`Store::verify`], and every row of a kind among `kinds` it reads
+    /// also handed to `each`, in position order, as [`Store::read_from`]
+    /// would return it: the event, or the [`StoreError::Corrupt`] saying why
+    /// that row does not read back (the walk goes on past it). Rows of other
+    /// kinds are only hashed, as by `verify`, not decoded. One pass over the
+    /// log for a caller that needs both the chain's verdict and some of the
+    /// events (the auditor's decision log), instead of reading the store
+    /// twice.
+    pub async fn verify_with_events<F>(
+        &self,
+        kinds: &[&str],
+        each: F,
+    ) -> Result<VerifyReport, StoreError>
     where
         F: FnMut(Result<StoredEvent, StoreError>),
     {
-        self.walk_chain(verify_page_rows(&self.inner.pool), Some(each))
+        self.walk_chain(verify_page_rows(&self.inner.pool), Some((kinds, each)))
             .await
     }
 
@@ -398,7 +404,7 @@ impl Store {
     async fn walk_chain<F>(
         &self,
         page_rows: i64,
-        mut each: Option<F>,
+        mut each: Option<(&[&str], F)>,
     ) -> Result<VerifyReport, StoreError>
     where
         F: FnMut(Result<StoredEvent, StoreError>),
@@ -774,7 +780,11 @@ impl ChainWalk {
         }
     }
 
-    fn check<F>(&mut self, page: &VerifyPage, each: Option<&mut F>) -> Result<(), StoreError>
+    fn check<F>(
+        &mut self,
+        page: &VerifyPage,
+        each: Option<&mut (&[&str], F)>,
+    ) -> Result<(), StoreError>
     where
         F: FnMut(Result<StoredEvent, StoreError>),
     {
@@ -786,9 +796,13 @@ impl ChainWalk {
 
     /// Checks one page in order. Within the page each row's link is
     /// compared with the previous row's hash in place; only the page's last
-    /// hash is copied, to link the next page. With `each`, every row is
-    /// also decoded and handed over.
-    fn check_rows<R, F>(&mut self, rows: &[R], mut each: Option<&mut F>) -> Result<(), StoreError>
+    /// hash is copied, to link the next page. With `each`, every row of
+    /// one of its kinds is also decoded and handed over.
+    fn check_rows<R, F>(
+        &mut self,
+        rows: &[R],
+        mut each: Option<&mut (&[&str], F)>,
+    ) -> Result<(), StoreError>
     where
         F: FnMut(Result<StoredEvent, StoreError>),
         R: sqlx::Row,
@@ -808,8 +822,10 @@ impl ChainWalk {
             // meaningful past a break.
             self.expected = row.position + 1;
             last_hash = Some(row.hash);
-            if let Some(each) = each.as_mut() {
-                each(row.to_raw().decode());
+            if let Some((kinds, each)) = each.as_mut() {
+                if kinds.contains(&row.kind) {
+                    each(row.to_raw().decode());
+                }
             }
         }
         if let Some(hash) = last_hash {
@@ -962,7 +978,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let none = None::<fn(Result<StoredEvent, StoreError>)>;
+        let none = None::<(&[&str], fn(Result<StoredEvent, StoreError>))>;
         // Pages of 3: rows 3/4, 6/7 and 9/10 link across a page boundary.
         let report = store.walk_chain(3, none).await.unwrap();
         assert!(report.is_ok(), "{:?}", report.first_broken);
@@ -993,35 +1009,55 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn verify_with_events_hands_over_every_row_as_read_from_reads_it() {
+    async fn verify_with_events_hands_over_the_rows_of_its_kinds_as_read_from_reads_them() {
         let db = gradeflow_testkit::fresh_sqlite().unwrap();
         let store = Store::connect(&db.url, StoreOptions::default())
             .await
             .unwrap();
+        // Odd positions are `thing_happened.v1`, even ones `other_thing.v1`.
         for n in 0..6 {
-            store
-                .append(AppendRequest::new(vec![event(n)]))
-                .await
-                .unwrap();
+            let mut e = event(n);
+            if n % 2 == 1 {
+                e.kind = "other_thing.v1".to_owned();
+            }
+            store.append(AppendRequest::new(vec![e])).await.unwrap();
         }
+        let all = store.read_from(0, 100).await.unwrap();
         let mut seen = Vec::new();
         let report = store
-            .verify_with_events(|read| seen.push(read.unwrap()))
+            .verify_with_events(&["thing_happened.v1", "other_thing.v1"], |read| {
+                seen.push(read.unwrap())
+            })
             .await
             .unwrap();
         assert!(report.is_ok());
-        assert_eq!(seen, store.read_from(0, 100).await.unwrap());
+        assert_eq!(seen, all);
+        let mut seen = Vec::new();
+        let report = store
+            .verify_with_events(&["thing_happened.v1"], |read| seen.push(read.unwrap()))
+            .await
+            .unwrap();
+        assert!(report.is_ok());
+        assert_eq!(report.events, 6);
+        let odd: Vec<StoredEvent> = all
+            .iter()
+            .filter(|e| e.position % 2 == 1)
+            .cloned()
+            .collect();
+        assert_eq!(seen, odd);
 
-        // A row that no longer reads back is named, and the walk goes on.
+        // A row of a kind handed over that no longer reads back is named,
+        // and the walk goes on; one of another kind is not decoded, but the
+        // chain still names it.
         tamper(&store, "DROP TRIGGER events_no_update").await;
         tamper(
             &store,
-            "UPDATE events SET payload = 'garbage' WHERE position = 3",
+            "UPDATE events SET payload = 'garbage' WHERE position IN (3, 4)",
         )
         .await;
         let mut seen = Vec::new();
         let report = store
-            .verify_with_events(|read| {
+            .verify_with_events(&["thing_happened.v1"], |read| {
                 seen.push(match read {
                     Ok(event) => Ok(event.position),
                     Err(StoreError::Corrupt { position, problem }) => Err((position, problem)),
@@ -1038,11 +1074,16 @@ mod tests {
                 Ok(p) | Err((p, _)) => *p,
             })
             .collect();
-        assert_eq!(positions, vec![1, 2, 3, 4, 5, 6]);
-        let Err((_, problem)) = &seen[2] else {
+        assert_eq!(positions, vec![1, 3, 5]);
+        let Err((_, problem)) = &seen[1] else {
             panic!("row 3 read back: {seen:?}")
         };
         assert!(problem.starts_with("payload:"), "{problem}");
+        let report = store
+            .verify_with_events(&["other_thing.v1"], |_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.first_broken.map(|b| b.0), Some(3));
         store.close().await;
     }
 
