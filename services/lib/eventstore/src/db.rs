@@ -25,6 +25,10 @@ use crate::canonical::{parse_timestamp, GENESIS_HASH};
 use crate::error::StoreError;
 use crate::model::{Backend, StoredEvent};
 
+/// Rows a SQLite connection's worker thread may hand over before the
+/// reader takes them (sqlx's `row_buffer_size`).
+const SQLITE_ROW_BUFFER: usize = 512;
+
 /// The event columns, in the order of [`EventTuple`].
 pub(crate) const EVENT_COLUMNS: &str =
     "position, stream, version, event_id, kind, payload, metadata, recorded_at, prev_hash, hash";
@@ -178,7 +182,14 @@ pub(crate) async fn open(
             // Other connections (readers checkpointing, another process's
             // writer) may hold the lock briefly: wait instead of failing.
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // sqlx runs each connection on a thread of its own and hands rows
+            // over a channel of this many; its default (50) makes a reader of
+            // whole pages (catch-up, verify: 500–2,000 rows) wake that thread
+            // every few dozen rows. A page's worth cuts the hand-offs: an
+            // audit verify at 100k spent about a sixth less time in the
+            // kernel. At most this many rows wait per reading connection.
+            .row_buffer_size(SQLITE_ROW_BUFFER);
         let pool = SqlitePoolOptions::new()
             .max_connections(pool_size)
             // No liveness ping on every checkout: a SQLite connection is a
