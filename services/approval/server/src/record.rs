@@ -47,7 +47,7 @@ use gradeflow_eventstore::canonical::{canonical_json, format_timestamp, truncate
 use gradeflow_eventstore::StoredEvent;
 use gradeflow_proto::events::{DecisionLogRecord, Event, GradeDecided, GradeRevised, RecordRef};
 use gradeflow_proto::OrgId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -282,7 +282,7 @@ pub fn audit_record(event: &StoredEvent) -> Option<DecisionLogRecord> {
     }
     let actor = event.metadata.actor.sub.clone();
     if event.kind == GradeDecided::KIND {
-        let e: GradeDecided = serde_json::from_value(event.payload.clone()).ok()?;
+        let e = GradeDecided::deserialize(&event.payload).ok()?;
         Some(DecisionLogRecord {
             seq: e.record.seq,
             decision: e.decision,
@@ -303,7 +303,7 @@ pub fn audit_record(event: &StoredEvent) -> Option<DecisionLogRecord> {
             key_id: e.record.key_id,
         })
     } else if event.kind == GradeRevised::KIND {
-        let e: GradeRevised = serde_json::from_value(event.payload.clone()).ok()?;
+        let e = GradeRevised::deserialize(&event.payload).ok()?;
         Some(DecisionLogRecord {
             seq: e.record.seq,
             decision: e.decision,
