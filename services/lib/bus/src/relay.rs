@@ -65,7 +65,7 @@ pub struct RelayConfig {
     /// keeps the server busy through the scheduling stalls of a loaded
     /// machine: `gradeflow bench store` measured 512 at 34–53 % (SQLite)
     /// and 52–69 % (PostgreSQL) of the raw pipelined publish, 4096 at
-    /// 53–77 % and 67–76 %, in interleaved runs (`docs/performance.md`). A
+    /// 53–77 % and 67–76 %, in interleaved runs (`docs/performance-history.md`). A
     /// crash re-publishes at most a window and a page past the recorded
     /// position, which the stream drops as duplicates.
     pub window: usize,
