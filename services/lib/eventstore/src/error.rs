@@ -44,6 +44,15 @@ pub enum StoreError {
         /// What is wrong with it.
         problem: String,
     },
+    /// Appends queued in this process did not commit (or fail) in time:
+    /// the writer is stuck, most often on a database that does not answer.
+    #[error("the store has not committed up to position {position} after {waited_ms} ms")]
+    Stalled {
+        /// The position waited for.
+        position: i64,
+        /// How long it was waited for.
+        waited_ms: u64,
+    },
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -177,6 +177,10 @@ pub enum ExecuteError {
 struct Tracked<M> {
     model: M,
     position: i64,
+    /// The last position of this engine's own appends applied before their
+    /// commit (0 after a rebuild: everything folded since was read from the
+    /// store). Whatever the model holds past it was read, so committed.
+    queued_through: i64,
     versions: versions::StreamVersions,
     /// `recorded_at` of the last event folded: the earliest time the next
     /// predicted append may carry.
@@ -219,6 +223,7 @@ impl<M: Model> Tracked<M> {
         Self {
             model: M::default(),
             position: 0,
+            queued_through: 0,
             versions: versions::StreamVersions::default(),
             recorded_at: None,
         }
@@ -273,6 +278,20 @@ impl<M> Clone for Engine<M> {
         }
     }
 }
+
+/// What a read of the model may reflect of this engine's own appends
+/// ([`Engine::read_marked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    through: i64,
+    epoch: u64,
+}
+
+/// How long [`Engine::settled`] waits for the store to answer the appends
+/// a read reflects.
+const SETTLE_WAIT: Duration = Duration::from_secs(5);
+/// How often [`Engine::settled`] looks whether an append failed meanwhile.
+const SETTLE_POLL: Duration = Duration::from_millis(20);
 
 /// How many events a catch-up reads per query.
 const PAGE: usize = 2_000;
@@ -475,6 +494,74 @@ impl<M: Model> Engine<M> {
         Ok(f(&tracked.model))
     }
 
+    /// Reads the model like [`Engine::read`], and marks what the answer may
+    /// reflect: every append of this engine applied to the model so far,
+    /// committed or not. [`Engine::settled`] waits for those to commit.
+    pub async fn read_marked<R>(&self, f: impl FnOnce(&M) -> R) -> Result<(R, Mark), StoreError> {
+        let mut tracked = self.inner.tracked.lock().await;
+        self.catch_up_locked(&mut tracked).await?;
+        let answer = f(&tracked.model);
+        let mark = Mark {
+            through: tracked.queued_through,
+            epoch: self.flags().epoch,
+        };
+        Ok((answer, mark))
+    }
+
+    /// Waits until every append `mark` covers has been answered by the
+    /// store: `true` when each committed where the model put it, so every
+    /// event the marked answer reflects is in the store, at the position
+    /// the model holds; `false` when one did not (the model is rebuilt on
+    /// its next read, and the answer must be read again). A store that has
+    /// answered none of them within [`SETTLE_WAIT`] is
+    /// [`StoreError::Stalled`].
+    ///
+    /// Why the commit of the position suffices: an append that does not
+    /// commit as applied makes the store refuse every append queued on top
+    /// of it, so this engine's writer commits nothing past it until the
+    /// model has been rebuilt (a new epoch).
+    pub async fn settled(&self, mark: Mark) -> Result<bool, StoreError> {
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        let mut committed = self.inner.store.committed();
+        loop {
+            let reached = *committed.borrow_and_update() >= mark.through;
+            {
+                let flags = self.flags();
+                if flags.stale || flags.epoch != mark.epoch {
+                    return Ok(false);
+                }
+            }
+            if reached {
+                return Ok(true);
+            }
+            // A failed append moves no commit: look at the flags again
+            // every little while rather than only on the next commit.
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(StoreError::Stalled {
+                    position: mark.through,
+                    waited_ms: u64::try_from(SETTLE_WAIT.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+            let slice = (deadline - now).min(SETTLE_POLL);
+            let _ = tokio::time::timeout(slice, committed.changed()).await;
+        }
+    }
+
+    /// Reads the model ([`Engine::read_marked`]) once every append the
+    /// answer may reflect has committed ([`Engine::settled`]), reading
+    /// again when one did not: the answer is of committed state, so what
+    /// it names by position can be read from the store. For answers
+    /// completed from the store outside the model's lock.
+    pub async fn read_committed<R>(&self, f: impl Fn(&M) -> R) -> Result<R, StoreError> {
+        loop {
+            let (answer, mark) = self.read_marked(&f).await?;
+            if self.settled(mark).await? {
+                return Ok(answer);
+            }
+        }
+    }
+
     /// The position of the last event folded into the model (including
     /// appends in flight).
     pub async fn position(&self) -> i64 {
@@ -587,6 +674,7 @@ impl<M: Model> Engine<M> {
         for event in &stored {
             tracked.apply(event);
         }
+        tracked.queued_through = tracked.position;
         let epoch = {
             let mut flags = self.flags();
             flags.queued += 1;

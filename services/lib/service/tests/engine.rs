@@ -398,3 +398,93 @@ async fn an_append_nobody_awaits_makes_the_model_rebuild_from_the_store() {
     assert_eq!(engine.read(|m| m.observed).await.unwrap(), 1);
     assert_eq!(store.load_stream("dossier-y").await.unwrap().len(), 1);
 }
+
+fn observed_thing() -> Envelope {
+    Envelope {
+        event_id: EventId::new(),
+        kind: "observed_thing.v1".into(),
+        stream: "dossier-z".into(),
+        version: 1,
+        occurred_at: chrono::Utc::now(),
+        actor: ctx().actor,
+        correlation_id: CorrelationId::new(),
+        causation_id: None,
+        traceparent: None,
+        payload: json!({"z": 1}),
+    }
+}
+
+/// A read may reflect an append still committing; `settled` answers once
+/// the store has it, so what the read names by position can be read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marked_read_is_settled_once_the_appends_it_reflects_have_committed() {
+    let (_f, store) = store().await;
+    let engine: Engine<Ticks> = Engine::open(store.clone(), "approval").await.unwrap();
+    // Nothing in flight: settled at once.
+    let (observed, mark) = engine.read_marked(|m| m.observed).await.unwrap();
+    assert_eq!(observed, 0);
+    assert!(engine.settled(mark).await.unwrap());
+
+    let original = observed_thing();
+    let inbox = InboxEntry {
+        consumer: "c".into(),
+        message_id: original.event_id.to_string(),
+        reply: None,
+    };
+    // Queued and applied to the model; nobody has awaited its commit yet.
+    let committing = engine
+        .observe(&original, inbox, |_, _| Ok(Decision::default()))
+        .await
+        .unwrap();
+    let (observed, mark) = engine.read_marked(|m| m.observed).await.unwrap();
+    assert_eq!(observed, 1, "the model holds the append before it commits");
+    assert!(engine.settled(mark).await.unwrap());
+    let stored = store.load_stream("dossier-z").await.unwrap();
+    assert_eq!(
+        stored.len(),
+        1,
+        "settled: the store holds what the read saw"
+    );
+    assert_eq!(stored[0].kind, "observed_thing.v1");
+    assert!(matches!(
+        committing.outcome().await.unwrap(),
+        AppendOutcome::Appended(_)
+    ));
+    assert_eq!(engine.read_committed(|m| m.observed).await.unwrap(), 1);
+    assert_eq!(engine.rebuilds(), 0);
+}
+
+/// An append the read reflects whose outcome is lost (nobody awaits it)
+/// cannot be vouched for: `settled` says so, and `read_committed` reads
+/// again on the model rebuilt from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marked_read_is_not_settled_when_an_append_it_reflects_is_in_doubt() {
+    let (_f, store) = store().await;
+    let engine: Engine<Ticks> = Engine::open(store.clone(), "approval").await.unwrap();
+    let original = observed_thing();
+    let inbox = InboxEntry {
+        consumer: "c".into(),
+        message_id: original.event_id.to_string(),
+        reply: None,
+    };
+    let committing = engine
+        .observe(&original, inbox, |_, _| Ok(Decision::default()))
+        .await
+        .unwrap();
+    let (observed, mark) = engine.read_marked(|m| m.observed).await.unwrap();
+    assert_eq!(observed, 1);
+    drop(committing);
+    assert!(!engine.settled(mark).await.unwrap());
+    // The rebuilt model holds what the store has committed: the append
+    // (still queued in the writer) or not yet.
+    let now = engine.read_committed(|m| m.observed).await.unwrap();
+    assert!(now <= 1, "{now}");
+    assert_eq!(engine.rebuilds(), 1);
+    // It commits; from then on the committed read holds it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.load_stream("dossier-z").await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never committed");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(engine.read_committed(|m| m.observed).await.unwrap(), 1);
+}
