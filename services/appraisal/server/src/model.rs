@@ -175,10 +175,10 @@ pub struct Board {
 impl Board {
     /// Folds `events`, read at `positions` (a record's
     /// [`AppraisalDossier::board_positions`]). `None` unless every position
-    /// holds an appraisal or return of `dossier`: an event the model holds
-    /// whose append is still being committed is not in the store yet, and
-    /// one that did not commit as the model applied it is not what the
-    /// store holds there.
+    /// holds an appraisal or return of `dossier`: positions read before the
+    /// appends the model holds committed (the caller reads once they have,
+    /// `Engine::read_committed`), or a store that no longer holds what the
+    /// model folded there.
     pub fn fold(dossier: DossierId, positions: &[i64], events: &[StoredEvent]) -> Option<Board> {
         if events.len() != positions.len() {
             return None;
@@ -686,7 +686,7 @@ mod tests {
         let positions = f.model.dossiers[&d].board_positions();
         assert_eq!(positions, [3]);
 
-        // Not committed yet: the store has nothing there.
+        // Nothing there in the store.
         assert_eq!(Board::fold(d, &positions, &[]), None);
         // Another dossier's return, another kind, another position.
         assert_eq!(Board::fold(d, &[4], &f.read(&[4])), None);

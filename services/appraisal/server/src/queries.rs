@@ -3,8 +3,6 @@
 //! `accepted` with the `result`. Their payload and answer types live here:
 //! they are the portal's private conversation with this service.
 
-use std::time::Duration;
-
 use gradeflow_eventstore::StoreError;
 use gradeflow_proto::events::RuleWarning;
 use gradeflow_proto::{
@@ -105,55 +103,40 @@ impl Query {
     }
 }
 
-/// How many times `get_dossier.v1` reads the model and the store before it
-/// gives up on finding the board's events where the model has them.
-const BOARD_READS: u32 = 20;
-/// How long it waits for the store's next commit between two reads.
-const BOARD_WAIT: Duration = Duration::from_millis(50);
-
 /// `get_dossier.v1`: dossier `q.dossier` as `actor` may read it. The record
-/// is copied under the engine's lock; the board's appraisal and returns are
-/// read from the store at the positions it keeps, after the lock is
-/// released, and folded with [`Board::fold`]. The model may hold an append
-/// whose commit is in flight (`Engine::read`): until the store has it, the
-/// answer waits for the next commit and reads again — the model too, which
-/// is rebuilt if the append did not commit as applied. A store failure is
-/// the `Err` (the caller answers `unavailable`).
+/// is copied under the engine's lock once every append it may reflect has
+/// committed (`Engine::read_committed`); the board's appraisal and returns
+/// are then read from the store at the positions it keeps, outside the
+/// lock, and folded with [`Board::fold`]. A store failure, or positions
+/// that do not hold what the model put there, is the `Err` (the caller
+/// answers `unavailable`).
 pub async fn get_dossier(
     engine: &Engine<AppraisalModel>,
     actor: &Actor,
     q: &GetDossier,
 ) -> Result<Result<Value, Rejection>, StoreError> {
-    let mut committed = engine.store().committed();
-    let mut reads = 0;
-    loop {
-        let d = match engine.read(|m| readable(m, actor, q.dossier)).await? {
-            Ok(d) => d,
-            Err(refused) => return Ok(Err(refused)),
-        };
-        let positions = d.board_positions();
-        let events = if positions.is_empty() {
-            Vec::new()
-        } else {
-            engine.store().read_positions(&positions).await?
-        };
-        if let Some(board) = Board::fold(q.dossier, &positions, &events) {
-            return Ok(Ok(dossier_view(q.dossier, &d, &board)));
-        }
-        reads += 1;
-        if reads == BOARD_READS {
-            return Err(StoreError::Corrupt {
-                position: positions.first().copied().unwrap_or_default(),
-                problem: format!(
-                    "the appraisals and returns of dossier {} are not where the model has them",
-                    q.dossier
-                ),
-            });
-        }
-        // The next commit of this store's writer, or `BOARD_WAIT` at most:
-        // an append that did not commit as applied leaves nothing to wait
-        // for, and the next read rebuilds the model.
-        let _ = tokio::time::timeout(BOARD_WAIT, committed.changed()).await;
+    let d = match engine
+        .read_committed(|m| readable(m, actor, q.dossier))
+        .await?
+    {
+        Ok(d) => d,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let positions = d.board_positions();
+    let events = if positions.is_empty() {
+        Vec::new()
+    } else {
+        engine.store().read_positions(&positions).await?
+    };
+    match Board::fold(q.dossier, &positions, &events) {
+        Some(board) => Ok(Ok(dossier_view(q.dossier, &d, &board))),
+        None => Err(StoreError::Corrupt {
+            position: positions.first().copied().unwrap_or_default(),
+            problem: format!(
+                "the appraisals and returns of dossier {} are not where the model has them",
+                q.dossier
+            ),
+        }),
     }
 }
 

@@ -222,9 +222,11 @@ impl Approval {
                 Ok(q) => q,
                 Err(r) => return CommandReply::Rejected(r),
             };
+        // Once the registrations it lists have committed, so their names
+        // can be read from the store.
         let list = match self
             .engine
-            .read(|m| queries::worklist(m, &command.actor, &query))
+            .read_committed(|m| queries::worklist(m, &command.actor, &query))
             .await
         {
             Ok(Ok(list)) => list,

@@ -7,7 +7,6 @@
 //! registry, see [`crate::log::verify`]).
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
 
 use gradeflow_approval_domain::{max_excellent, ratio_bp, GroupCounts};
 use gradeflow_eventstore::{Store, StoreError, StoredEvent};
@@ -223,41 +222,26 @@ pub fn worklist(
     })
 }
 
-/// How long [`named`] waits for this store's writer to commit a
-/// registration the model already holds (an append in flight).
-const REGISTRATION_WAIT: Duration = Duration::from_secs(5);
-
 /// The worklist's answer with each subject's name, read from its
-/// `subject_registered` in `store`. A registration the model holds whose
-/// append is still in flight is waited for (up to [`REGISTRATION_WAIT`]);
-/// one still missing then, or a position holding something else, is a
-/// store that cannot answer.
+/// `subject_registered` in `store`. The worklist was read once every
+/// registration it lists had committed (`Engine::read_committed`); a
+/// position that does not hold that dossier's registration is a store that
+/// cannot answer.
 pub async fn named(store: &Store, list: Worklist) -> Result<Value, StoreError> {
     let Worklist {
         mut answer,
         registrations,
     } = list;
     let positions: Vec<i64> = registrations.iter().map(|(_, p)| *p).collect();
-    let mut names = subject_names(store.read_positions(&positions).await?);
-    let missing = |names: &HashMap<i64, (DossierId, String)>| -> Vec<i64> {
-        registrations
-            .iter()
-            .filter(|(d, p)| names.get(p).is_none_or(|(id, _)| id != d))
-            .map(|(_, p)| *p)
-            .collect()
-    };
-    let absent = missing(&names);
-    if let Some(last) = absent.iter().max().copied() {
-        let mut committed = store.committed();
-        // Timing out is answered below, by what the store then holds.
-        let _ = tokio::time::timeout(REGISTRATION_WAIT, committed.wait_for(|p| *p >= last)).await;
-        names.extend(subject_names(store.read_positions(&absent).await?));
-        if let Some(position) = missing(&names).first().copied() {
-            return Err(StoreError::Corrupt {
-                position,
-                problem: "not the subject_registered the approval model read there".to_owned(),
-            });
-        }
+    let names = subject_names(store.read_positions(&positions).await?);
+    if let Some((_, position)) = registrations
+        .iter()
+        .find(|(d, p)| names.get(p).is_none_or(|(id, _)| id != d))
+    {
+        return Err(StoreError::Corrupt {
+            position: *position,
+            problem: "not the subject_registered the approval model read there".to_owned(),
+        });
     }
     if let Some(entries) = answer.get_mut("dossiers").and_then(Value::as_array_mut) {
         for (entry, (_, position)) in entries.iter_mut().zip(&registrations) {
@@ -421,7 +405,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn names_are_read_where_the_model_saw_the_registrations_and_waited_for_when_in_flight() {
+    async fn names_are_read_where_the_model_saw_the_registrations() {
         let db = gradeflow_testkit::fresh_sqlite().unwrap();
         let store = Store::connect(&db.url, StoreOptions::default())
             .await
@@ -446,19 +430,13 @@ mod tests {
             )
         );
 
-        // A registration the model holds before its append commits: read
-        // once the writer commits it.
-        let writer = store.clone();
-        let late = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            writer
-                .append(AppendRequest::new(vec![registration(c, "Lê Văn C")]))
-                .await
-                .unwrap();
-        });
-        let named_list = named(&store, list(vec![(a, 1), (c, 3)])).await.unwrap();
-        late.await.unwrap();
-        assert_eq!(named_list["dossiers"][1]["name"], "Lê Văn C");
+        // A position the store does not hold (the worklist is read once
+        // its registrations committed, so this is a store that lost it).
+        let missing = named(&store, list(vec![(a, 1), (c, 3)])).await;
+        assert!(
+            matches!(missing, Err(StoreError::Corrupt { position: 3, .. })),
+            "{missing:?}"
+        );
 
         // A position holding another dossier's registration: the store
         // cannot answer for this one.

@@ -113,20 +113,29 @@ impl Submission {
 
     /// Answers a read-only query from the caught-up model; a dossier's view
     /// from its events, read from the store once the model's lock is
-    /// released (a store that cannot be read answers `unavailable`).
+    /// released and every step the model holds of it has committed (a store
+    /// that cannot be read, or does not commit, answers `unavailable`).
     async fn query(&self, query: &queries::Query, actor: &Actor) -> CommandReply {
-        let found = match self.engine.read(|m| query.answer(m, actor)).await {
-            Ok(Ok(found)) => found,
-            Ok(Err(rejection)) => return CommandReply::Rejected(rejection),
-            Err(e) => return answer(Err(e)),
-        };
-        let (id, positions) = match found {
-            queries::Answer::Ready(result) => return answer(Ok(Ok(result))),
-            queries::Answer::Dossier { id, events } => (id, events),
-        };
-        // Outside the model's lock: commands and the consumer go on meanwhile.
-        let events = self.engine.store().read_positions(&positions).await;
-        answer(events.map(|events| queries::dossier_view_of(id, &events)))
+        loop {
+            let (found, mark) = match self.engine.read_marked(|m| query.answer(m, actor)).await {
+                Ok((Ok(found), mark)) => (found, mark),
+                Ok((Err(rejection), _)) => return CommandReply::Rejected(rejection),
+                Err(e) => return answer(Err(e)),
+            };
+            let (id, positions) = match found {
+                queries::Answer::Ready(result) => return answer(Ok(Ok(result))),
+                queries::Answer::Dossier { id, events } => (id, events),
+            };
+            // Outside the model's lock: commands and the consumer go on
+            // meanwhile. A step whose append did not commit is read again.
+            match self.engine.settled(mark).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => return answer(Err(e)),
+            }
+            let events = self.engine.store().read_positions(&positions).await;
+            return answer(events.map(|events| queries::dossier_view_of(id, &events)));
+        }
     }
 
     #[tracing::instrument(name = "submission.org.register", skip_all, fields(command_id = %cmd.command_id, org_id = Empty))]

@@ -244,9 +244,9 @@ fn with_at(mut value: Value, at: DateTime<Utc>) -> Value {
 }
 
 /// The view of dossier `id` from its events as read from the store (see
-/// [`DossierDetail::fold`]). The model folds a decision before it commits,
-/// so a step still being committed is not in the view yet; while that step
-/// is the registration itself, the answer is `unknown_dossier`.
+/// [`DossierDetail::fold`]); `unknown_dossier` when its registration is not
+/// among them. The caller reads them once the steps the model holds have
+/// committed (`Engine::settled`), so each is there.
 pub fn dossier_view_of(id: DossierId, events: &[StoredEvent]) -> Result<Value, Rejection> {
     DossierDetail::fold(id, events)
         .map(|d| dossier_view(&d))
