@@ -159,6 +159,14 @@ fn cycle_then_audit(database_url: Option<&str>) {
         report.contains("60 records, signatures checked"),
         "{report}"
     );
+    // Every round of audit verify, with its ratio.
+    let rounds = report
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("audit verify against the raw runs around each round: "))
+        .unwrap_or_else(|| panic!("no rounds in\n{report}"));
+    assert_eq!(rounds.split(", ").count(), 3, "{rounds}");
+    assert!(rounds.split(", ").all(|r| r.ends_with('%')), "{rounds}");
     // --remove took the data dir away.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
