@@ -353,18 +353,7 @@ async fn a_command_retried_while_in_flight_gets_the_first_reply() {
 async fn an_append_nobody_awaits_makes_the_model_rebuild_from_the_store() {
     let (_f, store) = store().await;
     let engine: Engine<Ticks> = Engine::open(store.clone(), "approval").await.unwrap();
-    let original = Envelope {
-        event_id: EventId::new(),
-        kind: "observed_thing.v1".into(),
-        stream: "dossier-y".into(),
-        version: 1,
-        occurred_at: chrono::Utc::now(),
-        actor: ctx().actor,
-        correlation_id: CorrelationId::new(),
-        causation_id: None,
-        traceparent: None,
-        payload: json!({"y": 1}),
-    };
+    let original = observed_thing("dossier-y");
     let inbox = InboxEntry {
         consumer: "c".into(),
         message_id: original.event_id.to_string(),
@@ -399,19 +388,35 @@ async fn an_append_nobody_awaits_makes_the_model_rebuild_from_the_store() {
     assert_eq!(store.load_stream("dossier-y").await.unwrap().len(), 1);
 }
 
-fn observed_thing() -> Envelope {
+/// A fresh `observed_thing.v1` of another service on `stream`.
+fn observed_thing(stream: &str) -> Envelope {
     Envelope {
         event_id: EventId::new(),
         kind: "observed_thing.v1".into(),
-        stream: "dossier-z".into(),
+        stream: stream.into(),
         version: 1,
         occurred_at: chrono::Utc::now(),
         actor: ctx().actor,
         correlation_id: CorrelationId::new(),
         causation_id: None,
         traceparent: None,
-        payload: json!({"z": 1}),
+        payload: json!({"n": 1}),
     }
+}
+
+/// Queues the copy of a fresh `observed_thing.v1` on `dossier-z` and
+/// applies it to the model; its commit is left for the caller to await.
+async fn observe_one(engine: &Engine<Ticks>) -> gradeflow_service::Committing {
+    let original = observed_thing("dossier-z");
+    let inbox = InboxEntry {
+        consumer: "c".into(),
+        message_id: original.event_id.to_string(),
+        reply: None,
+    };
+    engine
+        .observe(&original, inbox, |_, _| Ok(Decision::default()))
+        .await
+        .unwrap()
 }
 
 /// A read may reflect an append still committing; `settled` answers once
@@ -425,17 +430,8 @@ async fn a_marked_read_is_settled_once_the_appends_it_reflects_have_committed() 
     assert_eq!(observed, 0);
     assert!(engine.settled(mark).await.unwrap());
 
-    let original = observed_thing();
-    let inbox = InboxEntry {
-        consumer: "c".into(),
-        message_id: original.event_id.to_string(),
-        reply: None,
-    };
     // Queued and applied to the model; nobody has awaited its commit yet.
-    let committing = engine
-        .observe(&original, inbox, |_, _| Ok(Decision::default()))
-        .await
-        .unwrap();
+    let committing = observe_one(&engine).await;
     let (observed, mark) = engine.read_marked(|m| m.observed).await.unwrap();
     assert_eq!(observed, 1, "the model holds the append before it commits");
     assert!(engine.settled(mark).await.unwrap());
@@ -461,16 +457,7 @@ async fn a_marked_read_is_settled_once_the_appends_it_reflects_have_committed() 
 async fn a_marked_read_is_not_settled_when_an_append_it_reflects_is_in_doubt() {
     let (_f, store) = store().await;
     let engine: Engine<Ticks> = Engine::open(store.clone(), "approval").await.unwrap();
-    let original = observed_thing();
-    let inbox = InboxEntry {
-        consumer: "c".into(),
-        message_id: original.event_id.to_string(),
-        reply: None,
-    };
-    let committing = engine
-        .observe(&original, inbox, |_, _| Ok(Decision::default()))
-        .await
-        .unwrap();
+    let committing = observe_one(&engine).await;
     let (observed, mark) = engine.read_marked(|m| m.observed).await.unwrap();
     assert_eq!(observed, 1);
     drop(committing);
