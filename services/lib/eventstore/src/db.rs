@@ -483,6 +483,19 @@ pub(crate) enum WriteTx<'c> {
     Postgres(&'c mut PgConnection),
 }
 
+/// The current version of each stream named in `$1` that exists, on
+/// PostgreSQL: one backward step of the `(stream, version)` index per
+/// stream, whatever the planner knows of the table. The plain `WHERE stream
+/// = ANY($1) GROUP BY stream` is planned from a guessed share of rows per
+/// stream: without statistics (autovacuum off, or a table grown since its
+/// last ANALYZE) a few dozen streams look like a large part of the table,
+/// and it was planned as a parallel scan of the whole table, once for every
+/// batch with a stream the writer had not cached (at 1M dossiers, most).
+pub(crate) const PG_STREAM_VERSIONS: &str = "SELECT s.stream, v.version \
+     FROM UNNEST($1::text[]) AS s(stream) \
+     CROSS JOIN LATERAL (SELECT e.version FROM events e \
+       WHERE e.stream = s.stream ORDER BY e.version DESC LIMIT 1) v";
+
 /// BEGIN and the head lock in one simple-protocol round trip.
 const PG_BEGIN_LOCKED: &str =
     "BEGIN; SELECT position, hash, recorded_at FROM chain_head WHERE id = 1 FOR UPDATE";
@@ -668,13 +681,10 @@ impl<'c> WriteTx<'c> {
                         .await?
                 }
                 WriteTx::Postgres(t) => {
-                    sqlx::query_as::<Postgres, (String, i64)>(
-                        "SELECT stream, MAX(version) FROM events \
-                         WHERE stream = ANY($1) GROUP BY stream",
-                    )
-                    .bind(chunk)
-                    .fetch_all(&mut **t)
-                    .await?
+                    sqlx::query_as::<Postgres, (String, i64)>(PG_STREAM_VERSIONS)
+                        .bind(chunk)
+                        .fetch_all(&mut **t)
+                        .await?
                 }
             };
             for (stream, version) in rows {
@@ -898,5 +908,91 @@ mod tests {
         for bad in ["", "Svc", "a-b", "a\"b", "1abc", "a b", &"x".repeat(64)] {
             assert!(validate_schema(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Appends 50 events to each of 60 streams `s-0` … `s-59` and asks the
+    /// writer's version lookup for them, an absent stream and a repeated one.
+    async fn sixty_streams_versions(url: &str) -> (crate::Store, HashMap<String, u64>) {
+        use crate::model::{AppendRequest, NewEvent};
+        use gradeflow_proto::{Actor, CorrelationId, Metadata, OrgId, Role};
+
+        let store = crate::Store::connect(url, crate::StoreOptions::default())
+            .await
+            .unwrap();
+        let meta = Metadata {
+            actor: Actor {
+                sub: "tester".into(),
+                role: Role::System,
+                org: OrgId::new(),
+            },
+            correlation_id: CorrelationId::new(),
+            causation_id: None,
+            traceparent: None,
+            service: "test".into(),
+            province: None,
+        };
+        for pair in 0..30 {
+            let events = (0..100)
+                .map(|n| {
+                    let stream = format!("s-{}", pair * 2 + n % 2);
+                    let payload = serde_json::json!({ "n": n, "text": "x".repeat(400) });
+                    NewEvent::new(stream, "thing_happened.v1", payload, meta.clone())
+                })
+                .collect();
+            store.append(AppendRequest::new(events)).await.unwrap();
+        }
+        let mut names: Vec<String> = (0..60).map(|i| format!("s-{i}")).collect();
+        names.push("absent".to_owned());
+        names.push("s-7".to_owned());
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut conn = WriteConn::open(store.pool()).await.unwrap();
+        let (mut tx, head) = WriteTx::begin_locked(&mut conn).await.unwrap();
+        assert_eq!(head.position, 3_000);
+        let found = tx.stream_versions(&names).await.unwrap();
+        tx.rollback().await.unwrap();
+        conn.close().await;
+        (store, found)
+    }
+
+    fn assert_sixty_at_fifty(found: &HashMap<String, u64>) {
+        assert_eq!(found.len(), 60, "{found:?}");
+        for i in 0..60 {
+            assert_eq!(found.get(&format!("s-{i}")), Some(&50), "s-{i}");
+        }
+        assert!(!found.contains_key("absent"));
+    }
+
+    #[tokio::test]
+    async fn stream_versions_give_each_existing_streams_last_version_on_sqlite() {
+        let db = gradeflow_testkit::fresh_sqlite().unwrap();
+        let (store, found) = sixty_streams_versions(&db.url).await;
+        assert_sixty_at_fifty(&found);
+        store.close().await;
+    }
+
+    /// On PostgreSQL the lookup must not depend on the table's statistics:
+    /// this table was never analysed, as with autovacuum off, and the plan
+    /// must still step through the `(stream, version)` index per stream
+    /// rather than scan the table (what `stream = ANY($1) GROUP BY stream`
+    /// was planned as for a few dozen streams).
+    #[tokio::test]
+    async fn stream_versions_use_the_index_per_stream_on_postgres_without_statistics() {
+        let pg = gradeflow_testkit::fresh_pg().await.unwrap();
+        let (store, found) = sixty_streams_versions(&pg.url).await;
+        assert_sixty_at_fifty(&found);
+        let Pool::Postgres(p) = store.pool() else {
+            unreachable!("the store is on PostgreSQL")
+        };
+        let names: Vec<String> = (0..60).map(|i| format!("s-{i}")).collect();
+        let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {PG_STREAM_VERSIONS}"))
+            .bind(&names)
+            .fetch_all(p)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Index Only Scan Backward"), "{plan}");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+        store.close().await;
+        pg.drop_db().await.unwrap();
     }
 }
