@@ -4,11 +4,15 @@
 //! on SQLite, and on PostgreSQL (`GRADEFLOW_TEST_PG_URL`), keeps the stores,
 //! and `bench audit --remove` reads and then removes them. Checks that the
 //! reports have every row with positive figures; the figures themselves are
-//! not judged (that is `docs/performance.md`'s job).
+//! not judged (that is `docs/performance.md`'s job). And a run interrupted
+//! with Ctrl-C removes what it made, as a failed one does.
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn nats_url() -> String {
     std::env::var("GRADEFLOW_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -181,4 +185,165 @@ fn bench_cycle_and_audit_run_on_postgres() {
     let pg = std::env::var("GRADEFLOW_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     cycle_then_audit(Some(&pg));
+}
+
+/// Whether a running process has `needle` in its command line.
+fn a_process_mentions(needle: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
+}
+
+/// Kills, when dropped, the bench and every process started under its
+/// directory, so a failed assertion does not leave a million-dossier run
+/// behind.
+struct Reaper {
+    bench: std::process::Child,
+    dir: String,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.bench.kill();
+        let _ = self.bench.wait();
+        for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            if String::from_utf8_lossy(&cmdline).contains(&self.dir) {
+                let pid = entry.file_name().to_string_lossy().into_owned();
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+        }
+    }
+}
+
+/// Starts a cycle far too large to finish, sends it SIGINT once it drives
+/// the services, and checks that it stops them and removes its data dir,
+/// its NATS streams and (on PostgreSQL) its database.
+fn interrupted_cycle(database_url: Option<&str>) {
+    let nats = nats_url();
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().display().to_string();
+    let mut args = vec![
+        "bench",
+        "cycle",
+        "--dossiers",
+        "1000000",
+        "--nats-url",
+        &nats,
+        "--dir",
+        &dir_arg,
+    ];
+    if let Some(url) = database_url {
+        args.extend(["--database-url", url]);
+    }
+    let mut bench = Reaper {
+        bench: Command::new(env!("CARGO_BIN_EXE_gradeflow"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        dir: dir_arg.clone(),
+    };
+    let (lines, stderr) = std::sync::mpsc::channel();
+    let reader = std::io::BufReader::new(bench.bench.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in reader.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The first progress line: the services are up and being driven.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("dossiers decided")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match stderr.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no progress ({e}); stderr so far:\n{}", seen.join("\n")),
+        }
+    }
+    let data_dirs: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let [data_dir] = data_dirs.as_slice() else {
+        panic!("not one data dir: {data_dirs:?}");
+    };
+    let id = data_dir
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .strip_prefix("gradeflow-bench-")
+        .unwrap()
+        .to_owned();
+    let data_dir_text = data_dir.display().to_string();
+    assert!(
+        a_process_mentions(&data_dir_text),
+        "no gradeflow up running"
+    );
+
+    let signalled = Command::new("kill")
+        .args(["-INT", &bench.bench.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = bench.bench.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the bench did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    seen.extend(stderr.try_iter());
+    let said = seen.join("\n");
+    assert!(!status.success(), "{said}");
+    assert!(said.contains("interrupted"), "{said}");
+    assert!(!Path::new(data_dir).exists(), "{said}");
+    // The killed `gradeflow up` is gone (reaped, or at least not running).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a_process_mentions(&data_dir_text) {
+        assert!(Instant::now() < deadline, "gradeflow up still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(nats.as_str()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        for suffix in ["EVENTS", "AUDIT", "DLQ", "RAW"] {
+            let name = format!("bench-{id}_{suffix}");
+            assert!(js.get_stream(&name).await.is_err(), "{name} is still there");
+        }
+        if let Some(url) = database_url {
+            use sqlx::Connection as _;
+            let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+            let left: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+                    .bind(format!("gradeflow_bench_{id}"))
+                    .fetch_one(&mut admin)
+                    .await
+                    .unwrap();
+            assert_eq!(left, 0, "the database gradeflow_bench_{id} is still there");
+        }
+    });
+}
+
+#[test]
+fn an_interrupted_cycle_removes_what_it_made_on_sqlite() {
+    interrupted_cycle(None);
+}
+
+#[test]
+fn an_interrupted_cycle_removes_what_it_made_on_postgres() {
+    let pg = std::env::var("GRADEFLOW_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    interrupted_cycle(Some(&pg));
 }

@@ -128,8 +128,11 @@ pub async fn cycle(args: CycleArgs) -> anyhow::Result<()> {
     };
     let made = std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()));
+    let stop = gradeflow_kit::shutdown_signal();
     let outcome = match made {
-        Ok(()) => measure(&args, shape, &place, &client, &js, &id).await,
+        Ok(()) => {
+            super::interruptible(&stop, measure(&args, shape, &place, &client, &js, &id)).await
+        }
         Err(e) => Err(e),
     };
     if args.keep {

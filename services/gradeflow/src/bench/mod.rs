@@ -100,6 +100,25 @@ pub fn run(cmd: BenchCmd) -> ExitCode {
     }
 }
 
+/// `work`, unless SIGINT (Ctrl-C) or SIGTERM arrives first: then `work` is
+/// dropped (a `gradeflow up` it started is killed with it) and an error is
+/// returned, so the caller goes on to remove what the run made (databases,
+/// streams, data dir) instead of the process ending and leaving them, and
+/// the services, behind. Only the first signal is heeded: one more while the
+/// clean-up runs changes nothing.
+pub(crate) async fn interruptible<T>(
+    stop: &tokio_util::sync::CancellationToken,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        outcome = work => outcome,
+        () = stop.cancelled() => {
+            eprintln!("gradeflow bench: interrupted; removing what the run made");
+            Err(anyhow::anyhow!("interrupted before the run finished"))
+        }
+    }
+}
+
 /// `gradeflow bench store`.
 async fn store(args: StoreArgs) -> anyhow::Result<()> {
     let events = usize::try_from(args.events).context("--events does not fit in memory")?;
@@ -111,6 +130,7 @@ async fn store(args: StoreArgs) -> anyhow::Result<()> {
     let js = jetstream::new(client.clone());
     // One id for the run: the scratch file, schema and NATS prefixes.
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let stop = gradeflow_kit::shutdown_signal();
 
     let dbs = [
         ("SQLite", ScratchDb::sqlite(&args.sqlite_dir, &id)),
@@ -161,7 +181,11 @@ async fn store(args: StoreArgs) -> anyhow::Result<()> {
             }
         };
         eprintln!("{label}:");
-        let measured = section(store, &client, &js, names, events, payload_bytes, title).await;
+        let measured = interruptible(
+            &stop,
+            section(store, &client, &js, names, events, payload_bytes, title),
+        )
+        .await;
         remove_streams(&js, names).await;
         db.remove(store).await;
         removed[i] = true;
