@@ -50,30 +50,45 @@ fn row<'a>(stdout: &'a str, label: &str) -> Vec<&'a str> {
     line[label.len()..].split_whitespace().collect()
 }
 
+/// `bench cycle` of `dossiers` against the test's NATS server, into `dir`,
+/// on PostgreSQL when `database_url` is given, with `extra` flags.
+fn cycle_args<'a>(
+    dossiers: &'a str,
+    nats: &'a str,
+    dir: &'a str,
+    database_url: Option<&'a str>,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "bench",
+        "cycle",
+        "--dossiers",
+        dossiers,
+        "--nats-url",
+        nats,
+        "--dir",
+        dir,
+    ];
+    args.extend_from_slice(extra);
+    if let Some(url) = database_url {
+        args.extend(["--database-url", url]);
+    }
+    args
+}
+
 /// Runs the cycle at 60 dossiers with `--keep`, checks its report, then
 /// `bench audit --remove` on what it kept and checks that report.
 fn cycle_then_audit(database_url: Option<&str>) {
     let nats = nats_url();
     let dir = tempfile::tempdir().unwrap();
     let dir_arg = dir.path().display().to_string();
-    let mut args = vec![
-        "bench",
-        "cycle",
-        "--dossiers",
+    let args = cycle_args(
         "60",
-        "--boards",
-        "8",
-        "--progress-queries",
-        "20",
-        "--nats-url",
         &nats,
-        "--dir",
         &dir_arg,
-        "--keep",
-    ];
-    if let Some(url) = database_url {
-        args.extend(["--database-url", url]);
-    }
+        database_url,
+        &["--boards", "8", "--progress-queries", "20", "--keep"],
+    );
     let stdout = run(&args);
     assert!(
         stdout.starts_with("gradeflow bench cycle: card preset, 60 dossiers"),
@@ -227,19 +242,7 @@ fn interrupted_cycle(database_url: Option<&str>) {
     let nats = nats_url();
     let dir = tempfile::tempdir().unwrap();
     let dir_arg = dir.path().display().to_string();
-    let mut args = vec![
-        "bench",
-        "cycle",
-        "--dossiers",
-        "1000000",
-        "--nats-url",
-        &nats,
-        "--dir",
-        &dir_arg,
-    ];
-    if let Some(url) = database_url {
-        args.extend(["--database-url", url]);
-    }
+    let args = cycle_args("1000000", &nats, &dir_arg, database_url, &[]);
     let mut bench = Reaper {
         bench: Command::new(env!("CARGO_BIN_EXE_gradeflow"))
             .args(&args)

@@ -913,30 +913,17 @@ mod tests {
     /// Appends 50 events to each of 60 streams `s-0` … `s-59` and asks the
     /// writer's version lookup for them, an absent stream and a repeated one.
     async fn sixty_streams_versions(url: &str) -> (crate::Store, HashMap<String, u64>) {
-        use crate::model::{AppendRequest, NewEvent};
-        use gradeflow_proto::{Actor, CorrelationId, Metadata, OrgId, Role};
+        use crate::model::AppendRequest;
 
         let store = crate::Store::connect(url, crate::StoreOptions::default())
             .await
             .unwrap();
-        let meta = Metadata {
-            actor: Actor {
-                sub: "tester".into(),
-                role: Role::System,
-                org: OrgId::new(),
-            },
-            correlation_id: CorrelationId::new(),
-            causation_id: None,
-            traceparent: None,
-            service: "test".into(),
-            province: None,
-        };
         for pair in 0..30 {
             let events = (0..100)
                 .map(|n| {
-                    let stream = format!("s-{}", pair * 2 + n % 2);
-                    let payload = serde_json::json!({ "n": n, "text": "x".repeat(400) });
-                    NewEvent::new(stream, "thing_happened.v1", payload, meta.clone())
+                    let mut e = crate::store::tests::event(n);
+                    e.stream = format!("s-{}", pair * 2 + n % 2);
+                    e
                 })
                 .collect();
             store.append(AppendRequest::new(events)).await.unwrap();

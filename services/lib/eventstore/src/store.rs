@@ -890,7 +890,7 @@ fn check_row(row: &VerifyRow<'_>, expected: i64, prev_hash: &str) -> Option<(i64
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use gradeflow_proto::{Actor, CorrelationId, Metadata, OrgId, Role};
@@ -898,7 +898,8 @@ mod tests {
     use super::*;
     use crate::model::{ExpectedVersion, NewEvent};
 
-    fn event(n: u64) -> NewEvent {
+    /// Event `n` of the tests: `thing_happened.v1` on stream `s`.
+    pub(crate) fn event(n: u64) -> NewEvent {
         let meta = Metadata {
             actor: Actor {
                 sub: "tester".into(),
