@@ -202,13 +202,17 @@ fn bench_cycle_and_audit_run_on_postgres() {
     cycle_then_audit(Some(&pg));
 }
 
-/// Whether a running process has `needle` in its command line.
-fn a_process_mentions(needle: &str) -> bool {
+/// The pids of the running processes with `needle` in their command line.
+fn processes_mentioning(needle: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(Result::ok)
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .any(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Kills, when dropped, the bench and every process started under its
@@ -223,14 +227,8 @@ impl Drop for Reaper {
     fn drop(&mut self) {
         let _ = self.bench.kill();
         let _ = self.bench.wait();
-        for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            if String::from_utf8_lossy(&cmdline).contains(&self.dir) {
-                let pid = entry.file_name().to_string_lossy().into_owned();
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            }
+        for pid in processes_mentioning(&self.dir) {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
         }
     }
 }
@@ -288,7 +286,7 @@ fn interrupted_cycle(database_url: Option<&str>) {
         .to_owned();
     let data_dir_text = data_dir.display().to_string();
     assert!(
-        a_process_mentions(&data_dir_text),
+        !processes_mentioning(&data_dir_text).is_empty(),
         "no gradeflow up running"
     );
 
@@ -312,7 +310,7 @@ fn interrupted_cycle(database_url: Option<&str>) {
     assert!(!Path::new(data_dir).exists(), "{said}");
     // The killed `gradeflow up` is gone (reaped, or at least not running).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while a_process_mentions(&data_dir_text) {
+    while !processes_mentioning(&data_dir_text).is_empty() {
         assert!(Instant::now() < deadline, "gradeflow up still runs");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -490,7 +490,8 @@ pub(crate) enum WriteTx<'c> {
 /// stream: without statistics (autovacuum off, or a table grown since its
 /// last ANALYZE) a few dozen streams look like a large part of the table,
 /// and it was planned as a parallel scan of the whole table, once for every
-/// batch with a stream the writer had not cached (at 1M dossiers, most).
+/// batch with a stream the writer had not cached (a new dossier's, or one
+/// its cache of 100,000 let go).
 pub(crate) const PG_STREAM_VERSIONS: &str = "SELECT s.stream, v.version \
      FROM UNNEST($1::text[]) AS s(stream) \
      CROSS JOIN LATERAL (SELECT e.version FROM events e \
