@@ -25,6 +25,7 @@
 
 pub mod client;
 pub mod runtime;
+pub mod spill;
 pub mod trace;
 pub mod tree;
 mod versions;

@@ -44,7 +44,7 @@ pub fn valid(traceparent: Option<&str>) -> Option<&str> {
 /// 55 (models keep one per dossier). [`PackedTrace::traceparent`] gives it
 /// back as a version-00 `traceparent`, which [`child_of`] continues exactly
 /// as it would the one recorded: a child keeps only the trace id and flags.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PackedTrace([u8; 25]);
 
 impl PackedTrace {
