@@ -168,6 +168,9 @@ async fn run(
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
     }
+    // The models' scratch files (`gradeflow_service::spill`): unlinked as
+    // soon as they are opened, so nothing is left here after a stop.
+    gradeflow_service::spill::set_dir(config.data_dir.join("spill"));
     let shutdown = gradeflow_kit::shutdown_signal();
     let (client, _embedded_nats) = nats(&config).await?;
     let js = jetstream::new(client.clone());

@@ -3,13 +3,16 @@
 //! national scale this map has millions of entries; most stream names are
 //! `<kind>-<uuid>` (`dossier-…`, `decision-…`), and such a name is kept as
 //! its kind's index and the UUID's 16 bytes instead of a 40-odd byte string
-//! of its own. Exact, not hashed: a name is only split when formatting the
-//! parts again gives back the very same name, so two names never share an
-//! entry.
+//! of its own, in a [`SpillMap`]: the streams in use stay in memory, the rest
+//! go to the map's scratch file. Exact, not hashed: a name is only split when
+//! formatting the parts again gives back the very same name, so two names
+//! never share an entry.
 
 use std::collections::HashMap;
 
 use uuid::Uuid;
+
+use crate::spill::{SpillKey, SpillMap};
 
 /// A `<kind>-<uuid>` stream name, split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -22,11 +25,19 @@ struct UuidKey {
     kind: u16,
 }
 
+impl SpillKey for UuidKey {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.hi.to_be_bytes());
+        out.extend_from_slice(&self.lo.to_be_bytes());
+        out.extend_from_slice(&self.kind.to_be_bytes());
+    }
+}
+
 /// Stream name → version, for the streams a model has folded.
 #[derive(Debug, Default)]
 pub(crate) struct StreamVersions {
     /// Streams named `<kind>-<uuid>` (the UUID hyphenated and lower case).
-    by_uuid: HashMap<UuidKey, u64>,
+    by_uuid: SpillMap<UuidKey, u64>,
     /// Every other stream, by name.
     named: HashMap<String, u64>,
     /// The distinct `<kind>`s seen, in order of first sight.
@@ -42,7 +53,7 @@ impl StreamVersions {
         match self.split(stream) {
             Some((kind, id)) => {
                 let kind = self.kinds.iter().position(|k| k == kind)?;
-                self.by_uuid.get(&key(kind, id)?).copied()
+                self.by_uuid.get(&key(kind, id)?).map(|v| *v)
             }
             None => self.named.get(stream).copied(),
         }
@@ -76,10 +87,15 @@ impl StreamVersions {
         }
     }
 
-    /// How many streams are recorded.
+    /// Versions kept in memory for at most `capacity` `<kind>-<uuid>`
+    /// streams, the rest in the scratch file.
     #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.by_uuid.len() + self.named.len()
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            by_uuid: SpillMap::with_capacity(capacity),
+            named: HashMap::new(),
+            kinds: Vec::new(),
+        }
     }
 
     /// `<kind>` and the UUID of a stream named `<kind>-<uuid>` whose UUID
@@ -132,12 +148,12 @@ mod tests {
             assert_eq!(versions.get(name), None, "{name}");
             versions.insert(name, v as u64 + 1);
         }
-        assert_eq!(versions.len(), names.len());
         for (v, name) in names.iter().enumerate() {
             assert_eq!(versions.get(name), Some(v as u64 + 1), "{name}");
         }
         // The split names went to the compact map, the others by name.
-        assert_eq!(versions.by_uuid.len(), 3);
+        assert_eq!(versions.by_uuid.in_memory(), 3);
+        assert_eq!(versions.named.len(), names.len() - 3);
         assert_eq!(versions.kinds, ["dossier", "decision", ""]);
 
         versions.insert(&names[0], 42);
@@ -145,5 +161,27 @@ mod tests {
         assert_eq!(versions.get(&names[1]), Some(2));
         assert_eq!(versions.get(&format!("dossier-{}", Uuid::now_v7())), None);
         assert_eq!(versions.get(&format!("cycle-{id}")), None);
+    }
+
+    #[test]
+    fn versions_of_streams_out_of_memory_come_back_from_the_scratch_file() {
+        let mut versions = StreamVersions::with_capacity(16);
+        let streams: Vec<String> = (0..500)
+            .map(|_| format!("dossier-{}", Uuid::now_v7()))
+            .collect();
+        for (v, s) in streams.iter().enumerate() {
+            versions.insert(s, v as u64 + 1);
+        }
+        assert!(versions.by_uuid.in_memory() <= 16);
+        // A stream's later version replaces the one written out.
+        versions.insert(&streams[0], 7_000);
+        for s in &streams[100..200] {
+            versions.get(s);
+        }
+        assert_eq!(versions.get(&streams[0]), Some(7_000));
+        for (v, s) in streams.iter().enumerate().skip(1) {
+            assert_eq!(versions.get(s), Some(v as u64 + 1), "{s}");
+        }
+        assert_eq!(versions.get(&format!("dossier-{}", Uuid::now_v7())), None);
     }
 }

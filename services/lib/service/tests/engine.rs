@@ -475,3 +475,54 @@ async fn a_marked_read_is_not_settled_when_an_append_it_reflects_is_in_doubt() {
     }
     assert_eq!(engine.read_committed(|m| m.observed).await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn streams_whose_versions_went_to_the_scratch_file_are_checked_at_their_versions() {
+    // Far fewer versions in memory than streams: most are read back from
+    // the scratch file when a decision writes their stream again. A wrong
+    // version would fail the store's check (`Conflict`) on every attempt.
+    gradeflow_service::spill::set_capacity(64);
+    let (_f, store) = store().await;
+    let engine: Engine<Ticks> = Engine::open(store.clone(), "submission").await.unwrap();
+    let streams: Vec<String> = (0..300)
+        .map(|_| format!("dossier-{}", uuid::Uuid::now_v7()))
+        .collect();
+    let tick = |stream: &str| {
+        let stream = stream.to_owned();
+        move |_: &Ticks| {
+            Ok(Decision {
+                events: vec![Emit {
+                    stream: stream.clone(),
+                    kind: "tick.v1".into(),
+                    payload: json!({}),
+                    province: None,
+                    traceparent: None,
+                }],
+                reads: vec![],
+                result: json!({}),
+            })
+        }
+    };
+    for round in 1..=3u64 {
+        for s in &streams {
+            let Outcome::Applied { events, .. } =
+                engine.execute(&ctx(), None, tick(s)).await.unwrap()
+            else {
+                panic!("not applied")
+            };
+            assert_eq!(events[0].version, round, "{s}");
+        }
+    }
+    assert_eq!(engine.rebuilds(), 0);
+    // A new engine folds the store again, its versions spilling the same way.
+    let again: Engine<Ticks> = Engine::open(store.clone(), "submission").await.unwrap();
+    let Outcome::Applied { events, .. } = again
+        .execute(&ctx(), None, tick(&streams[0]))
+        .await
+        .unwrap()
+    else {
+        panic!("not applied")
+    };
+    assert_eq!(events[0].version, 4);
+    assert_eq!(again.read(|m| m.ticks[&streams[0]]).await.unwrap(), 4);
+}
