@@ -338,7 +338,7 @@ mod tests {
         for (n, e) in events.iter().enumerate() {
             model.apply(e);
             let detail = DossierDetail::fold(d, &events[..=n]).unwrap();
-            let kept = &model.dossiers[&d];
+            let kept = model.dossiers.get(&d).unwrap();
             assert_eq!(detail.state, kept.state, "after {}", e.kind);
             assert_eq!(
                 detail.opened_for_decision.is_some(),

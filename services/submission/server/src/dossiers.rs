@@ -7,6 +7,8 @@
 //! Who may act (`API.md` § Subjects and dossiers): the submitter of the
 //! dossier's org (or anyone whose role covers it higher up the tree).
 
+use std::sync::Arc;
+
 use gradeflow_proto::commands::{RecordMeeting, RegisterSubject, SubmitSelfReview};
 use gradeflow_proto::events::{MeetingRecorded, SelfReviewSubmitted, SubjectRegistered};
 use gradeflow_proto::{
@@ -54,7 +56,7 @@ pub fn step(id: DossierId, d: &DossierRecord, action: Action) -> Result<DossierS
     transition(d.state, action).map_err(|why| wrong_state(id, d.state, action, why))
 }
 
-fn dossier(model: &SubmissionModel, id: DossierId) -> Result<&DossierRecord, Rejection> {
+fn dossier(model: &SubmissionModel, id: DossierId) -> Result<Arc<DossierRecord>, Rejection> {
     model.dossiers.get(&id).ok_or_else(|| unknown_dossier(id))
 }
 
@@ -186,7 +188,7 @@ pub fn submit_self_review(
         .map(|c| c.opened.rulebook)
         .ok_or_else(|| unknown_cycle(d.cycle))?;
     validate_self_review(rulebook, input)?;
-    let state = step(input.dossier, d, Action::FileSelfReview)?;
+    let state = step(input.dossier, &d, Action::FileSelfReview)?;
     let event = SelfReviewSubmitted {
         dossier: input.dossier,
         score: input.score,
@@ -269,7 +271,7 @@ pub fn record_meeting(
 ) -> Result<Decision, Rejection> {
     let d = dossier(model, input.dossier)?;
     model.orgs.authorize(actor, Role::Submitter, d.org)?;
-    let state = step(input.dossier, d, Action::RecordMeeting)?;
+    let state = step(input.dossier, &d, Action::RecordMeeting)?;
     let event = MeetingRecorded {
         dossier: input.dossier,
         proposed_grade: input.proposed_grade,

@@ -5,16 +5,19 @@
 //! child unit is complete (the upward flow, Art. 12.2).
 //!
 //! The service is a [`Workflow`] on the `gradeflow-service` runtime: every
-//! command is decided by a pure function over the in-memory
-//! [`SubmissionModel`] and committed by the [`Engine`] with optimistic
-//! concurrency and command-id idempotency; observed events of appraisal and
-//! approval are copied into this service's store (by the consumer the binary
-//! wires) so the model is a fold of this store alone.
+//! command is decided by a pure function over the [`SubmissionModel`]
+//! (held in memory but for its per-dossier maps, which keep their working
+//! set in memory and spill the rest to a scratch file) and committed by the
+//! [`Engine`] with optimistic concurrency and command-id idempotency;
+//! observed events of appraisal and approval are copied into this service's
+//! store (by the consumer the binary wires) so the model is a fold of this
+//! store alone.
 //!
 //! Layout: [`registry`] (orgs), [`cycles`], [`dossiers`] (subjects,
 //! self-reviews, meetings), [`upward`] (reacting to `unit_completed`),
 //! [`queries`] (read-only answers), [`model`], [`detail`] (one dossier's
-//! details, folded from its events when asked for) and [`refusals`].
+//! details, folded from its events when asked for) and [`refusals`]; the
+//! tests of the model with its maps spilled are in `spilled`.
 
 // A `Rejection` is the value every refusal travels as (code, two messages,
 // details), built once per refused command and returned straight to the
@@ -28,6 +31,8 @@ pub mod model;
 pub mod queries;
 pub mod refusals;
 pub mod registry;
+#[cfg(test)]
+mod spilled;
 pub mod upward;
 
 use gradeflow_eventstore::{InboxEntry, Store, StoreError};

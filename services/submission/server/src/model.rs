@@ -13,6 +13,18 @@
 //! are not held: `GET /dossiers/{id}` reads the dossier's events back from
 //! the store and folds them ([`crate::detail`]).
 //!
+//! **Bounded memory** (`docs/adr/0002-bounded-model-memory.md`). What grows
+//! with the number of dossiers lives in [`SpillMap`]s, which keep a fixed
+//! number of values in memory and the rest in a scratch file: the records
+//! ([`SubmissionModel::dossiers`]) and each org's list of dossiers
+//! ([`SubmissionModel::by_org`]). Everything else in the model is per unit
+//! or per cycle: the org tree, the cycles, the collective of each unit, the
+//! units taking part in and completed in each cycle, and how many of each
+//! unit's dossiers await their submitter, which lets the worklist skip the
+//! units with nothing to do instead of reading every record of the subtree.
+//! No query or decision reads every dossier: a record is read by its id, or
+//! through the list of its org, reached by walking the org tree.
+//!
 //! `apply` trusts what it folds: the facts were checked by whoever recorded
 //! them (this service's own decide functions, or the service that emitted an
 //! observed event). A payload that does not parse is skipped with a warning
@@ -29,9 +41,11 @@ use gradeflow_proto::events::{
     UnitCompleted,
 };
 use gradeflow_proto::{Category, CycleId, DossierId, DossierState, OrgId, SubjectId, SubjectKind};
+use gradeflow_service::spill::SpillMap;
 use gradeflow_service::trace::{self, PackedTrace};
 use gradeflow_service::{Model, OrgTree};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// A cycle as opened, with when it was opened and (once approval says so)
 /// completed.
@@ -50,7 +64,10 @@ pub struct CycleRecord {
 /// are. The payloads themselves (the self-review's text, the meeting's
 /// votes, appraisals, returns, grades) stay in the store; `GET /dossiers/{id}`
 /// reads them back by position and folds them again (see [`crate::detail`]).
-#[derive(Debug, Clone, PartialEq)]
+///
+/// The model keeps it in a [`SpillMap`], so it serialises (as JSON, into
+/// the map's scratch file) and comes back unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DossierRecord {
     /// The subject.
     pub subject: SubjectId,
@@ -79,7 +96,7 @@ pub struct DossierRecord {
 /// Ascending store positions, kept as the LEB128 varints of the gaps between
 /// them (the first one's from 0): a dossier's handful of events, a few
 /// bytes each rather than eight.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Positions(Box<[u8]>);
 
 impl Positions {
@@ -131,18 +148,23 @@ impl Positions {
     }
 }
 
-/// The submission service's model.
+/// The submission service's model. Only its two [`SpillMap`]s grow with
+/// the number of dossiers; the rest grows with the number of units and
+/// cycles (see the module's documentation).
 #[derive(Debug, Default)]
 pub struct SubmissionModel {
     /// The organisation tree.
     pub orgs: OrgTree,
     /// Cycles by id.
     pub cycles: BTreeMap<CycleId, CycleRecord>,
-    /// Dossiers by id.
-    pub dossiers: HashMap<DossierId, DossierRecord>,
-    /// Dossiers by the org they belong to (worklists walk the tree, then
-    /// this index, instead of every dossier).
-    pub by_org: HashMap<OrgId, Vec<DossierId>>,
+    /// Dossiers by id (in memory up to the map's capacity, the rest in its
+    /// scratch file).
+    pub dossiers: SpillMap<DossierId, DossierRecord>,
+    /// Dossiers by the org they were registered under, in registration
+    /// order (worklists walk the tree, then this index, instead of every
+    /// dossier). A dossier registered again (which the fold allows, see
+    /// [`SubmissionModel::apply`]) is listed again.
+    pub by_org: SpillMap<OrgId, Vec<DossierId>>,
     /// The collective dossier of each (cycle, org).
     pub collectives: HashMap<(CycleId, OrgId), DossierId>,
     /// Per cycle, every org with a dossier in its subtree: the units that
@@ -150,6 +172,26 @@ pub struct SubmissionModel {
     pub participating: HashMap<CycleId, HashSet<OrgId>>,
     /// Per cycle, the units approval reported complete.
     pub completed_units: HashMap<CycleId, BTreeSet<OrgId>>,
+    /// Per org, per cycle, how many of the dossiers registered under the org
+    /// await their submitter ([`awaited`]); an org or a cycle with none has
+    /// no entry. Never fewer than there are (a dossier registered again
+    /// leaves its first record's count behind), so a count of none is sure.
+    awaiting: HashMap<OrgId, BTreeMap<CycleId, u32>>,
+    /// Orgs whose list holds a dossier that was registered again under
+    /// another org, so the list names a record that is not counted in the
+    /// org's [`SubmissionModel::awaiting`]. Only a store folding the same
+    /// dossier's registration twice, under two orgs, has any.
+    relisted: HashSet<OrgId>,
+}
+
+/// What the submitter is awaited for in `state`, if anything: `self_review`
+/// or `meeting`.
+pub fn awaited(state: DossierState) -> Option<&'static str> {
+    match state {
+        DossierState::Open | DossierState::Returned => Some("self_review"),
+        DossierState::Submitted => Some("meeting"),
+        _ => None,
+    }
 }
 
 pub(crate) fn parse<E: Event + DeserializeOwned>(event: &StoredEvent) -> Option<E> {
@@ -276,13 +318,87 @@ impl Model for SubmissionModel {
 }
 
 impl SubmissionModel {
+    /// An empty model whose maps keep at most `capacity` values each in
+    /// memory (at least 8) and spill the rest. The service's model is the
+    /// [`Default`] one, whose capacity is `spill::capacity()`; tests use a
+    /// tiny one to check that a spilled model answers as one held in memory.
+    pub fn with_cache(capacity: usize) -> Self {
+        Self {
+            dossiers: SpillMap::with_capacity(capacity),
+            by_org: SpillMap::with_capacity(capacity),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the list of `org` in [`SubmissionModel::by_org`] may hold a
+    /// dossier awaiting its submitter (of `cycle`, when given). `false`
+    /// means it surely holds none, so the worklist need not read it.
+    pub fn may_await(&self, org: OrgId, cycle: Option<CycleId>) -> bool {
+        if self.relisted.contains(&org) {
+            return true;
+        }
+        match (self.awaiting.get(&org), cycle) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(counts), Some(cycle)) => counts.contains_key(&cycle),
+        }
+    }
+
+    /// Counts a dossier of `org` in `cycle` going from state `before` to
+    /// `after` (`None`: not there) in [`SubmissionModel::awaiting`].
+    fn count_awaiting(
+        &mut self,
+        cycle: CycleId,
+        org: OrgId,
+        before: Option<DossierState>,
+        after: DossierState,
+    ) {
+        let was = before.and_then(awaited).is_some();
+        let is = awaited(after).is_some();
+        if was == is {
+            return;
+        }
+        if is {
+            *self
+                .awaiting
+                .entry(org)
+                .or_default()
+                .entry(cycle)
+                .or_default() += 1;
+            return;
+        }
+        let Some(counts) = self.awaiting.get_mut(&org) else {
+            return;
+        };
+        if let Some(n) = counts.get_mut(&cycle) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&cycle);
+            }
+        }
+        if counts.is_empty() {
+            self.awaiting.remove(&org);
+        }
+    }
+
     fn register(&mut self, e: SubjectRegistered, position: i64) {
         let id = e.dossier;
-        self.by_org.entry(e.org).or_default().push(id);
+        self.by_org.upsert(e.org, Vec::new, |list| list.push(id));
         if e.kind == SubjectKind::Collective {
             self.collectives.insert((e.cycle, e.org), id);
         }
         self.mark_participating(e.cycle, e.org);
+        // A registration starts the dossier over. Its first record stays
+        // counted as awaiting, if it was (a count too high only costs the
+        // worklist a read); but the first org's list still names the
+        // dossier, whose record is now counted under another org, so that
+        // list must be read whatever its count says.
+        if let Some(first) = self.dossiers.get(&id) {
+            if first.org != e.org {
+                self.relisted.insert(first.org);
+            }
+        }
+        self.count_awaiting(e.cycle, e.org, None, e.state);
         let mut events = Positions::default();
         events.push(position);
         let record = DossierRecord {
@@ -322,19 +438,23 @@ impl SubmissionModel {
             self.register(e, event.position);
             return;
         }
-        let Some(d) = self.dossiers.get_mut(&step.dossier()) else {
-            return;
-        };
-        d.state = step.state_after(d.state);
-        match step {
-            Step::SelfReview(_) if d.trace.is_none() => {
-                d.trace =
-                    trace::valid(event.metadata.traceparent.as_deref()).and_then(PackedTrace::pack);
+        let changed = self.dossiers.update(&step.dossier(), |d| {
+            let before = d.state;
+            d.state = step.state_after(d.state);
+            match step {
+                Step::SelfReview(_) if d.trace.is_none() => {
+                    d.trace = trace::valid(event.metadata.traceparent.as_deref())
+                        .and_then(PackedTrace::pack);
+                }
+                Step::Opened(_) => d.opened_for_decision = true,
+                _ => {}
             }
-            Step::Opened(_) => d.opened_for_decision = true,
-            _ => {}
+            d.events.push(event.position);
+            (d.cycle, d.org, before, d.state)
+        });
+        if let Some((cycle, org, before, after)) = changed {
+            self.count_awaiting(cycle, org, Some(before), after);
         }
-        d.events.push(event.position);
     }
 
     /// The org's current node, unless it is unknown or merged away.
@@ -496,7 +616,7 @@ pub(crate) mod tests {
             at.push(p);
         }
         assert_eq!(
-            m.dossiers[&dossier],
+            *m.dossiers.get(&dossier).unwrap(),
             DossierRecord {
                 subject,
                 cycle,

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::cycles::cycle_result;
 use crate::detail::DossierDetail;
-use crate::model::SubmissionModel;
+use crate::model::{awaited, SubmissionModel};
 use crate::refusals::{not_readable, unknown_cycle, unknown_dossier, unknown_org};
 
 /// `get_org.v1`: one org with its children.
@@ -281,18 +281,15 @@ pub fn dossier_view(d: &DossierDetail) -> Value {
     })
 }
 
-/// What the submitter is awaited for in `state`, if anything.
-fn awaited(state: DossierState) -> Option<&'static str> {
-    match state {
-        DossierState::Open | DossierState::Returned => Some("self_review"),
-        DossierState::Submitted => Some("meeting"),
-        _ => None,
-    }
-}
-
 /// The dossiers awaiting `actor` as submitter within its subtree, the
-/// subtree walked breadth first (upper units first). A caller whose role
-/// does not cover the submitter's has nothing to do here.
+/// subtree walked breadth first (upper units first), each unit's in the
+/// order they were registered. A caller whose role does not cover the
+/// submitter's has nothing to do here.
+///
+/// It reads the lists of the units that may have something awaited
+/// ([`SubmissionModel::may_await`]) and the records in them, never every
+/// dossier of the subtree: a unit whose dossiers are all past the meeting
+/// costs nothing but the walk.
 pub fn worklist(model: &SubmissionModel, actor: &Actor, q: &Worklist) -> Value {
     let (default, max) = WORKLIST_LIMIT;
     let limit = q.limit.unwrap_or(default).min(max);
@@ -304,12 +301,13 @@ pub fn worklist(model: &SubmissionModel, actor: &Actor, q: &Worklist) -> Value {
         _ => None,
     };
     'walk: for org in top.map(|t| model.subtree(t)).unwrap_or_default() {
-        for id in model
-            .by_org
-            .get(&org)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
+        if !model.may_await(org, q.cycle) {
+            continue;
+        }
+        let Some(listed) = model.by_org.get(&org) else {
+            continue;
+        };
+        for id in listed.iter() {
             let Some(d) = model.dossiers.get(id) else {
                 continue;
             };

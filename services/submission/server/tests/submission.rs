@@ -991,7 +991,7 @@ async fn a_dossier_view_is_read_back_from_the_store_and_is_the_same_after_a_rest
     let kept = w
         .svc
         .engine()
-        .read(|m| m.dossiers[&d].events.to_vec())
+        .read(|m| m.dossiers.get(&d).unwrap().events.to_vec())
         .await
         .unwrap();
     assert_eq!(kept, about);
