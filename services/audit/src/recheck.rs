@@ -24,6 +24,7 @@
 //! [`Rulebook::for_id`]: gradeflow_approval_domain::Rulebook::for_id
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use gradeflow_approval_domain::{check_batch, DraftBatch, Violation};
@@ -315,7 +316,7 @@ fn judge(model: &ApprovalModel, id: DecisionId, d: &Recorded) -> Option<RefusedD
 
     // The preconditions decide.rs checks per grade, then the draft.
     let mut seen = HashSet::new();
-    let mut checked: Vec<(&Line, &DossierInfo)> = Vec::new();
+    let mut checked: Vec<(&Line, Arc<DossierInfo>)> = Vec::new();
     for l in &d.lines {
         let Some(dossier) = model.dossiers.get(&l.dossier).filter(|x| x.cycle == cycle) else {
             problems.push(format!(
@@ -399,7 +400,7 @@ fn draft(
     authority: OrgId,
     kind: DecisionKind,
     quota_exception: Option<QuotaException>,
-    checked: &[(&Line, &DossierInfo)],
+    checked: &[(&Line, Arc<DossierInfo>)],
 ) -> DraftBatch {
     let mut pending = Pending::default();
     if kind == DecisionKind::Decide {

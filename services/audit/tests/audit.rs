@@ -1344,7 +1344,7 @@ async fn recheck_flags_a_decision_appended_behind_the_services_back() {
     let mut prev = model.head().to_owned();
     let now = record_time(Utc::now());
     for (seq, dossier) in (model.log_version + 1..).zip(&dossiers) {
-        let info = &model.dossiers[dossier];
+        let info = model.dossiers.get(dossier).unwrap();
         let mut record = DecisionLogRecord {
             seq,
             decision,

@@ -22,6 +22,7 @@
 //! (and the cycle) this batch completes.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use gradeflow_approval_domain::{check_batch, DraftBatch, DraftDossier, GroupCounts};
@@ -103,10 +104,11 @@ fn wrong_state(dossier: &BatchGrade, state: DossierState, expected: &[DossierSta
         }))
 }
 
-/// One graded dossier of the batch, checked.
+/// One graded dossier of the batch, checked, with the record it was checked
+/// on (held, as the model may write it out meanwhile).
 struct Checked<'a> {
     grade: &'a BatchGrade,
-    dossier: &'a DossierInfo,
+    dossier: Arc<DossierInfo>,
 }
 
 /// Checks the grades one by one (step 3 of the module docs).
@@ -149,8 +151,8 @@ fn check_grades<'a>(
                 })));
         }
         match command.kind {
-            DecisionKind::Decide => check_first_grade(grade, dossier)?,
-            DecisionKind::Regrade => check_regrade(model, grade, dossier)?,
+            DecisionKind::Decide => check_first_grade(grade, &dossier)?,
+            DecisionKind::Regrade => check_regrade(model, grade, &dossier)?,
         }
         checked.push(Checked { grade, dossier });
     }
@@ -331,7 +333,7 @@ fn draft(
         .iter()
         .map(|c| GradedLine {
             dossier: c.grade.dossier,
-            info: c.dossier,
+            info: &c.dossier,
             grade: c.grade.grade,
             override_reason: c.grade.override_reason.as_deref(),
         })

@@ -32,6 +32,9 @@ pub mod model;
 pub mod queries;
 pub mod record;
 
+#[cfg(test)]
+mod spill_tests;
+
 use chrono::Utc;
 use gradeflow_eventstore::{InboxEntry, Store, StoreError};
 use gradeflow_proto::commands::{Command, DecideBatch};

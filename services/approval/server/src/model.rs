@@ -3,6 +3,17 @@
 //! that its consumer recorded). Decisions and queries read it; nothing else
 //! changes it.
 //!
+//! **Memory.** Nothing in the model grows with the number of dossiers but
+//! its [`SpillMap`]s (`docs/adr/0002-bounded-model-memory.md`): the
+//! per-dossier records, each unit's member list, and the worklist's index of
+//! the dossiers waiting for a decision per deciding org. Each keeps a fixed
+//! number of values in memory and the rest in the model's scratch file, so
+//! the model answers the same however much of it is in memory. What stays in
+//! ordinary maps grows with the number of orgs and cycles: the org tree, the
+//! cycles, the orgs taking part, quota and worklist tallies per authority,
+//! the completed units. No question walks every dossier: a unit is read
+//! through its member list, a worklist through the index of its authorities.
+//!
 //! The ordering rule of Art. 12.2 lives here as two questions the model
 //! answers: which dossiers and child units a collective still waits for, and
 //! which units a set of newly settled dossiers completes. Both can be asked
@@ -12,6 +23,7 @@
 //! the store.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use gradeflow_approval_domain::GroupCounts;
 use gradeflow_eventstore::StoredEvent;
@@ -23,8 +35,10 @@ use gradeflow_proto::{
     Category, CycleId, DossierId, DossierState, Facts, Grade, OrgId, QuotaSettings, RulebookId,
     Score, SubjectId, SubjectKind, SubjectStatus, TaskCounts, Tiers,
 };
+use gradeflow_service::spill::{self, SpillMap};
 use gradeflow_service::trace::{self, PackedTrace};
 use gradeflow_service::{Model, OrgTree};
+use serde::{Deserialize, Serialize};
 
 use crate::record::{DECISION_LOG_STREAM, GENESIS_HASH};
 use crate::SERVICE;
@@ -45,7 +59,7 @@ pub struct CycleInfo {
 }
 
 /// The grade a dossier holds now, and where it is recorded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CurrentGrade {
     /// The current decision-log record of the dossier.
     pub seq: u64,
@@ -57,8 +71,11 @@ pub struct CurrentGrade {
     pub authority: OrgId,
 }
 
-/// One dossier of a cycle.
-#[derive(Debug, Clone, PartialEq)]
+/// One dossier of a cycle. Kept in the model's [`SpillMap`], so it may be
+/// written to the scratch file and read back: its floating-point facts are
+/// written as their bits (see `exact`), so a record read back is the record
+/// written, to the last bit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DossierInfo {
     /// Its subject.
     pub subject: SubjectId,
@@ -85,12 +102,14 @@ pub struct DossierInfo {
     /// Where it stands.
     pub state: DossierState,
     /// The self-score (366).
+    #[serde(with = "exact::score")]
     pub score: Option<Score>,
     /// Task counts.
     pub tasks: Option<TaskCounts>,
     /// Whether last review's shortcomings were fixed.
     pub shortcomings_fixed: bool,
     /// The appraisal's consolidated facts (the latest appraisal).
+    #[serde(with = "exact::facts")]
     pub facts: Facts,
     /// The appraisal's recommendation.
     pub recommended_grade: Option<Grade>,
@@ -104,7 +123,7 @@ pub struct DossierInfo {
 }
 
 /// A unit of a cycle: an org with the dossiers that belong to it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unit {
     /// Individual dossiers whose org is the unit.
     pub members: BTreeSet<DossierId>,
@@ -114,6 +133,17 @@ pub struct Unit {
 
 /// `(cycle, org)`: one unit of one cycle.
 pub type UnitKey = (CycleId, OrgId);
+
+/// `(cycle, deciding org)`: the dossiers of one cycle one authority decides.
+pub type AuthorityKey = (CycleId, OrgId);
+
+/// A dossier waiting for a decision as the worklist orders it within its
+/// authority: its org, whether it is that unit's collective, its id.
+pub type DueEntry = (OrgId, bool, DossierId);
+
+/// Per-unit lists kept in memory for every this many per-dossier records:
+/// a list holds many dossiers, a record one.
+const LIST_SHARE: usize = 8;
 
 /// Facts not yet in the store that a question must take as given: dossiers
 /// this batch settles, a dossier whose registration is being recorded.
@@ -126,18 +156,25 @@ pub struct Pending {
 }
 
 /// Everything approval knows.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ApprovalModel {
     /// The organisation tree.
     pub tree: OrgTree,
     /// Cycles by id.
     pub cycles: HashMap<CycleId, CycleInfo>,
-    /// Dossiers by id, each boxed: the table's slots stay small (a hash
-    /// table grows by doubling, so up to half its slots stand empty, and an
-    /// empty slot costs what an entry's inline part does).
-    pub dossiers: HashMap<DossierId, Box<DossierInfo>>,
-    /// Units by cycle and org.
-    pub units: HashMap<UnitKey, Unit>,
+    /// Dossiers by id.
+    pub dossiers: SpillMap<DossierId, DossierInfo>,
+    /// Units by cycle and org: the dossiers that belong to each.
+    pub units: SpillMap<UnitKey, Unit>,
+    /// The worklist's index: per cycle and deciding org, the dossiers
+    /// waiting for a first grade (appraised), in the worklist's order. A
+    /// dossier is in it exactly while its record says it is appraised; an
+    /// authority with none has no entry.
+    pub due: SpillMap<AuthorityKey, BTreeSet<DueEntry>>,
+    /// How many dossiers [`ApprovalModel::due`] holds per cycle, deciding
+    /// org and quota group; only counts above zero, only authorities with
+    /// one.
+    pub due_groups: HashMap<AuthorityKey, BTreeMap<String, usize>>,
     /// Per cycle, the orgs taking part: those with a dossier in their
     /// subtree (the same rule submission's upward flow uses).
     pub participating: HashMap<CycleId, HashSet<OrgId>>,
@@ -157,6 +194,33 @@ pub struct ApprovalModel {
     pub completed_units: HashSet<UnitKey>,
     /// Cycles whose completion was recorded.
     pub completed_cycles: HashSet<CycleId>,
+}
+
+impl Default for ApprovalModel {
+    /// An empty model whose maps keep [`spill::capacity`] records in memory
+    /// (see [`ApprovalModel::with_cache`]).
+    fn default() -> Self {
+        Self::with_cache(spill::capacity())
+    }
+}
+
+/// Where a dossier stands in the worklist's index: the authority it waits
+/// for, its entry there and its quota group. `None` (see [`due_of`]) for a
+/// dossier not waiting for a first grade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Due {
+    key: AuthorityKey,
+    entry: DueEntry,
+    group: String,
+}
+
+/// Where `record` (the record of `dossier`) belongs in the worklist's index.
+fn due_of(dossier: DossierId, record: &DossierInfo) -> Option<Due> {
+    (record.state == DossierState::Appraised).then(|| Due {
+        key: (record.cycle, record.deciding_org),
+        entry: (record.org, record.kind == SubjectKind::Collective, dossier),
+        group: record.quota_group.clone(),
+    })
 }
 
 fn parse<E: Event>(event: &StoredEvent) -> Option<E> {
@@ -214,7 +278,7 @@ impl Model for ApprovalModel {
             }
         } else if kind == SelfReviewSubmitted::KIND {
             if let Some(e) = parse::<SelfReviewSubmitted>(event) {
-                if let Some(d) = self.dossiers.get_mut(&e.dossier) {
+                self.change(e.dossier, |d| {
                     d.score = e.score;
                     d.tasks = Some(e.tasks);
                     d.shortcomings_fixed = e.shortcomings_fixed;
@@ -231,11 +295,11 @@ impl Model for ApprovalModel {
                     if !d.state.is_settled() {
                         d.state = DossierState::Submitted;
                     }
-                }
+                });
             }
         } else if kind == DossierAppraised::KIND {
             if let Some(e) = parse::<DossierAppraised>(event) {
-                if let Some(d) = self.dossiers.get_mut(&e.dossier) {
+                self.change(e.dossier, |d| {
                     d.facts = e.facts;
                     d.recommended_grade = Some(e.recommended_grade);
                     // A re-appraisal after a complaint keeps the dossier
@@ -243,23 +307,21 @@ impl Model for ApprovalModel {
                     if !d.state.is_settled() {
                         d.state = DossierState::Appraised;
                     }
-                }
+                });
             }
         } else if kind == DossierReturned::KIND {
             if let Some(e) = parse::<DossierReturned>(event) {
-                if let Some(d) = self.dossiers.get_mut(&e.dossier) {
+                self.change(e.dossier, |d| {
                     if !d.state.is_settled() {
                         d.state = DossierState::Returned;
                         d.facts = Facts::default();
                         d.recommended_grade = None;
                     }
-                }
+                });
             }
         } else if kind == CollectiveDossierOpened::KIND {
             if let Some(e) = parse::<CollectiveDossierOpened>(event) {
-                if let Some(d) = self.dossiers.get_mut(&e.dossier) {
-                    d.opened = true;
-                }
+                self.change(e.dossier, |d| d.opened = true);
             }
         } else if kind == GradeDecided::KIND {
             if let Some(e) = parse::<GradeDecided>(event) {
@@ -284,44 +346,126 @@ impl Model for ApprovalModel {
 }
 
 impl ApprovalModel {
+    /// An empty model keeping at most `records` dossier records in memory,
+    /// and an eighth as many of each kind of per-unit list (at least 8 of
+    /// each); the rest go to the model's scratch file. [`Default`] takes
+    /// [`spill::capacity`]; the answers are the same at any size.
+    pub fn with_cache(records: usize) -> Self {
+        let lists = (records / LIST_SHARE).max(8);
+        Self {
+            tree: OrgTree::default(),
+            cycles: HashMap::new(),
+            dossiers: SpillMap::with_capacity(records),
+            units: SpillMap::with_capacity(lists),
+            due: SpillMap::with_capacity(lists),
+            due_groups: HashMap::new(),
+            participating: HashMap::new(),
+            log_head: String::new(),
+            log_version: 0,
+            counts: HashMap::new(),
+            graded: HashMap::new(),
+            completed_units: HashSet::new(),
+            completed_cycles: HashSet::new(),
+        }
+    }
+
     fn register(&mut self, e: SubjectRegistered, position: i64) {
         self.mark_participating(e.cycle, e.org);
-        let unit = self.units.entry((e.cycle, e.org)).or_default();
-        match e.kind {
-            SubjectKind::Individual => {
-                unit.members.insert(e.dossier);
-            }
-            SubjectKind::Collective => unit.collective = Some(e.dossier),
-        }
+        self.units
+            .upsert((e.cycle, e.org), Unit::default, |unit| match e.kind {
+                SubjectKind::Individual => {
+                    unit.members.insert(e.dossier);
+                }
+                SubjectKind::Collective => unit.collective = Some(e.dossier),
+            });
         let state = if e.status.is_reviewed() {
             e.state
         } else {
             DossierState::NotReviewed
         };
-        self.dossiers.insert(
-            e.dossier,
-            Box::new(DossierInfo {
-                subject: e.subject,
-                cycle: e.cycle,
-                org: e.org,
-                deciding_org: e.deciding_org,
-                kind: e.kind,
-                registered: position,
-                category: e.category,
-                leader: e.leader,
-                status: e.status,
-                quota_group: e.quota_group,
-                state,
-                score: None,
-                tasks: None,
-                shortcomings_fixed: true,
-                facts: Facts::default(),
-                recommended_grade: None,
-                opened: false,
-                current: None,
-                trace: None,
-            }),
-        );
+        let record = DossierInfo {
+            subject: e.subject,
+            cycle: e.cycle,
+            org: e.org,
+            deciding_org: e.deciding_org,
+            kind: e.kind,
+            registered: position,
+            category: e.category,
+            leader: e.leader,
+            status: e.status,
+            quota_group: e.quota_group,
+            state,
+            score: None,
+            tasks: None,
+            shortcomings_fixed: true,
+            facts: Facts::default(),
+            recommended_grade: None,
+            opened: false,
+            current: None,
+            trace: None,
+        };
+        // A registration starts the dossier afresh: whatever the record it
+        // replaces had in the worklist's index goes.
+        let before = self
+            .dossiers
+            .get(&e.dossier)
+            .and_then(|old| due_of(e.dossier, &old));
+        let after = due_of(e.dossier, &record);
+        self.dossiers.insert(e.dossier, record);
+        self.reindex(before, after);
+    }
+
+    /// Changes the record of `dossier` with `f`, if there is one, and keeps
+    /// the worklist's index in step with it; `f`'s answer.
+    fn change<R>(
+        &mut self,
+        dossier: DossierId,
+        f: impl FnOnce(&mut DossierInfo) -> R,
+    ) -> Option<R> {
+        let (answer, before, after) = self.dossiers.update(&dossier, |d| {
+            let before = due_of(dossier, d);
+            let answer = f(d);
+            (answer, before, due_of(dossier, d))
+        })?;
+        self.reindex(before, after);
+        Some(answer)
+    }
+
+    /// Moves a dossier in the worklist's index from `before` to `after`.
+    fn reindex(&mut self, before: Option<Due>, after: Option<Due>) {
+        if before == after {
+            return;
+        }
+        if let Some(Due { key, entry, group }) = before {
+            let emptied = self.due.update(&key, |set| {
+                set.remove(&entry);
+                set.is_empty()
+            });
+            if emptied == Some(true) {
+                self.due.remove(&key);
+            }
+            if let Some(groups) = self.due_groups.get_mut(&key) {
+                if let Some(n) = groups.get_mut(&group) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        groups.remove(&group);
+                    }
+                }
+                if groups.is_empty() {
+                    self.due_groups.remove(&key);
+                }
+            }
+        }
+        if let Some(Due { key, entry, group }) = after {
+            self.due.upsert(key, BTreeSet::new, |set| set.insert(entry));
+            let n = self
+                .due_groups
+                .entry(key)
+                .or_default()
+                .entry(group)
+                .or_default();
+            *n = n.saturating_add(1);
+        }
     }
 
     /// Marks `org` and its ancestors as taking part in `cycle`; stops at
@@ -351,7 +495,7 @@ impl ApprovalModel {
     }
 
     fn grade_decided(&mut self, e: &GradeDecided) {
-        if let Some(d) = self.dossiers.get_mut(&e.dossier) {
+        self.change(e.dossier, |d| {
             d.state = DossierState::Decided;
             d.current = Some(CurrentGrade {
                 seq: e.record.seq,
@@ -359,7 +503,7 @@ impl ApprovalModel {
                 group: e.quota_group.clone(),
                 authority: e.authority,
             });
-        }
+        });
         bump(
             self.group_counts(e.cycle, e.authority, &e.quota_group),
             e.grade,
@@ -370,21 +514,23 @@ impl ApprovalModel {
     }
 
     fn grade_revised(&mut self, e: &GradeRevised) {
-        let Some(d) = self.dossiers.get_mut(&e.dossier) else {
+        let Some((group, previous_authority)) = self.change(e.dossier, |d| {
+            d.state = DossierState::Regraded;
+            let group = d
+                .current
+                .as_ref()
+                .map_or_else(|| d.quota_group.clone(), |c| c.group.clone());
+            let previous_authority = d.current.as_ref().map_or(e.authority, |c| c.authority);
+            d.current = Some(CurrentGrade {
+                seq: e.record.seq,
+                grade: e.grade,
+                group: group.clone(),
+                authority: e.authority,
+            });
+            (group, previous_authority)
+        }) else {
             return;
         };
-        d.state = DossierState::Regraded;
-        let group = d
-            .current
-            .as_ref()
-            .map_or_else(|| d.quota_group.clone(), |c| c.group.clone());
-        let previous_authority = d.current.as_ref().map_or(e.authority, |c| c.authority);
-        d.current = Some(CurrentGrade {
-            seq: e.record.seq,
-            grade: e.grade,
-            group: group.clone(),
-            authority: e.authority,
-        });
         // The superseded grade stops counting towards the quota; the new one
         // counts instead.
         bump(
@@ -442,14 +588,15 @@ impl ApprovalModel {
     }
 
     /// The unit `key` with the pending registrations added; `None` when it
-    /// has no dossier at all (the org takes no part in the cycle).
-    pub fn unit(&self, key: UnitKey, pending: &Pending) -> Option<Unit> {
-        let mut unit = self.units.get(&key).cloned();
+    /// has no dossier at all (the org takes no part in the cycle). The
+    /// model's own value unless a pending registration changes it.
+    pub fn unit(&self, key: UnitKey, pending: &Pending) -> Option<Arc<Unit>> {
+        let mut unit = self.units.get(&key);
         for (dossier, cycle, org, kind) in &pending.registered {
             if (*cycle, *org) != key {
                 continue;
             }
-            let u = unit.get_or_insert_with(Unit::default);
+            let u = Arc::make_mut(unit.get_or_insert_with(Arc::default));
             match kind {
                 SubjectKind::Individual => {
                     u.members.insert(*dossier);
@@ -577,5 +724,106 @@ impl ApprovalModel {
             cur = self.tree.get(p).and_then(|n| n.parent);
         }
         depth
+    }
+}
+
+/// The serde forms a record's floating-point facts take in the scratch file:
+/// each `f64` as its bits. As decimal text a float is read back by the JSON
+/// parser to within a unit in the last place, not always exactly, and a
+/// record read back must decide as the record written did.
+mod exact {
+    /// `Option<Score>` as the bits of its two parts.
+    pub mod score {
+        use gradeflow_proto::Score;
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        /// Writes the score's parts as bits.
+        pub fn serialize<S: Serializer>(score: &Option<Score>, s: S) -> Result<S::Ok, S::Error> {
+            score
+                .map(|Score { general, tasks }| (general.to_bits(), tasks.to_bits()))
+                .serialize(s)
+        }
+
+        /// Reads what [`serialize`] wrote.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Score>, D::Error> {
+            Ok(
+                Option::<(u64, u64)>::deserialize(d)?.map(|(general, tasks)| Score {
+                    general: f64::from_bits(general),
+                    tasks: f64::from_bits(tasks),
+                }),
+            )
+        }
+    }
+
+    /// `Facts` with its ratios as bits.
+    pub mod facts {
+        use gradeflow_proto::{Discipline, Facts};
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        /// [`Facts`], field for field, each ratio as its bits. Converted
+        /// with an exhaustive pattern, so a new field of `Facts` does not
+        /// compile until it is written here too.
+        #[derive(Serialize, Deserialize)]
+        struct Exact {
+            discipline: Option<Discipline>,
+            degradation: bool,
+            low_confidence_ratio: Option<u64>,
+            unit_task_completion: Option<u64>,
+            subordinates_not_completed_ratio: Option<u64>,
+            member_disciplined: bool,
+            subordinate_disciplined: bool,
+            wrongdoing_concluded: bool,
+        }
+
+        /// Writes the facts with their ratios as bits.
+        pub fn serialize<S: Serializer>(facts: &Facts, s: S) -> Result<S::Ok, S::Error> {
+            let Facts {
+                discipline,
+                degradation,
+                low_confidence_ratio,
+                unit_task_completion,
+                subordinates_not_completed_ratio,
+                member_disciplined,
+                subordinate_disciplined,
+                wrongdoing_concluded,
+            } = facts.clone();
+            Exact {
+                discipline,
+                degradation,
+                low_confidence_ratio: low_confidence_ratio.map(f64::to_bits),
+                unit_task_completion: unit_task_completion.map(f64::to_bits),
+                subordinates_not_completed_ratio: subordinates_not_completed_ratio
+                    .map(f64::to_bits),
+                member_disciplined,
+                subordinate_disciplined,
+                wrongdoing_concluded,
+            }
+            .serialize(s)
+        }
+
+        /// Reads what [`serialize`] wrote.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Facts, D::Error> {
+            let Exact {
+                discipline,
+                degradation,
+                low_confidence_ratio,
+                unit_task_completion,
+                subordinates_not_completed_ratio,
+                member_disciplined,
+                subordinate_disciplined,
+                wrongdoing_concluded,
+            } = Exact::deserialize(d)?;
+            Ok(Facts {
+                discipline,
+                degradation,
+                low_confidence_ratio: low_confidence_ratio.map(f64::from_bits),
+                unit_task_completion: unit_task_completion.map(f64::from_bits),
+                subordinates_not_completed_ratio: subordinates_not_completed_ratio
+                    .map(f64::from_bits),
+                member_disciplined,
+                subordinate_disciplined,
+                wrongdoing_concluded,
+            })
+        }
     }
 }

@@ -11,13 +11,13 @@ use std::collections::{BTreeSet, HashMap};
 use gradeflow_approval_domain::{max_excellent, ratio_bp, GroupCounts};
 use gradeflow_eventstore::{Store, StoreError, StoredEvent};
 use gradeflow_proto::events::{DecisionLogRecord, Event, SubjectRegistered};
-use gradeflow_proto::{Actor, CycleId, DossierId, DossierState, ErrorCode, OrgId, Rejection, Role};
+use gradeflow_proto::{Actor, CycleId, DossierId, ErrorCode, OrgId, Rejection, Role};
 use gradeflow_service::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::log;
-use crate::model::{ApprovalModel, Pending};
+use crate::model::{ApprovalModel, DueEntry, Pending};
 
 /// Kind of the worklist query.
 pub const WORKLIST: &str = "worklist.v1";
@@ -109,10 +109,10 @@ pub fn authorize_audit(actor: &Actor) -> Result<(), Rejection> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Worklist {
     /// The answer, each entry's `name` still `null`.
-    answer: Value,
+    pub(crate) answer: Value,
     /// Per entry, in order: the dossier and the position of its
     /// `subject_registered`.
-    registrations: Vec<(DossierId, i64)>,
+    pub(crate) registrations: Vec<(DossierId, i64)>,
 }
 
 /// The worklist: appraised dossiers whose deciding org lies in the scope,
@@ -120,6 +120,13 @@ pub struct Worklist {
 /// dossiers and child units still open), and the quota meter of every
 /// authority and group in the scope (`excellent`, `good`, `max_excellent`,
 /// counting current grades). The names come from the store: see [`named`].
+///
+/// Entries are ordered by deciding org, org, individuals before the
+/// collective, then dossier id; `total` counts them all, `limit` caps the
+/// page. It reads the model's index of the dossiers waiting for a decision
+/// ([`ApprovalModel::due`]), never every dossier: the tallies per authority
+/// give the total and the meters, and the waiting dossiers of the
+/// authorities in the scope are read in order only until the page is full.
 pub fn worklist(
     model: &ApprovalModel,
     actor: &Actor,
@@ -131,71 +138,76 @@ pub fn worklist(
         .limit
         .unwrap_or(WORKLIST_DEFAULT_LIMIT)
         .clamp(1, WORKLIST_MAX_LIMIT);
-    let mut due: Vec<_> = model
-        .dossiers
-        .iter()
-        .filter(|(_, d)| d.state == DossierState::Appraised)
-        .filter(|(_, d)| query.cycle.is_none_or(|c| c == d.cycle))
-        .filter(|(_, d)| model.tree.is_within(d.deciding_org, scope))
+    // The authorities in the scope with dossiers waiting, as (deciding org,
+    // cycle): the order the entries follow.
+    let mut authorities: Vec<(OrgId, CycleId)> = model
+        .due_groups
+        .keys()
+        .filter(|(cycle, authority)| {
+            query.cycle.is_none_or(|c| c == *cycle) && model.tree.is_within(*authority, scope)
+        })
+        .map(|(cycle, authority)| (*authority, *cycle))
         .collect();
-    due.sort_by(|a, b| {
-        (
-            a.1.deciding_org,
-            a.1.org,
-            a.1.kind == gradeflow_proto::SubjectKind::Collective,
-            a.0,
-        )
-            .cmp(&(
-                b.1.deciding_org,
-                b.1.org,
-                b.1.kind == gradeflow_proto::SubjectKind::Collective,
-                b.0,
-            ))
-    });
-    let total = due.len();
-    let none = Pending::default();
-    let mut meters: BTreeSet<(CycleId, OrgId, String)> = due
-        .iter()
-        .map(|(_, d)| (d.cycle, d.deciding_org, d.quota_group.clone()))
-        .collect();
+    authorities.sort_unstable();
+    let mut total = 0usize;
+    let mut meters: BTreeSet<(CycleId, OrgId, String)> = BTreeSet::new();
+    for (authority, cycle) in &authorities {
+        if let Some(groups) = model.due_groups.get(&(*cycle, *authority)) {
+            total = total.saturating_add(groups.values().sum());
+            meters.extend(groups.keys().map(|g| (*cycle, *authority, g.clone())));
+        }
+    }
     for ((cycle, authority), groups) in &model.counts {
         if query.cycle.is_none_or(|q| q == *cycle) && model.tree.is_within(*authority, scope) {
             meters.extend(groups.keys().map(|g| (*cycle, *authority, g.clone())));
         }
     }
-    let registrations: Vec<(DossierId, i64)> = due
-        .iter()
-        .take(limit)
-        .map(|(id, d)| (**id, d.registered))
-        .collect();
-    let entries: Vec<Value> = due
-        .into_iter()
-        .take(limit)
-        .map(|(id, d)| {
-            let waiting_for = match d.kind {
-                gradeflow_proto::SubjectKind::Collective => {
-                    model.waiting_for(d.cycle, d.org, &none)
-                }
-                gradeflow_proto::SubjectKind::Individual => Vec::new(),
-            };
-            json!({
-                "dossier": id,
-                "subject": d.subject,
-                "name": Value::Null,
-                "cycle": d.cycle,
-                "org": d.org,
-                "deciding_org": d.deciding_org,
-                "kind": d.kind,
-                "category": d.category,
-                "leader": d.leader,
-                "quota_group": d.quota_group,
-                "recommended_grade": d.recommended_grade,
-                "score": d.score,
-                "ready": waiting_for.is_empty(),
-                "waiting_for": waiting_for,
-            })
-        })
-        .collect();
+    // One authority at a time (all its cycles together, as they interleave
+    // in the order), until the page is full.
+    let mut due: Vec<(OrgId, DueEntry)> = Vec::new();
+    for same in authorities.chunk_by(|a, b| a.0 == b.0) {
+        if due.len() >= limit {
+            break;
+        }
+        let from = due.len();
+        for (authority, cycle) in same {
+            if let Some(set) = model.due.get(&(*cycle, *authority)) {
+                due.extend(set.iter().map(|entry| (*authority, *entry)));
+            }
+        }
+        due[from..].sort_unstable();
+    }
+    due.truncate(limit);
+    let none = Pending::default();
+    let mut registrations: Vec<(DossierId, i64)> = Vec::with_capacity(due.len());
+    let mut entries: Vec<Value> = Vec::with_capacity(due.len());
+    for (_, (_, _, id)) in due {
+        // The index holds only dossiers with a record.
+        let Some(d) = model.dossiers.get(&id) else {
+            continue;
+        };
+        let waiting_for = match d.kind {
+            gradeflow_proto::SubjectKind::Collective => model.waiting_for(d.cycle, d.org, &none),
+            gradeflow_proto::SubjectKind::Individual => Vec::new(),
+        };
+        registrations.push((id, d.registered));
+        entries.push(json!({
+            "dossier": id,
+            "subject": d.subject,
+            "name": Value::Null,
+            "cycle": d.cycle,
+            "org": d.org,
+            "deciding_org": d.deciding_org,
+            "kind": d.kind,
+            "category": d.category,
+            "leader": d.leader,
+            "quota_group": d.quota_group,
+            "recommended_grade": d.recommended_grade,
+            "score": d.score,
+            "ready": waiting_for.is_empty(),
+            "waiting_for": waiting_for,
+        }));
+    }
     let quota: Vec<Value> = meters
         .into_iter()
         .map(|(cycle, authority, group)| {
@@ -356,7 +368,8 @@ mod tests {
     use super::*;
     use gradeflow_eventstore::{AppendRequest, NewEvent, StoreOptions};
     use gradeflow_proto::{
-        Category, CorrelationId, CycleId, Metadata, SubjectId, SubjectKind, SubjectStatus,
+        Category, CorrelationId, CycleId, DossierState, Metadata, SubjectId, SubjectKind,
+        SubjectStatus,
     };
 
     fn registration(dossier: DossierId, name: &str) -> NewEvent {
