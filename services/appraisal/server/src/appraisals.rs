@@ -8,6 +8,8 @@
 //! the collective's own org; the root's collective at the root — or anyone
 //! whose role covers it higher up.
 
+use std::sync::Arc;
+
 use gradeflow_approval_domain::{appraisal_warnings, DraftDossier};
 use gradeflow_proto::commands::{AppraiseDossier, ReturnDossier};
 use gradeflow_proto::events::{DossierAppraised, DossierReturned, RuleWarning};
@@ -29,12 +31,8 @@ pub fn step(
     transition(d.state, action).map_err(|why| wrong_state(id, d.state, action, why))
 }
 
-fn dossier(model: &AppraisalModel, id: DossierId) -> Result<&AppraisalDossier, Rejection> {
-    model
-        .dossiers
-        .get(&id)
-        .map(|d| &**d)
-        .ok_or_else(|| unknown_dossier(id))
+fn dossier(model: &AppraisalModel, id: DossierId) -> Result<Arc<AppraisalDossier>, Rejection> {
+    model.dossiers.get(&id).ok_or_else(|| unknown_dossier(id))
 }
 
 /// Dossier `id` (record `d`) as the rulebook reads it, graded `grade` on
@@ -102,11 +100,11 @@ pub fn appraise(
             "Tỷ lệ phải nằm trong khoảng từ 0 đến 1",
         ));
     }
-    let state = step(input.dossier, d, Action::Appraise)?;
+    let state = step(input.dossier, &d, Action::Appraise)?;
     let warnings = warnings_for(
         model,
         input.dossier,
-        d,
+        &d,
         input.recommended_grade,
         &input.facts,
     )?;
@@ -148,7 +146,7 @@ pub fn return_dossier(
             "Trả lại hồ sơ phải nêu rõ lý do",
         ));
     }
-    let state = step(input.dossier, d, Action::Return)?;
+    let state = step(input.dossier, &d, Action::Return)?;
     let event = DossierReturned {
         dossier: input.dossier,
         reason: reason.to_owned(),

@@ -5,9 +5,9 @@
 //! unit for rework.
 //!
 //! The service is a [`Workflow`] on the `gradeflow-service` runtime: each
-//! command is decided by a pure function over the in-memory
-//! [`AppraisalModel`] and committed by the [`Engine`] with optimistic
-//! concurrency and command-id idempotency. It learns the tree, the cycles
+//! command is decided by a pure function over the [`AppraisalModel`] (its
+//! working set in memory, the rest in a scratch file) and committed by the
+//! [`Engine`] with optimistic concurrency and command-id idempotency. It learns the tree, the cycles
 //! and the dossiers from submission's events, and grades from approval's,
 //! copied into its own store by the consumer the binary wires; it reacts to
 //! none of them.
@@ -21,6 +21,9 @@ pub mod appraisals;
 pub mod model;
 pub mod queries;
 pub mod refusals;
+
+#[cfg(test)]
+mod spilling;
 
 use gradeflow_eventstore::{InboxEntry, Store, StoreError};
 use gradeflow_proto::commands::{AppraiseDossier, Command, ReturnDossier};

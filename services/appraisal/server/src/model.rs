@@ -19,7 +19,19 @@
 //! a cycle, how many dossiers stand at excellent and at good — decided, or
 //! else recommended by a standing appraisal — which is the pressure the
 //! quota warning reports at appraisal time. A group's name is held once
-//! ([`Arc<str>`]), shared by every dossier and tally of that name.
+//! ([`Arc<str>`]), shared by every dossier and tally of that name (a record
+//! read back from the scratch file holds a copy of its own).
+//!
+//! **Bounded memory** (`docs/adr/0002-bounded-model-memory.md`). What grows
+//! with the number of dossiers lives in [`SpillMap`]s, which keep a working
+//! set in memory and the rest in a scratch file: the records, keyed by
+//! dossier; the worklist index, keyed by deciding org — the dossiers
+//! awaiting appraisal, in the order they were registered in; and the places
+//! of a dossier registered twice. Nothing answers by going over every
+//! dossier: the worklist walks the org tree and reads the index of each
+//! org. What stays in ordinary maps grows with the units and quota groups,
+//! not the dossiers: the org tree, the cycles, the tallies and the quota
+//! group names.
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroI64;
@@ -36,9 +48,11 @@ use gradeflow_proto::{
     Actor, Category, CycleId, DossierId, DossierState, Grade, OrgId, Score, SubjectId, SubjectKind,
     SubjectStatus, TaskCounts,
 };
+use gradeflow_service::spill::SpillMap;
 use gradeflow_service::trace::{self, PackedTrace};
 use gradeflow_service::{Model, OrgTree};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// A quota group: (deciding org, cycle, group name).
 pub type QuotaKey = (OrgId, CycleId, Arc<str>);
@@ -56,11 +70,12 @@ pub struct Stamped<E> {
 
 /// What the latest self-review said that the rulebook and the lists read
 /// (its report stays in the store).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Review {
     /// The proposed grade.
     pub proposed_grade: Grade,
-    /// The self-score.
+    /// The self-score (kept by the bits of its numbers when spilled).
+    #[serde(with = "score_bits")]
     pub score: Option<Score>,
     /// Task counts.
     pub tasks: TaskCounts,
@@ -68,9 +83,36 @@ pub struct Review {
     pub shortcomings_fixed: bool,
 }
 
-/// What appraisal keeps in memory about one dossier (its id is the key it
-/// is kept under).
-#[derive(Debug, Clone, PartialEq)]
+/// Writes a self-score as the bits of its two numbers, so that a record
+/// read back from the scratch file holds exactly the score it was written
+/// with: `serde_json` reads a decimal back to the nearest double only on a
+/// best-effort basis (its `float_roundtrip` feature is off), and writes a
+/// number that is not finite as `null`, which it cannot read back as one.
+mod score_bits {
+    use gradeflow_proto::Score;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// The score as `[general, tasks]`, each the bits of its `f64`.
+    pub fn serialize<S: Serializer>(score: &Option<Score>, out: S) -> Result<S::Ok, S::Error> {
+        score
+            .map(|s| [s.general.to_bits(), s.tasks.to_bits()])
+            .serialize(out)
+    }
+
+    /// The score [`serialize`] wrote.
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<Option<Score>, D::Error> {
+        Ok(
+            Option::<[u64; 2]>::deserialize(input)?.map(|[general, tasks]| Score {
+                general: f64::from_bits(general),
+                tasks: f64::from_bits(tasks),
+            }),
+        )
+    }
+}
+
+/// What appraisal keeps about one dossier (its id is the key it is kept
+/// under), in memory or, once evicted, in the model's scratch file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppraisalDossier {
     /// Its subject.
     pub subject: SubjectId,
@@ -110,6 +152,10 @@ pub struct AppraisalDossier {
     pub appraisal_at: Option<NonZeroI64>,
     /// Where every return is in the store, oldest first.
     pub returns_at: Box<[i64]>,
+    /// Its place in the worklist of its deciding org: the number of its
+    /// registration among every registration the model folded (a worklist
+    /// lists its dossiers in the order they were registered in).
+    pub listed: u32,
 }
 
 impl AppraisalDossier {
@@ -134,6 +180,11 @@ impl AppraisalDossier {
     pub fn proposed_grade(&self) -> Option<Grade> {
         self.meeting_grade
             .or_else(|| self.self_review.map(|s| s.proposed_grade))
+    }
+
+    /// Whether it awaits its board's appraisal, so stands on the worklist.
+    pub fn awaits_appraisal(&self) -> bool {
+        self.state == DossierState::Reviewed
     }
 
     /// The store positions of the board's appraisal and returns that
@@ -202,6 +253,14 @@ impl Board {
     }
 }
 
+/// One deciding org's worklist: its dossiers that await appraisal, each
+/// with the number it is listed under ([`AppraisalDossier::listed`]),
+/// ascending.
+pub type Awaiting = Vec<(u32, DossierId)>;
+
+/// A place in a worklist: (deciding org, number).
+pub type Place = (OrgId, u32);
+
 /// The appraisal service's model.
 #[derive(Debug, Default)]
 pub struct AppraisalModel {
@@ -209,17 +268,37 @@ pub struct AppraisalModel {
     pub orgs: OrgTree,
     /// Cycles by id.
     pub cycles: HashMap<CycleId, CycleOpened>,
-    /// Dossiers by id, each boxed: the table's slots stay small (a hash
-    /// table grows by doubling, so up to half its slots stand empty, and an
-    /// empty slot costs what an entry's inline part does).
-    pub dossiers: HashMap<DossierId, Box<AppraisalDossier>>,
-    /// Dossiers by their deciding org (the worklist walks the tree, then
-    /// this index).
-    pub by_deciding: HashMap<OrgId, Vec<DossierId>>,
+    /// Dossiers by id: a working set in memory, the rest spilled.
+    pub dossiers: SpillMap<DossierId, AppraisalDossier>,
+    /// The worklist index: per deciding org, the dossiers that await its
+    /// board's appraisal, in the order they were registered in (the
+    /// worklist walks the tree, then this index). An org keeps its entry,
+    /// empty, once it has nothing left to appraise.
+    pub awaiting: SpillMap<OrgId, Awaiting>,
+    /// The places earlier registrations gave a dossier registered again
+    /// (which submission never does): it stays listed there too, as it did
+    /// in the list of dossiers by deciding org the worklist index replaces.
+    /// Empty in any store submission wrote.
+    pub relisted: SpillMap<DossierId, Vec<Place>>,
     /// Excellent and good counts per quota group.
     pub tallies: HashMap<QuotaKey, GroupCounts>,
     /// Every quota group name seen, each held once.
     quota_groups: HashSet<Arc<str>>,
+    /// How many registrations the model folded: the last one's number. A
+    /// `u32` keeps the record within its size, and `u32::MAX` registrations
+    /// would be some 700 national cycles of 5.8M dossiers.
+    registrations: u32,
+}
+
+/// What one change to a record changed beyond it.
+struct Changed {
+    /// The grade it counted with in its quota group before and after.
+    counted: (Option<Grade>, Option<Grade>),
+    /// Its quota group, if the counted grade changed.
+    group: Option<QuotaKey>,
+    /// Whether it now awaits appraisal and the place of its registration,
+    /// if that changed.
+    listing: Option<(bool, Place)>,
 }
 
 fn parse<E: Event + DeserializeOwned>(event: &StoredEvent) -> Option<E> {
@@ -326,36 +405,93 @@ impl Model for AppraisalModel {
 }
 
 impl AppraisalModel {
+    /// A model whose maps keep at most `capacity` values each in memory
+    /// (at least 8; [`AppraisalModel::default`] takes
+    /// `gradeflow_service::spill::capacity()`). A tiny one makes a test's
+    /// model spill.
+    pub fn with_cache(capacity: usize) -> Self {
+        Self {
+            dossiers: SpillMap::with_capacity(capacity),
+            awaiting: SpillMap::with_capacity(capacity),
+            relisted: SpillMap::with_capacity(capacity),
+            ..Self::default()
+        }
+    }
+
     /// Opens a dossier's record from its registration.
     fn register(&mut self, e: SubjectRegistered) {
-        self.by_deciding
-            .entry(e.deciding_org)
-            .or_default()
-            .push(e.dossier);
+        self.registrations = self.registrations.saturating_add(1);
         let quota_group = self.intern(e.quota_group);
-        self.dossiers.insert(
-            e.dossier,
-            Box::new(AppraisalDossier {
-                subject: e.subject,
-                cycle: e.cycle,
-                org: e.org,
-                deciding_org: e.deciding_org,
-                name: e.name.into_boxed_str(),
-                quota_group,
-                kind: e.kind,
-                category: e.category,
-                leader: e.leader,
-                status: e.status,
-                state: e.state,
-                self_review: None,
-                meeting_grade: None,
-                recommended: None,
-                decided: None,
-                trace: None,
-                appraisal_at: None,
-                returns_at: Box::default(),
-            }),
-        );
+        let record = AppraisalDossier {
+            subject: e.subject,
+            cycle: e.cycle,
+            org: e.org,
+            deciding_org: e.deciding_org,
+            name: e.name.into_boxed_str(),
+            quota_group,
+            kind: e.kind,
+            category: e.category,
+            leader: e.leader,
+            status: e.status,
+            state: e.state,
+            self_review: None,
+            meeting_grade: None,
+            recommended: None,
+            decided: None,
+            trace: None,
+            appraisal_at: None,
+            returns_at: Box::default(),
+            listed: self.registrations,
+        };
+        // A dossier registered again (which submission never does) keeps
+        // the places its earlier registrations gave it; its record is
+        // replaced and its tally left as it was, as they always were.
+        if let Some(earlier) = self.dossiers.get(&e.dossier) {
+            let places = self.places(e.dossier, (earlier.deciding_org, earlier.listed));
+            if earlier.awaits_appraisal() {
+                for &(org, number) in &places {
+                    self.unlist(org, number);
+                }
+            }
+            self.relisted.insert(e.dossier, places);
+        }
+        if record.awaits_appraisal() {
+            for (org, number) in self.places(e.dossier, (record.deciding_org, record.listed)) {
+                self.list(org, number, e.dossier);
+            }
+        }
+        self.dossiers.insert(e.dossier, record);
+    }
+
+    /// Every place `dossier` has in the worklists: its earlier
+    /// registrations' ([`AppraisalModel::relisted`]), then `latest`, its
+    /// registration's.
+    fn places(&self, dossier: DossierId, latest: Place) -> Vec<Place> {
+        let mut places = self
+            .relisted
+            .get(&dossier)
+            .map(|earlier| earlier.to_vec())
+            .unwrap_or_default();
+        places.push(latest);
+        places
+    }
+
+    /// Puts `dossier` on `org`'s worklist under `number`.
+    fn list(&mut self, org: OrgId, number: u32, dossier: DossierId) {
+        self.awaiting.upsert(org, Awaiting::new, |list| {
+            if let Err(at) = list.binary_search_by_key(&number, |&(n, _)| n) {
+                list.insert(at, (number, dossier));
+            }
+        });
+    }
+
+    /// Takes what is listed under `number` off `org`'s worklist.
+    fn unlist(&mut self, org: OrgId, number: u32) {
+        self.awaiting.update(&org, |list| {
+            if let Ok(at) = list.binary_search_by_key(&number, |&(n, _)| n) {
+                list.remove(at);
+            }
+        });
     }
 
     /// The one shared copy of a quota group's name.
@@ -369,19 +505,43 @@ impl AppraisalModel {
     }
 
     /// Changes one dossier and keeps its quota group's tally in step with
-    /// the grade it counts with before and after.
+    /// the grade it counts with before and after, and the worklists with
+    /// whether it awaits appraisal.
     fn update(&mut self, dossier: DossierId, change: impl FnOnce(&mut AppraisalDossier)) {
-        let Some(d) = self.dossiers.get_mut(&dossier) else {
+        let Some(changed) = self.dossiers.update(&dossier, |d| {
+            let (counted, awaits) = (d.counted_grade(), d.awaits_appraisal());
+            change(d);
+            let counted = (counted, d.counted_grade());
+            Changed {
+                counted,
+                group: (counted.0 != counted.1).then(|| d.quota_key()),
+                listing: (awaits != d.awaits_appraisal())
+                    .then_some((!awaits, (d.deciding_org, d.listed))),
+            }
+        }) else {
             return;
         };
-        let before = d.counted_grade();
-        change(d);
-        let after = d.counted_grade();
-        if before != after {
-            let tally = self.tallies.entry(d.quota_key()).or_default();
-            count(tally, before, false);
-            count(tally, after, true);
+        if let Some(group) = changed.group {
+            let group = (group.0, group.1, self.shared(group.2));
+            let tally = self.tallies.entry(group).or_default();
+            count(tally, changed.counted.0, false);
+            count(tally, changed.counted.1, true);
         }
+        if let Some((awaits, place)) = changed.listing {
+            for (org, number) in self.places(dossier, place) {
+                if awaits {
+                    self.list(org, number, dossier);
+                } else {
+                    self.unlist(org, number);
+                }
+            }
+        }
+    }
+
+    /// The shared copy of `group`, which a record read back from the
+    /// scratch file holds a copy of.
+    fn shared(&self, group: Arc<str>) -> Arc<str> {
+        self.quota_groups.get(&*group).map_or(group, Arc::clone)
     }
 
     /// The excellent and good counts of `d`'s quota group without `d`
@@ -598,7 +758,7 @@ mod tests {
             &appraiser(),
         );
 
-        let r = &f.model.dossiers[&d];
+        let r = f.model.dossiers.get(&d).unwrap();
         assert_eq!(r.state, DossierState::Appraised);
         assert_eq!(&*r.name, "Trần Thị B");
         assert_eq!(
@@ -655,7 +815,7 @@ mod tests {
         );
         f.apply(&stream, &returned(d, "Lần hai"), &appraiser());
 
-        let positions = f.model.dossiers[&d].board_positions();
+        let positions = f.model.dossiers.get(&d).unwrap().board_positions();
         assert_eq!(positions, [4, 6, 7]);
         let events = f.read(&positions);
         let board = Board::fold(d, &positions, &events).unwrap();
@@ -672,7 +832,13 @@ mod tests {
 
         // Nothing to read: nothing to show.
         let none = f.register(OrgId::new(), "individuals");
-        assert!(f.model.dossiers[&none].board_positions().is_empty());
+        assert!(f
+            .model
+            .dossiers
+            .get(&none)
+            .unwrap()
+            .board_positions()
+            .is_empty());
         assert_eq!(Board::fold(none, &[], &[]), Some(Board::default()));
     }
 
@@ -683,7 +849,7 @@ mod tests {
         let other = f.register(OrgId::new(), "individuals");
         f.apply(&d.stream(), &appraised(d, Grade::Good, "một"), &appraiser());
         f.apply(&other.stream(), &returned(other, "khác"), &appraiser());
-        let positions = f.model.dossiers[&d].board_positions();
+        let positions = f.model.dossiers.get(&d).unwrap().board_positions();
         assert_eq!(positions, [3]);
 
         // Nothing there in the store.
@@ -705,7 +871,7 @@ mod tests {
         for d in [a, b] {
             f.apply(&d.stream(), &appraised(d, Grade::Good, ""), &appraiser());
         }
-        let group = |d: DossierId| Arc::clone(&f.model.dossiers[&d].quota_group);
+        let group = |d: DossierId| Arc::clone(&f.model.dossiers.get(&d).unwrap().quota_group);
         assert!(Arc::ptr_eq(&group(a), &group(b)));
         assert!(!Arc::ptr_eq(&group(a), &group(c)));
         assert_eq!(&*group(c), "leaders");
@@ -727,7 +893,7 @@ mod tests {
             &system(),
             Some("00-garbage"),
         );
-        assert_eq!(f.model.dossiers[&d].trace, None);
+        assert_eq!(f.model.dossiers.get(&d).unwrap().trace, None);
         f.apply_traced(
             &d.stream(),
             &review(d, Grade::Good),
@@ -735,7 +901,7 @@ mod tests {
             Some(PARENT),
         );
         f.apply_traced(&d.stream(), &review(d, Grade::Good), &system(), Some(later));
-        let trace = f.model.dossiers[&d].trace.unwrap();
+        let trace = f.model.dossiers.get(&d).unwrap().trace.unwrap();
         assert_eq!(trace.traceparent(), PARENT);
         assert_eq!(format!("{trace:?}"), format!("PackedTrace({PARENT:?})"));
     }
@@ -750,7 +916,7 @@ mod tests {
             &system(),
             Some(PARENT),
         );
-        let r = &f.model.dossiers[&d];
+        let r = f.model.dossiers.get(&d).unwrap();
         let emit = gradeflow_service::Emit::new(d.stream(), &returned(d, "x"), None)
             .in_trace(r.trace.map(|t| t.traceparent()).as_deref());
         let child = emit.traceparent.unwrap();

@@ -150,7 +150,7 @@ pub fn readable(
     if actor.role != Role::System && !model.orgs.is_within(d.org, actor.org) {
         return Err(not_readable(id, actor.org));
     }
-    Ok(AppraisalDossier::clone(d))
+    Ok(AppraisalDossier::clone(&d))
 }
 
 /// Appraisal's view of dossier `id`: its registration, state, the standing
@@ -191,6 +191,11 @@ pub fn dossier_view(id: DossierId, d: &AppraisalDossier, board: &Board) -> Value
 /// The reviewed dossiers whose deciding org lies in `actor`'s subtree, with
 /// the warnings precomputed at the proposed grade. A caller whose role does
 /// not cover the appraiser's has nothing to do here.
+///
+/// It walks the subtree breadth first and, per org, its worklist index
+/// ([`AppraisalModel::awaiting`]: the dossiers awaiting appraisal, in the
+/// order they were registered in), so it reads the records of dossiers
+/// awaiting appraisal only, never the rest of the subtree's.
 pub fn worklist(model: &AppraisalModel, actor: &Actor, q: &Worklist) -> Value {
     let (default, max) = WORKLIST_LIMIT;
     let limit = q.limit.unwrap_or(default).min(max);
@@ -203,16 +208,14 @@ pub fn worklist(model: &AppraisalModel, actor: &Actor, q: &Worklist) -> Value {
     };
     let no_facts = Facts::default();
     'walk: for org in top.map(|t| model.subtree(t)).unwrap_or_default() {
-        for id in model
-            .by_deciding
-            .get(&org)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            let Some(d) = model.dossiers.get(id) else {
+        let Some(listed) = model.awaiting.get(&org) else {
+            continue;
+        };
+        for &(_, id) in listed.iter() {
+            let Some(d) = model.dossiers.get(&id) else {
                 continue;
             };
-            if d.state != DossierState::Reviewed || q.cycle.is_some_and(|c| c != d.cycle) {
+            if !d.awaits_appraisal() || q.cycle.is_some_and(|c| c != d.cycle) {
                 continue;
             }
             if items.len() == limit {
@@ -221,10 +224,10 @@ pub fn worklist(model: &AppraisalModel, actor: &Actor, q: &Worklist) -> Value {
             }
             let proposed = d.proposed_grade();
             let warnings = proposed
-                .and_then(|g| warnings_for(model, *id, d, g, &no_facts).ok())
+                .and_then(|g| warnings_for(model, id, &d, g, &no_facts).ok())
                 .unwrap_or_default();
             items.push(WorkItem {
-                dossier: *id,
+                dossier: id,
                 subject: d.subject,
                 name: d.name.to_string(),
                 kind: d.kind,

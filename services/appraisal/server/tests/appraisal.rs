@@ -831,6 +831,93 @@ async fn a_service_reopened_on_its_store_answers_exactly_as_the_live_one() {
 }
 
 #[tokio::test]
+async fn a_service_whose_model_spills_answers_as_the_one_that_kept_it_whole() {
+    let w = World::sqlite().await;
+    // More dossiers than the smallest capacity a map can be given (64), in
+    // every state the board sees.
+    let mut dossiers = Vec::new();
+    for i in 0..90 {
+        dossiers.push(w.reviewed_member(20 + i % 10, 40 + i % 30).await);
+    }
+    for (i, d) in dossiers.iter().enumerate() {
+        match i % 4 {
+            0 => {
+                w.ok(&w.appraiser(), "appraise_dossier.v1", appraise(*d, "good"))
+                    .await;
+            }
+            1 if i % 3 == 0 => {
+                w.ok(
+                    &w.appraiser(),
+                    "appraise_dossier.v1",
+                    appraise(*d, "excellent"),
+                )
+                .await;
+            }
+            2 => {
+                w.ok(
+                    &w.appraiser(),
+                    "return_dossier.v1",
+                    json!({"dossier": d, "reason": "Thiếu biên bản"}),
+                )
+                .await;
+            }
+            _ => {}
+        }
+    }
+    let system = actor(Role::System, OrgId(uuid::Uuid::nil()));
+    let mut questions = vec![
+        (w.appraiser(), "worklist.v1", json!({})),
+        (w.appraiser(), "worklist.v1", json!({"limit": 7})),
+        (system.clone(), "worklist.v1", json!({"cycle": w.cycle})),
+    ];
+    for d in &dossiers {
+        questions.push((w.appraiser(), "get_dossier.v1", json!({"dossier": d})));
+    }
+    let mut live = Vec::new();
+    for (a, k, q) in &questions {
+        live.push(w.query(a, k, q.clone()).await);
+    }
+    let waiting = live[0]["items"].as_array().unwrap().clone();
+    assert!(waiting.len() > 30, "{}", waiting.len());
+
+    // The same store folded into a model that keeps 64 values per map (the
+    // capacity is the process's: nextest runs each test in a process of
+    // its own).
+    gradeflow_service::spill::set_capacity(64);
+    w.store.close().await;
+    let store = Store::connect(&w.urls.1, StoreOptions::default())
+        .await
+        .unwrap();
+    let spilled = Appraisal::open(store).await.unwrap();
+    for ((a, k, q), expected) in questions.iter().zip(live) {
+        let answer = accepted(spilled.handle_command(cmd(a, k, q.clone())).await);
+        assert_eq!(answer, expected, "{k} {q}");
+    }
+    let (written, read) = spilled
+        .engine()
+        .read(|m| m.dossiers.traffic())
+        .await
+        .unwrap();
+    assert!(written > 0 && read > 0, "the model spilled");
+
+    // And it decides as the live one would have: the warnings the worklist
+    // precomputed at the proposed grade.
+    let item = &waiting[waiting.len() - 1];
+    let d: DossierId = serde_json::from_value(item["dossier"].clone()).unwrap();
+    let r = accepted(
+        spilled
+            .handle_command(cmd(
+                &w.appraiser(),
+                "appraise_dossier.v1",
+                appraise(d, item["proposed_grade"].as_str().unwrap()),
+            ))
+            .await,
+    );
+    assert_eq!(r["state"], "appraised");
+    assert_eq!(r["warnings"], item["warnings"]);
+}
+
+#[tokio::test]
 async fn the_flow_runs_the_same_on_postgresql() {
     let (a, b) = (fresh_pg().await.unwrap(), fresh_pg().await.unwrap());
     let w = World::on((a.url.clone(), b.url.clone()), Vec::new()).await;
