@@ -200,36 +200,32 @@ pub fn report(model: &ProgressModel, q: &ReplayQuery) -> Result<ReplayReport, Au
         };
         let node = progress(model, &query, &actor, today)
             .map_err(|r| AuditError::UnknownOrg(format!("{top} ({})", r.message)))?;
-        let mut dossiers: Vec<DossierAt> = model
-            .dossiers
-            .iter()
-            .filter(|(_, d)| {
-                d.registered.cycle == cycle && model.path(d.registered.org).contains(&top)
-            })
-            .map(|(id, d)| {
-                let r = &d.registered;
-                DossierAt {
-                    dossier: *id,
-                    subject: r.subject,
-                    name: r.name.to_string(),
-                    kind: r.kind,
-                    category: r.category,
-                    org: r.org,
-                    org_code: model
-                        .orgs
-                        .get(r.org)
-                        .map_or_else(|| r.org.to_string(), |o| o.code.clone()),
-                    deciding_org: r.deciding_org,
-                    state: d.state,
-                    grade: d.grade,
-                    previous_grade: d.previous_grade,
-                    decision: d.decision,
-                    decision_number: model.decision_number(d).map(str::to_owned),
-                    returns: d.returns,
-                    regrade_reason: d.regrade_reason.as_deref().map(str::to_owned),
-                }
-            })
-            .collect();
+        // Every dossier of the cycle in `top`'s subtree, read through the
+        // units' lists (the model keeps no list of all dossiers to scan).
+        let mut dossiers: Vec<DossierAt> = Vec::new();
+        model.subtree_dossiers(cycle, top, |id, d| {
+            let r = &d.registered;
+            dossiers.push(DossierAt {
+                dossier: id,
+                subject: r.subject,
+                name: r.name.to_string(),
+                kind: r.kind,
+                category: r.category,
+                org: r.org,
+                org_code: model
+                    .orgs
+                    .get(r.org)
+                    .map_or_else(|| r.org.to_string(), |o| o.code.clone()),
+                deciding_org: r.deciding_org,
+                state: d.state,
+                grade: d.grade,
+                previous_grade: d.previous_grade,
+                decision: d.decision,
+                decision_number: model.decision_number(d).map(str::to_owned),
+                returns: d.returns,
+                regrade_reason: d.regrade_reason.as_deref().map(str::to_owned),
+            });
+        });
         dossiers.sort_by(|a, b| {
             (
                 &a.org_code,

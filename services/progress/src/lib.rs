@@ -7,9 +7,12 @@
 //! observes every event kind ([`EVENT_KINDS`]); the consumer copies each
 //! into the service's own store, and the [`Engine`] folds the store into a
 //! [`ProgressModel`] — so the model is disposable: reopening the service on
-//! its store replays it to the same state. It emits no events and reacts
-//! to none. Its commands are read-only queries ([`queries`]), answered
-//! `accepted` with a `result`:
+//! its store replays it to the same state. Its per-dossier state (the
+//! records and each unit's list of dossiers) is held in
+//! `gradeflow_service::spill` maps, so its memory is bounded by their
+//! capacity and the number of units, not by the number of dossiers
+//! ([`model`]). It emits no events and reacts to none. Its commands are
+//! read-only queries ([`queries`]), answered `accepted` with a `result`:
 //!
 //! | kind | payload | result |
 //! | --- | --- | --- |
@@ -45,6 +48,8 @@ pub mod page;
 pub mod queries;
 pub mod refusals;
 pub mod report;
+#[cfg(test)]
+mod spill_tests;
 pub mod tree;
 
 use std::sync::Arc;

@@ -8,6 +8,15 @@
 //! [`Counters`] of the org's whole subtree, shifted along the ancestor path
 //! on every change of a dossier (see `counters`).
 //!
+//! **Memory** (`docs/adr/0002-bounded-model-memory.md`). What grows with the
+//! number of dossiers lives in two [`SpillMap`]s, which keep a bounded
+//! working set in memory and the rest in a scratch file: the records
+//! ([`ProgressModel::dossiers`]) and each unit's list of its own dossiers
+//! ([`ProgressModel::own_dossiers`]). Everything else is per unit, per
+//! authority, per cycle or per decision. Nothing reads every dossier: a
+//! reader of a subtree walks the org tree and reads each unit's list
+//! ([`ProgressModel::subtree_dossiers`], the report's dossier list).
+//!
 //! **Order.** The consumer records events in stream order, but a dossier's
 //! events come from three services; should one arrive before the dossier's
 //! registration (a nak'ed and redelivered registration, or replicas sharing
@@ -30,8 +39,10 @@ use gradeflow_proto::{
     Category, CycleId, DecisionId, DossierId, DossierState, Grade, OrgId, SubjectId, SubjectKind,
     SubjectStatus,
 };
+use gradeflow_service::spill::SpillMap;
 use gradeflow_service::{Model, OrgNode, OrgTree};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::counters::{Contribution, Counters, QuotaRule, Segment};
 
@@ -55,54 +66,86 @@ impl CycleInfo {
 
 /// What progress keeps of a dossier's registration: what the counters and
 /// the unit report read (the dossier's id is its key in
-/// [`ProgressModel::dossiers`]). The quota group's name is shared by every
-/// dossier of the group.
-#[derive(Debug, Clone, PartialEq)]
+/// [`ProgressModel::dossiers`]). The quota group's name is shared by the
+/// records of the group held in memory (a record read back from the
+/// scratch file has its own copy).
+///
+/// It is written to the model's scratch file when evicted, with one-letter
+/// keys: there is one such value per dossier out of memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
     /// The subject.
+    #[serde(rename = "s")]
     pub subject: SubjectId,
     /// The cycle.
+    #[serde(rename = "c")]
     pub cycle: CycleId,
     /// The org it belongs to.
+    #[serde(rename = "o")]
     pub org: OrgId,
     /// The org that decides its grade.
+    #[serde(rename = "d")]
     pub deciding_org: OrgId,
     /// Individual or collective.
+    #[serde(rename = "k")]
     pub kind: SubjectKind,
     /// The subject's name.
+    #[serde(rename = "n")]
     pub name: Box<str>,
     /// Its category.
+    #[serde(rename = "t")]
     pub category: Category,
     /// Whether the subject is a leader.
+    #[serde(rename = "l", default, skip_serializing_if = "is_false")]
     pub leader: bool,
     /// Its status (the not-reviewed reason).
+    #[serde(rename = "u")]
     pub status: SubjectStatus,
     /// Its quota group.
+    #[serde(rename = "q")]
     pub quota_group: Arc<str>,
 }
 
-/// Everything progress knows about one dossier.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything progress knows about one dossier: the value of
+/// [`ProgressModel::dossiers`], written to the scratch file (one-letter
+/// keys, empty fields left out) when evicted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DossierRecord {
     /// The registration (org, deciding org, kind, category, leader,
     /// status, quota group, name).
+    #[serde(rename = "r")]
     pub registered: Registration,
     /// Its current state.
+    #[serde(rename = "s")]
     pub state: DossierState,
     /// The grade in force once decided (the new one after a re-grade).
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
     pub grade: Option<Grade>,
     /// The grade a re-grade superseded.
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
     pub previous_grade: Option<Grade>,
     /// The decision document of the grade in force (its number:
     /// [`ProgressModel::decision_number`]).
+    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<DecisionId>,
     /// The re-grading reason.
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
     pub regrade_reason: Option<Box<str>>,
     /// How often it was returned for rework.
+    #[serde(rename = "n", default, skip_serializing_if = "is_zero")]
     pub returns: u32,
     /// For a collective: opened for decision (all it waited for is
     /// settled).
+    #[serde(rename = "o", default, skip_serializing_if = "is_false")]
     pub ready: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl DossierRecord {
@@ -121,6 +164,33 @@ impl DossierRecord {
     }
 }
 
+/// How one of the model's spilled maps stands
+/// ([`ProgressModel::spill_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpillStats {
+    /// Values in memory now.
+    pub in_memory: usize,
+    /// Values written to its scratch file so far.
+    pub written: u64,
+    /// Values read back from it so far.
+    pub read_back: u64,
+}
+
+impl SpillStats {
+    fn of<K, V>(map: &SpillMap<K, V>) -> SpillStats
+    where
+        K: gradeflow_service::spill::SpillKey,
+        V: Serialize + DeserializeOwned + Clone,
+    {
+        let (written, read_back) = map.traffic();
+        SpillStats {
+            in_memory: map.in_memory(),
+            written,
+            read_back,
+        }
+    }
+}
+
 /// The progress read model.
 #[derive(Debug, Default)]
 pub struct ProgressModel {
@@ -128,18 +198,22 @@ pub struct ProgressModel {
     pub orgs: OrgTree,
     /// Cycles by id.
     pub cycles: HashMap<CycleId, CycleInfo>,
-    /// Dossiers by id. Boxed: the table doubles as it grows, and an empty
-    /// slot then costs a pointer rather than a whole record.
-    pub dossiers: HashMap<DossierId, Box<DossierRecord>>,
-    /// Every quota group name, once (the records share them).
+    /// Dossiers by id: a bounded working set in memory, the rest in the
+    /// model's scratch file. Read one with `dossiers.get(&id)`; there is
+    /// no way to read them all (a subtree's are read through its units:
+    /// [`ProgressModel::subtree_dossiers`]).
+    pub dossiers: SpillMap<DossierId, DossierRecord>,
+    /// Every quota group name, once (the records in memory share them).
     groups: HashSet<Arc<str>>,
     /// Subtree counters per (cycle, org).
     counters: HashMap<(CycleId, OrgId), Counters>,
     /// Per (cycle, authority): the excellent and good it decided, per quota
     /// group (the groups an org decides itself).
     authorities: HashMap<(CycleId, OrgId), std::collections::BTreeMap<String, GroupCounts>>,
-    /// The dossiers of each (cycle, org) itself, in registration order.
-    units: HashMap<(CycleId, OrgId), Vec<DossierId>>,
+    /// The dossiers of each (cycle, org) itself, in registration order
+    /// (spilled as [`ProgressModel::dossiers`] is: together they grow with
+    /// the dossiers).
+    units: SpillMap<(CycleId, OrgId), Vec<DossierId>>,
     /// Units whose completion approval announced.
     completed: HashSet<(CycleId, OrgId)>,
     /// Decision document numbers, from the decision or from the first
@@ -258,6 +332,25 @@ impl Model for ProgressModel {
 }
 
 impl ProgressModel {
+    /// An empty model whose maps of per-dossier state keep at most
+    /// `values` values each in memory (at least 8), the rest in their
+    /// scratch files; [`ProgressModel::default`] keeps
+    /// [`gradeflow_service::spill::capacity`]'s. Its answers are the same
+    /// whatever the capacity (tests fold with a tiny one to show it).
+    pub fn with_cache(values: usize) -> Self {
+        Self {
+            dossiers: SpillMap::with_capacity(values),
+            units: SpillMap::with_capacity(values),
+            ..Self::default()
+        }
+    }
+
+    /// How the maps that grow with the dossiers stand: the records, then
+    /// the units' lists.
+    pub fn spill_stats(&self) -> (SpillStats, SpillStats) {
+        (SpillStats::of(&self.dossiers), SpillStats::of(&self.units))
+    }
+
     /// The last store position folded into the model.
     pub fn position(&self) -> i64 {
         self.position
@@ -291,12 +384,66 @@ impl ProgressModel {
     }
 
     /// The dossiers registered at `org` itself (members, or the collective
-    /// of the org), in registration order.
-    pub fn own_dossiers(&self, cycle: CycleId, org: OrgId) -> &[DossierId] {
-        self.units
-            .get(&(cycle, org))
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+    /// of the org), in registration order (empty when none were).
+    pub fn own_dossiers(&self, cycle: CycleId, org: OrgId) -> Arc<Vec<DossierId>> {
+        self.units.get(&(cycle, org)).unwrap_or_default()
+    }
+
+    /// Calls `visit` with every dossier of `cycle` registered in `top`'s
+    /// subtree — every dossier whose org's [`ProgressModel::path`] holds
+    /// `top` — read through the units' lists, never by scanning every
+    /// dossier: `top`'s own dossiers in registration order, then those of
+    /// the orgs merged into it (each with its whole subtree), then each
+    /// current child's subtree by code.
+    ///
+    /// A merged org's path is that of the org it joined, so a merged `top`
+    /// has none. (An org registered before its parent was is not among the
+    /// parent's children, so its dossiers are not reached from above it.)
+    pub fn subtree_dossiers(
+        &self,
+        cycle: CycleId,
+        top: OrgId,
+        mut visit: impl FnMut(DossierId, &DossierRecord),
+    ) {
+        if self.orgs.get(top).is_some_and(|o| o.merged_into.is_some()) {
+            return;
+        }
+        let mut seen = HashSet::new();
+        self.visit_subtree(cycle, top, &mut seen, &mut visit);
+    }
+
+    fn visit_subtree(
+        &self,
+        cycle: CycleId,
+        org: OrgId,
+        seen: &mut HashSet<OrgId>,
+        visit: &mut impl FnMut(DossierId, &DossierRecord),
+    ) {
+        // `seen` guards against a corrupt tree with a loop.
+        if !seen.insert(org) {
+            return;
+        }
+        for dossier in self.own_dossiers(cycle, org).iter() {
+            if let Some(d) = self.dossiers.get(dossier) {
+                visit(*dossier, &d);
+            }
+        }
+        for merged in self.merged_into(org) {
+            // Only an org the tree shows merged here counts here.
+            if self
+                .orgs
+                .get(*merged)
+                .is_some_and(|m| m.merged_into == Some(org))
+            {
+                self.visit_subtree(cycle, *merged, seen, visit);
+            }
+        }
+        let Some(node) = self.orgs.get(org) else {
+            return;
+        };
+        for child in crate::queries::children(self, node) {
+            self.visit_subtree(cycle, child.id, seen, visit);
+        }
     }
 
     /// The orgs merged into `org`.
@@ -405,8 +552,9 @@ impl ProgressModel {
             ready: false,
         };
         let c = record.contribution();
-        self.dossiers.insert(dossier, Box::new(record));
-        self.units.entry((cycle, org)).or_default().push(dossier);
+        self.dossiers.insert(dossier, record);
+        self.units
+            .upsert((cycle, org), Vec::new, |list| list.push(dossier));
         self.shift(cycle, org, &c, 1);
         self.touch(cycle);
         if let Some(parked) = self.orphans.remove(&dossier) {
@@ -472,13 +620,15 @@ impl ProgressModel {
     /// Changes one dossier and shifts the difference of its contribution
     /// along its ancestor path.
     fn update(&mut self, dossier: DossierId, change: impl FnOnce(&mut DossierRecord)) {
-        let Some(d) = self.dossiers.get_mut(&dossier) else {
+        let changed = self.dossiers.update(&dossier, |d| {
+            let before = d.contribution();
+            change(d);
+            let after = d.contribution();
+            (before, after, d.registered.cycle, d.registered.org)
+        });
+        let Some((before, after, cycle, org)) = changed else {
             return;
         };
-        let before = d.contribution();
-        change(d);
-        let after = d.contribution();
-        let (cycle, org) = (d.registered.cycle, d.registered.org);
         self.touch(cycle);
         if before != after {
             self.shift(cycle, org, &before, -1);
@@ -655,10 +805,21 @@ pub(crate) mod tests {
         for (i, e) in [&a, &b, &c].into_iter().enumerate() {
             feed(&mut model, i as i64 + 1, e);
         }
-        let group = |id: DossierId| model.dossiers[&id].registered.quota_group.clone();
+        let group = |id: DossierId| {
+            model
+                .dossiers
+                .get(&id)
+                .unwrap()
+                .registered
+                .quota_group
+                .clone()
+        };
         assert!(Arc::ptr_eq(&group(a.dossier), &group(b.dossier)));
         assert_eq!(&*group(c.dossier), "leaders");
-        assert_eq!(&*model.dossiers[&a.dossier].registered.name, "Nguyễn Văn A");
+        assert_eq!(
+            &*model.dossiers.get(&a.dossier).unwrap().registered.name,
+            "Nguyễn Văn A"
+        );
 
         // One decision grading two dossiers: its number is kept once and
         // both read it; the grade's own number comes first.
@@ -691,8 +852,10 @@ pub(crate) mod tests {
         }
         assert_eq!(model.decisions.len(), 1);
         for id in [a.dossier, b.dossier] {
-            assert_eq!(model.decision_number(&model.dossiers[&id]), Some("7-QĐ/ĐU"));
+            let d = model.dossiers.get(&id).unwrap();
+            assert_eq!(model.decision_number(&d), Some("7-QĐ/ĐU"));
         }
-        assert_eq!(model.decision_number(&model.dossiers[&c.dossier]), None);
+        let d = model.dossiers.get(&c.dossier).unwrap();
+        assert_eq!(model.decision_number(&d), None);
     }
 }

@@ -379,7 +379,8 @@ impl Lister<'_> {
     /// The dossiers of `id` itself and of the orgs merged into it (listed
     /// under `unit`, the org they count at now).
     fn own(&mut self, id: OrgId, unit: &OrgNode) {
-        for dossier in self.model.own_dossiers(self.cycle, id) {
+        let own = self.model.own_dossiers(self.cycle, id);
+        for dossier in own.iter() {
             if self.full() {
                 return;
             }
@@ -390,8 +391,8 @@ impl Lister<'_> {
             }
             if let Some(d) = self.model.dossiers.get(dossier) {
                 let org = self.model.orgs.get(id).unwrap_or(unit);
-                let number = self.model.decision_number(d);
-                self.rows.push(row(self.stt, *dossier, d, number, org));
+                let number = self.model.decision_number(&d);
+                self.rows.push(row(self.stt, *dossier, &d, number, org));
             }
         }
         for merged in self.model.merged_into(id).to_vec() {

@@ -23,7 +23,10 @@ use gradeflow_eventstore::{AppendOutcome, InboxEntry, Store, StoreOptions};
 use gradeflow_progress::queries::{
     progress, ProgressNode, ProgressPageQuery, ProgressQuery, MAX_REPLY_BYTES,
 };
-use gradeflow_progress::{assemble, report_csv, report_xlsx, touched, Progress, Report};
+use gradeflow_progress::report::{report, ReportQuery};
+use gradeflow_progress::{
+    assemble, report_csv, report_xlsx, touched, Progress, ProgressModel, Report,
+};
 use gradeflow_proto::commands::DecisionKind;
 use gradeflow_proto::events::{
     CycleOpened, DecisionRecorded, DossierAppraised, DossierReturned, Event, GradeDecided,
@@ -36,7 +39,8 @@ use gradeflow_proto::{
     Rejection, Role, RulebookId, SubjectId, SubjectKind, SubjectStatus, TaskCounts, Tier, Tiers,
     TypedReply,
 };
-use gradeflow_service::{Reply, Workflow};
+use gradeflow_service::spill::DEFAULT_CAPACITY;
+use gradeflow_service::{Model, Reply, Workflow};
 use gradeflow_testkit::{fresh_pg, fresh_sqlite, SqliteFile};
 use serde_json::{json, Value};
 
@@ -1069,15 +1073,17 @@ async fn many_concurrent_observers_leave_the_tree_equal_to_the_sum_of_the_dossie
         assert_eq!(n["totals"]["open"], 0, "{code}");
     }
     assert_rollups(&tree);
-    // The same from the model's own dossiers.
+    // The same from the model's own dossiers (every one under the root,
+    // read through the units' lists).
+    let (root, cycle) = (w.root, w.cycle);
     let by_state = w
         .progress
         .engine()
-        .read(|m| {
+        .read(move |m| {
             let mut s: BTreeMap<String, u64> = BTreeMap::new();
-            for d in m.dossiers.values() {
+            m.subtree_dossiers(cycle, root, |_, d| {
                 *s.entry(d.state.code().to_owned()).or_default() += 1;
-            }
+            });
             s
         })
         .await
@@ -1735,4 +1741,109 @@ async fn names_with_quotes_backslashes_and_control_characters_encode_as_the_type
     assert_eq!(node["children"][3]["name"], json!(odd));
     let node = w.node(w.root, 3).await;
     assert_eq!(node_count(&node), node_count(&w.whole(w.root, 3).await));
+}
+
+#[tokio::test]
+async fn a_service_whose_model_spills_answers_as_a_model_that_keeps_everything_in_memory() {
+    // The models opened from here on in this process keep 64 values per
+    // map in memory (nextest runs each test in a process of its own; under
+    // `cargo test` the tests after this one spill too, and must answer the
+    // same anyway).
+    gradeflow_service::spill::set_capacity(64);
+    let w = World::sqlite().await;
+    let cells = [w.c1, w.c2, w.c3, w.e1];
+    let deciding = |cell: OrgId| if cell == w.e1 { w.d2 } else { w.d1 };
+    let mut dossiers = Vec::new();
+    for i in 0..400 {
+        let cell = cells[i % 4];
+        let d = w
+            .member(cell, deciding(cell), &format!("Đảng viên {i}"))
+            .await;
+        dossiers.push((d, cell));
+    }
+    // Every later step in another order than the registrations, so most
+    // land on a record the model wrote out.
+    let stride = |k: usize| (0..dossiers.len()).map(move |i| (i * k) % 400);
+    for i in stride(7) {
+        w.self_review(dossiers[i].0).await;
+    }
+    for i in stride(13).filter(|i| i % 5 != 0) {
+        w.meeting(dossiers[i].0).await;
+    }
+    let mut graded: HashMap<OrgId, Vec<(DossierId, Grade)>> = HashMap::new();
+    for i in stride(17) {
+        let (d, cell) = dossiers[i];
+        match i % 5 {
+            0 => {}
+            1 => w.return_(d).await,
+            2 => w.appraise(d).await,
+            _ => graded
+                .entry(deciding(cell))
+                .or_default()
+                .push((d, Grade::ALL[i % 4])),
+        }
+    }
+    for (k, batch) in graded.values().flat_map(|g| g.chunks(25)).enumerate() {
+        w.decide(&format!("{k}-QĐ/ĐU"), batch).await;
+    }
+    for (d, grade) in graded.values().flatten().step_by(9) {
+        let to = if *grade == Grade::Good {
+            Grade::Excellent
+        } else {
+            Grade::Good
+        };
+        w.regrade(*d, *grade, to, "9-QĐ/TW").await;
+    }
+    w.set_today("2026-12-20");
+
+    let (records, _) = w.progress.engine().read(|m| m.spill_stats()).await.unwrap();
+    assert!(records.in_memory <= 64, "{records:?}");
+    assert!(
+        records.written >= 300 && records.read_back >= 300,
+        "the service's model spilled: {records:?}"
+    );
+
+    // The same store folded into a model that keeps everything.
+    let mut reference = ProgressModel::with_cache(DEFAULT_CAPACITY);
+    let mut after = 0;
+    loop {
+        let page = w.store.read_from(after, 1_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for event in &page {
+            reference.apply(event);
+        }
+    }
+    assert_eq!(reference.spill_stats().0.written, 0);
+    let today = *w.today.lock().unwrap();
+    let central = w.central();
+    for org in [w.root, w.p1, w.p2, w.d1, w.c1, w.c2, w.c3, w.d2, w.e1] {
+        for (offset, limit) in [(0, 1_000), (0, 37), (37, 37), (150, 100), (390, 50)] {
+            let expected = report(
+                &reference,
+                &ReportQuery {
+                    cycle: w.cycle,
+                    org: Some(org),
+                    offset: Some(offset),
+                    limit: Some(limit),
+                },
+                &central,
+                today,
+            )
+            .unwrap();
+            let answered = w.report(org, offset, limit).await;
+            assert_eq!(answered, expected, "{org} from {offset}, {limit} rows");
+            assert_eq!(report_csv(&answered), report_csv(&expected));
+        }
+        let q = ProgressQuery {
+            cycle: w.cycle,
+            org: Some(org),
+            depth: Some(3),
+        };
+        let expected = progress(&reference, &q, &central, today).unwrap();
+        assert_eq!(w.whole_node(org, 3).await, expected, "{org}");
+    }
+    let whole = w.report(w.root, 0, 1_000).await;
+    assert_eq!(whole.rows.len(), 400);
+    assert!(whole.regraded.len() > 10 && whole.excellent.len() > 10);
 }
