@@ -23,6 +23,12 @@
 //! written or read (a full disk) stops the process after logging why: the
 //! events are the truth, and a restart folds them again.
 //!
+//! **Values are written as JSON.** serde_json reads most floating-point
+//! numbers back exactly but not all (without its `float_roundtrip` feature,
+//! some come back one unit in the last place off), so a record with an `f64`
+//! that must compare equal after a round trip writes its bits instead
+//! (approval's and appraisal's scores do).
+//!
 //! The file goes to the directory set with [`set_dir`] (`gradeflow up` sets
 //! its data directory's `spill/`), else the system's temporary directory;
 //! the capacity is [`set_capacity`]'s (environment `GRADEFLOW_MODEL_CACHE`),
