@@ -171,6 +171,7 @@ async fn run(
     // The models' scratch files (`gradeflow_service::spill`): unlinked as
     // soon as they are opened, so nothing is left here after a stop.
     gradeflow_service::spill::set_dir(config.data_dir.join("spill"));
+    gradeflow_service::spill::set_capacity(config.model_cache);
     let shutdown = gradeflow_kit::shutdown_signal();
     let (client, _embedded_nats) = nats(&config).await?;
     let js = jetstream::new(client.clone());

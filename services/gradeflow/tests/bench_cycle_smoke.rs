@@ -18,10 +18,12 @@ fn nats_url() -> String {
     std::env::var("GRADEFLOW_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
-/// Runs the binary; its stdout (it must succeed).
-fn run(args: &[&str]) -> String {
+/// Runs the binary with `env` added to its environment (and its children's:
+/// `bench cycle` starts `gradeflow up`); its stdout (it must succeed).
+fn run_with(args: &[&str], env: &[(&str, &str)]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_gradeflow"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
@@ -79,6 +81,29 @@ fn cycle_args<'a>(
 /// Runs the cycle at 60 dossiers with `--keep`, checks its report, then
 /// `bench audit --remove` on what it kept and checks that report.
 fn cycle_then_audit(database_url: Option<&str>) {
+    cycle_then_audit_with(database_url, &[]);
+}
+
+/// Every directory named `spill` under `dir`.
+fn spill_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                if entry.file_name() == "spill" {
+                    found.push(path.clone());
+                }
+                todo.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// [`cycle_then_audit`], with `env` set for the bench and the services.
+fn cycle_then_audit_with(database_url: Option<&str>, env: &[(&str, &str)]) {
     let nats = nats_url();
     let dir = tempfile::tempdir().unwrap();
     let dir_arg = dir.path().display().to_string();
@@ -89,7 +114,7 @@ fn cycle_then_audit(database_url: Option<&str>) {
         database_url,
         &["--boards", "8", "--progress-queries", "20", "--keep"],
     );
-    let stdout = run(&args);
+    let stdout = run_with(&args, env);
     assert!(
         stdout.starts_with("gradeflow bench cycle: card preset, 60 dossiers"),
         "{stdout}"
@@ -159,7 +184,13 @@ fn cycle_then_audit(database_url: Option<&str>) {
         .unwrap_or_else(|| panic!("no audit command in\n{stdout}"));
     let mut audit: Vec<&str> = kept.split_whitespace().skip(1).collect();
     audit.push("--remove");
-    let report = run(&audit);
+    // The models' scratch files went with the services that had them open.
+    let spills = spill_dirs(dir.path());
+    for d in &spills {
+        let left: Vec<_> = std::fs::read_dir(d).unwrap().collect();
+        assert!(left.is_empty(), "{}: {left:?}", d.display());
+    }
+    let report = run_with(&audit, env);
     for figure in [
         "chain verify, submission",
         "chain verify, appraisal",
@@ -188,11 +219,23 @@ fn cycle_then_audit(database_url: Option<&str>) {
     assert!(rounds.split(", ").all(|r| r.ends_with('%')), "{rounds}");
     // --remove took the data dir away.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    if env.iter().any(|(k, _)| *k == "GRADEFLOW_MODEL_CACHE") {
+        // The models wrote values out: the directory is made on the first
+        // eviction.
+        assert_eq!(spills.len(), 1, "{spills:?}");
+    }
 }
 
 #[test]
 fn bench_cycle_and_audit_run_on_sqlite() {
     cycle_then_audit(None);
+}
+
+#[test]
+fn bench_cycle_and_audit_run_with_models_keeping_eight_values_in_memory() {
+    // Every model's maps hold 8 values and spill the rest: the whole cycle,
+    // its 60 grades and the audit come out as with whole models.
+    cycle_then_audit_with(None, &[("GRADEFLOW_MODEL_CACHE", "8")]);
 }
 
 #[test]

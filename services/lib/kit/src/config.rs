@@ -27,6 +27,7 @@
 //! | `GRADEFLOW_STREAM_REPLICAS` | [`Config::stream_replicas`] | `1` |
 //! | `GRADEFLOW_STREAM_CLUSTER` | [`Config::stream_cluster`] | none (any cluster) |
 //! | `GRADEFLOW_STREAM_TAGS` | [`Config::stream_tags`] (comma-separated) | none (any server) |
+//! | `GRADEFLOW_MODEL_CACHE` | [`Config::model_cache`] | `32768` |
 //! | `RUST_LOG` | [`Config::log_filter`] | `info` |
 //! | `OTEL_SERVICE_NAME` | [`Config::service_name`] | `gradeflow` |
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` | [`Config::otlp_endpoint`] | none (no export) |
@@ -66,6 +67,11 @@ pub const ENV_STREAM_CLUSTER: &str = "GRADEFLOW_STREAM_CLUSTER";
 /// `GRADEFLOW_STREAM_TAGS`: comma-separated server tags the streams' replicas
 /// are placed on.
 pub const ENV_STREAM_TAGS: &str = "GRADEFLOW_STREAM_TAGS";
+/// `GRADEFLOW_MODEL_CACHE`: how many values each of a model's spilling maps
+/// keeps in memory (`gradeflow_service::spill`), 8 to 100,000,000.
+pub const ENV_MODEL_CACHE: &str = "GRADEFLOW_MODEL_CACHE";
+/// The default of [`Config::model_cache`].
+pub const DEFAULT_MODEL_CACHE: usize = 32_768;
 /// `RUST_LOG`: `tracing_subscriber::EnvFilter` directives.
 pub const ENV_RUST_LOG: &str = "RUST_LOG";
 /// `OTEL_SERVICE_NAME`: the `service.name` resource attribute.
@@ -239,6 +245,14 @@ pub enum ConfigError {
         /// The value as given.
         value: String,
     },
+    /// `GRADEFLOW_MODEL_CACHE` is not a whole number from 8 to 100,000,000.
+    #[error("invalid model cache `{value}` in {origin} (expected values per map, 8 to 100000000)")]
+    ModelCache {
+        /// Where the value came from.
+        origin: String,
+        /// The value as given.
+        value: String,
+    },
     /// A variable this crate reads holds bytes that are not UTF-8.
     #[error("environment variable {name} is not valid UTF-8")]
     NotUnicode {
@@ -314,6 +328,9 @@ pub struct Config {
     pub stream_cluster: Option<String>,
     /// Server tags the streams are placed on (`GRADEFLOW_STREAM_TAGS`).
     pub stream_tags: Vec<String>,
+    /// How many values each of a model's spilling maps keeps in memory, the
+    /// rest going to its scratch file (`GRADEFLOW_MODEL_CACHE`).
+    pub model_cache: usize,
 }
 
 impl Default for Config {
@@ -333,6 +350,7 @@ impl Default for Config {
             stream_replicas: 1,
             stream_cluster: None,
             stream_tags: Vec::new(),
+            model_cache: DEFAULT_MODEL_CACHE,
         }
     }
 }
@@ -359,6 +377,7 @@ impl fmt::Debug for Config {
             .field("stream_replicas", &self.stream_replicas)
             .field("stream_cluster", &self.stream_cluster)
             .field("stream_tags", &self.stream_tags)
+            .field("model_cache", &self.model_cache)
             .finish()
     }
 }
@@ -414,6 +433,9 @@ impl Config {
         }
         if let Some((_, v)) = get(ENV_STREAM_CLUSTER) {
             config.stream_cluster = Some(v.trim().to_owned()).filter(|c| !c.is_empty());
+        }
+        if let Some((origin, v)) = get(ENV_MODEL_CACHE) {
+            config.model_cache = parse_model_cache(origin, v)?;
         }
         if let Some((_, v)) = get(ENV_STREAM_TAGS) {
             config.stream_tags = v
@@ -608,7 +630,7 @@ impl Config {
 
 /// Every variable [`Config::from_env_map`] reads (deploy/ manifests are
 /// checked against this list).
-pub const VARIABLES: [&str; 17] = [
+pub const VARIABLES: [&str; 18] = [
     ENV_PREFIX,
     ENV_NATS_URL,
     ENV_DATA_DIR,
@@ -619,6 +641,7 @@ pub const VARIABLES: [&str; 17] = [
     ENV_STREAM_REPLICAS,
     ENV_STREAM_CLUSTER,
     ENV_STREAM_TAGS,
+    ENV_MODEL_CACHE,
     ENV_RUST_LOG,
     ENV_OTEL_SERVICE_NAME,
     ENV_OTEL_ENDPOINT,
@@ -637,6 +660,16 @@ fn parse_replicas(origin: &str, v: &str) -> Result<usize, ConfigError> {
     match v.trim().parse::<usize>() {
         Ok(n @ 1..=5) => Ok(n),
         _ => Err(ConfigError::StreamReplicas {
+            origin: origin.to_owned(),
+            value: v.to_owned(),
+        }),
+    }
+}
+
+fn parse_model_cache(origin: &str, v: &str) -> Result<usize, ConfigError> {
+    match v.trim().parse::<usize>() {
+        Ok(n @ 8..=100_000_000) => Ok(n),
+        _ => Err(ConfigError::ModelCache {
             origin: origin.to_owned(),
             value: v.to_owned(),
         }),
@@ -908,6 +941,7 @@ mod tests {
             ("GRADEFLOW_HTTP_ADDR", "0.0.0.0:9000"),
             ("GRADEFLOW_LOG_FORMAT", "JSON"),
             ("GRADEFLOW_SHUTDOWN_GRACE", "500ms"),
+            ("GRADEFLOW_MODEL_CACHE", " 4096 "),
             ("RUST_LOG", "debug,sqlx=warn"),
             ("OTEL_SERVICE_NAME", "gradeflow-approval"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
@@ -924,6 +958,7 @@ mod tests {
         assert_eq!(c.http_addr.port(), 9000);
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.shutdown_grace, Duration::from_millis(500));
+        assert_eq!(c.model_cache, 4096);
         assert_eq!(c.log_filter, "debug,sqlx=warn");
         assert_eq!(c.service_name, "gradeflow-approval");
         assert_eq!(c.otlp_endpoint.as_deref(), Some("http://collector:4317"));
@@ -1001,6 +1036,9 @@ mod tests {
             ("GRADEFLOW_STREAM_REPLICAS", "0"),
             ("GRADEFLOW_STREAM_REPLICAS", "6"),
             ("GRADEFLOW_STREAM_REPLICAS", "three"),
+            ("GRADEFLOW_MODEL_CACHE", "7"),
+            ("GRADEFLOW_MODEL_CACHE", "lots"),
+            ("GRADEFLOW_MODEL_CACHE", "-1"),
         ];
         for (name, value) in cases {
             let result = Config::from_env_map(env(&[(name, value)]));

@@ -31,8 +31,8 @@
 //!
 //! The file goes to the directory set with [`set_dir`] (`gradeflow up` sets
 //! its data directory's `spill/`), else the system's temporary directory;
-//! the capacity is [`set_capacity`]'s (environment `GRADEFLOW_MODEL_CACHE`),
-//! else [`DEFAULT_CAPACITY`] values per map.
+//! the capacity is [`set_capacity`]'s (a service sets its
+//! `GRADEFLOW_MODEL_CACHE`), else [`DEFAULT_CAPACITY`] values per map.
 
 use std::hash::Hash;
 use std::path::PathBuf;
@@ -46,14 +46,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
-/// Values kept in memory per map unless [`set_capacity`] says otherwise.
-pub const DEFAULT_CAPACITY: usize = 32_768;
+/// Values kept in memory per map unless [`set_capacity`] says otherwise
+/// (`GRADEFLOW_MODEL_CACHE`'s default).
+pub const DEFAULT_CAPACITY: usize = gradeflow_kit::config::DEFAULT_MODEL_CACHE;
 
 /// The SQLite page cache of one scratch file, in KiB.
 const FILE_CACHE_KIB: i64 = 2_048;
 
 static DIR: OnceLock<PathBuf> = OnceLock::new();
-static CAPACITY: AtomicUsize = AtomicUsize::new(0);
+static CAPACITY: AtomicUsize = AtomicUsize::new(DEFAULT_CAPACITY);
 
 /// Sets where scratch files go, for every map created from now on. The
 /// first call wins; later calls are ignored.
@@ -62,21 +63,15 @@ pub fn set_dir(dir: PathBuf) {
 }
 
 /// Sets how many values each map created from now on keeps in memory (at
-/// least 64).
+/// least 8); a service process sets its `GRADEFLOW_MODEL_CACHE` at start.
 pub fn set_capacity(values: usize) {
-    CAPACITY.store(values.max(64), Ordering::Relaxed);
+    CAPACITY.store(values.max(8), Ordering::Relaxed);
 }
 
-/// The capacity a new map gets: [`set_capacity`]'s, else the environment's
-/// `GRADEFLOW_MODEL_CACHE`, else [`DEFAULT_CAPACITY`].
+/// The capacity a new map gets: [`set_capacity`]'s, else
+/// [`DEFAULT_CAPACITY`].
 pub fn capacity() -> usize {
-    match CAPACITY.load(Ordering::Relaxed) {
-        0 => std::env::var("GRADEFLOW_MODEL_CACHE")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .map_or(DEFAULT_CAPACITY, |v| v.max(64)),
-        set => set,
-    }
+    CAPACITY.load(Ordering::Relaxed)
 }
 
 fn dir() -> PathBuf {
