@@ -19,7 +19,7 @@ import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createServer } from 'node:net';
+import { createServer, connect } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { chromium } from 'playwright-core';
 
@@ -45,6 +45,52 @@ function freePort() {
     s.listen(0, '127.0.0.1', () => {
       const { port } = s.address();
       s.close(() => res(port));
+    });
+  });
+}
+
+// Deletes the JetStream streams `gradeflow up` made under `prefix`
+// (`<prefix>_EVENTS`, `_AUDIT`, `_DLQ`), speaking the NATS protocol over a
+// plain socket: the test leaves nothing behind on the shared server. Resolves
+// with the names deleted; gives up after 5 s.
+function deleteStreams(prefix) {
+  const url = new URL(process.env.GRADEFLOW_NATS_URL || 'nats://127.0.0.1:4222');
+  const names = ['EVENTS', 'AUDIT', 'DLQ'].map((s) => `${prefix}_${s}`);
+  return new Promise((res) => {
+    const deleted = [];
+    let answers = 0;
+    let buf = '';
+    const sock = connect(Number(url.port || 4222), url.hostname);
+    const done = () => {
+      sock.destroy();
+      res(deleted);
+    };
+    const timer = setTimeout(done, 5_000);
+    sock.on('error', () => {
+      clearTimeout(timer);
+      done();
+    });
+    sock.once('data', () => {
+      let cmds = 'CONNECT {"verbose":false}\r\nSUB _e2e_cleanup.* 1\r\n';
+      names.forEach((n, i) => {
+        cmds += `PUB $JS.API.STREAM.DELETE.${n} _e2e_cleanup.${i} 0\r\n\r\n`;
+      });
+      sock.write(cmds);
+      sock.on('data', (d) => {
+        buf += d;
+        for (;;) {
+          const m = /MSG _e2e_cleanup\.(\d+) 1 (\d+)\r\n/.exec(buf);
+          if (!m || buf.length < m.index + m[0].length + Number(m[2])) break;
+          const body = buf.slice(m.index + m[0].length, m.index + m[0].length + Number(m[2]));
+          buf = buf.slice(m.index + m[0].length + Number(m[2]));
+          if (body.includes('"success":true')) deleted.push(names[Number(m[1])]);
+          answers += 1;
+          if (answers === names.length) {
+            clearTimeout(timer);
+            done();
+          }
+        }
+      });
     });
   });
 }
@@ -371,6 +417,8 @@ async function main() {
       });
     }
     rmSync(work, { recursive: true, force: true });
+    const deleted = await deleteStreams(prefix);
+    console.log(`e2e: removed ${deleted.length} of the prefix's 3 streams (${deleted.join(', ') || 'none'})`);
   }
 }
 
