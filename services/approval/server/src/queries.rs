@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::log;
-use crate::model::{ApprovalModel, DueEntry, Pending};
+use crate::model::{ApprovalModel, DossierInfo, DueEntry, Pending};
 
 /// Kind of the worklist query.
 pub const WORKLIST: &str = "worklist.v1";
@@ -186,48 +186,10 @@ pub fn worklist(
         let Some(d) = model.dossiers.get(&id) else {
             continue;
         };
-        let waiting_for = match d.kind {
-            gradeflow_proto::SubjectKind::Collective => model.waiting_for(d.cycle, d.org, &none),
-            gradeflow_proto::SubjectKind::Individual => Vec::new(),
-        };
         registrations.push((id, d.registered));
-        entries.push(json!({
-            "dossier": id,
-            "subject": d.subject,
-            "name": Value::Null,
-            "cycle": d.cycle,
-            "org": d.org,
-            "deciding_org": d.deciding_org,
-            "kind": d.kind,
-            "category": d.category,
-            "leader": d.leader,
-            "quota_group": d.quota_group,
-            "recommended_grade": d.recommended_grade,
-            "score": d.score,
-            "ready": waiting_for.is_empty(),
-            "waiting_for": waiting_for,
-        }));
+        entries.push(worklist_entry(model, id, &d, &none));
     }
-    let quota: Vec<Value> = meters
-        .into_iter()
-        .map(|(cycle, authority, group)| {
-            let counts: GroupCounts = model
-                .counts
-                .get(&(cycle, authority))
-                .and_then(|groups| groups.get(&group))
-                .copied()
-                .unwrap_or_default();
-            let settings = model.cycles.get(&cycle).map(|c| c.quota).unwrap_or_default();
-            json!({
-                "cycle": cycle,
-                "authority": authority,
-                "group": group,
-                "excellent": counts.excellent,
-                "good": counts.good,
-                "max_excellent": max_excellent(ratio_bp(settings.ratio), counts.good, settings.rounding),
-            })
-        })
-        .collect();
+    let quota = quota_meters(model, meters);
     Ok(Worklist {
         answer: json!({"dossiers": entries, "total": total, "quota": quota}),
         registrations,
@@ -359,6 +321,64 @@ pub async fn audit_decisions(
         None
     };
     Ok(Ok(json!({"records": page, "next_after": next_after})))
+}
+
+/// One dossier of the worklist's answer, as the model holds it (the name is
+/// filled in from the store afterwards).
+pub(crate) fn worklist_entry(
+    model: &ApprovalModel,
+    id: DossierId,
+    d: &DossierInfo,
+    none: &Pending,
+) -> Value {
+    let waiting_for = match d.kind {
+        gradeflow_proto::SubjectKind::Collective => model.waiting_for(d.cycle, d.org, none),
+        gradeflow_proto::SubjectKind::Individual => Vec::new(),
+    };
+    json!({
+        "dossier": id,
+        "subject": d.subject,
+        "name": Value::Null,
+        "cycle": d.cycle,
+        "org": d.org,
+        "deciding_org": d.deciding_org,
+        "kind": d.kind,
+        "category": d.category,
+        "leader": d.leader,
+        "quota_group": d.quota_group,
+        "recommended_grade": d.recommended_grade,
+        "score": d.score,
+        "ready": waiting_for.is_empty(),
+        "waiting_for": waiting_for,
+    })
+}
+
+/// The quota meters of the worklist's answer: per (cycle, authority, group),
+/// the current counts against the cycle's limit.
+pub(crate) fn quota_meters(
+    model: &ApprovalModel,
+    meters: BTreeSet<(CycleId, OrgId, String)>,
+) -> Vec<Value> {
+    meters
+        .into_iter()
+        .map(|(cycle, authority, group)| {
+            let counts: GroupCounts = model
+                .counts
+                .get(&(cycle, authority))
+                .and_then(|groups| groups.get(&group))
+                .copied()
+                .unwrap_or_default();
+            let settings = model.cycles.get(&cycle).map(|c| c.quota).unwrap_or_default();
+            json!({
+                "cycle": cycle,
+                "authority": authority,
+                "group": group,
+                "excellent": counts.excellent,
+                "good": counts.good,
+                "max_excellent": max_excellent(ratio_bp(settings.ratio), counts.good, settings.rounding),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,8 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{TimeZone, Utc};
-use gradeflow_approval_domain::GroupCounts;
-use gradeflow_approval_domain::{max_excellent, ratio_bp};
 use gradeflow_eventstore::StoredEvent;
 use gradeflow_proto::commands::{BatchGrade, DecideBatch, DecisionKind};
 use gradeflow_proto::events::{
@@ -30,7 +28,7 @@ use serde_json::{json, Value};
 use crate::decide::{self, BatchInput};
 use crate::keys::KeyError;
 use crate::model::{ApprovalModel, DueEntry, Pending};
-use crate::queries::{worklist, Worklist, WorklistQuery};
+use crate::queries::{quota_meters, worklist, worklist_entry, Worklist, WorklistQuery};
 use crate::record::DECISION_LOG_STREAM;
 use crate::SERVICE;
 
@@ -579,49 +577,9 @@ impl World {
         let entries: Vec<Value> = due
             .iter()
             .take(limit)
-            .map(|(id, d)| {
-                let waiting_for = match d.kind {
-                    SubjectKind::Collective => model.waiting_for(d.cycle, d.org, &none),
-                    SubjectKind::Individual => Vec::new(),
-                };
-                json!({
-                    "dossier": id,
-                    "subject": d.subject,
-                    "name": Value::Null,
-                    "cycle": d.cycle,
-                    "org": d.org,
-                    "deciding_org": d.deciding_org,
-                    "kind": d.kind,
-                    "category": d.category,
-                    "leader": d.leader,
-                    "quota_group": d.quota_group,
-                    "recommended_grade": d.recommended_grade,
-                    "score": d.score,
-                    "ready": waiting_for.is_empty(),
-                    "waiting_for": waiting_for,
-                })
-            })
+            .map(|(id, d)| worklist_entry(model, *id, d, &none))
             .collect();
-        let quota: Vec<Value> = meters
-            .into_iter()
-            .map(|(cycle, authority, group)| {
-                let counts: GroupCounts = model
-                    .counts
-                    .get(&(cycle, authority))
-                    .and_then(|groups| groups.get(&group))
-                    .copied()
-                    .unwrap_or_default();
-                let settings = model.cycles.get(&cycle).map(|c| c.quota).unwrap_or_default();
-                json!({
-                    "cycle": cycle,
-                    "authority": authority,
-                    "group": group,
-                    "excellent": counts.excellent,
-                    "good": counts.good,
-                    "max_excellent": max_excellent(ratio_bp(settings.ratio), counts.good, settings.rounding),
-                })
-            })
-            .collect();
+        let quota = quota_meters(model, meters);
         Worklist {
             answer: json!({"dossiers": entries, "total": total, "quota": quota}),
             registrations,
