@@ -523,6 +523,81 @@ mod tests {
         assert_eq!(map.get(&k).unwrap().n, 2);
     }
 
+    /// Random inserts, updates, upserts, removes and reads on a map of 8
+    /// values against a whole `HashMap`: every read agrees, and so does
+    /// every value at the end. Seeded, so a failure repeats.
+    #[test]
+    fn random_operations_agree_with_a_whole_map() {
+        for seed in 1..=20u64 {
+            let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move |n: u64| {
+                // xorshift64*: enough spread for choosing keys and steps.
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                state.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+            };
+            let keys = ids(40);
+            let mut map = SpillMap::with_capacity(8);
+            let mut whole: std::collections::HashMap<DossierId, Rec> =
+                std::collections::HashMap::new();
+            for step in 0..4_000u64 {
+                let k = keys[next(keys.len() as u64) as usize];
+                match next(6) {
+                    0 => {
+                        map.insert(k, rec(step));
+                        whole.insert(k, rec(step));
+                    }
+                    1 => {
+                        let got = map.update(&k, |r| {
+                            r.n += step;
+                            r.n
+                        });
+                        let want = whole.get_mut(&k).map(|r| {
+                            r.n += step;
+                            r.n
+                        });
+                        assert_eq!(got, want, "seed {seed}, step {step}: update");
+                    }
+                    2 => {
+                        let got = map.upsert(
+                            k,
+                            || rec(0),
+                            |r| {
+                                r.skipped = Some(step as u32);
+                                r.n
+                            },
+                        );
+                        let r = whole.entry(k).or_insert_with(|| rec(0));
+                        r.skipped = Some(step as u32);
+                        assert_eq!(got, r.n, "seed {seed}, step {step}: upsert");
+                    }
+                    3 if next(4) == 0 => {
+                        assert_eq!(
+                            map.remove(&k),
+                            whole.remove(&k).is_some(),
+                            "seed {seed}, step {step}: remove"
+                        );
+                    }
+                    _ => {
+                        // A reader may hold a value across later changes.
+                        let held = map.get(&k);
+                        assert_eq!(
+                            held.as_deref(),
+                            whole.get(&k),
+                            "seed {seed}, step {step}: get"
+                        );
+                    }
+                }
+                assert!(map.in_memory() <= 8);
+            }
+            for k in &keys {
+                assert_eq!(map.get(k).as_deref(), whole.get(k), "seed {seed}: end");
+                assert_eq!(map.contains_key(k), whole.contains_key(k));
+            }
+        }
+    }
+
     #[test]
     fn the_scratch_file_is_unlinked_as_soon_as_it_is_opened() {
         let dir = std::env::temp_dir().join(format!("gf-spill-test-{}", Uuid::new_v4()));
