@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 /// mimalloc instead of the system allocator: the services allocate and free
 /// many small JSON values, strings and futures per event, and glibc's malloc
 /// was a fifth of their CPU time in the cycle benchmark's profile
-/// (`docs/performance.md`).
+/// (`docs/performance.md`). The `system-allocator` feature keeps the system's
+/// allocator, for heap profilers that intercept `malloc` (heaptrack).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

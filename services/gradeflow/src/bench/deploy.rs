@@ -178,6 +178,12 @@ impl Up {
         if let Some(pg) = &place.pg {
             cmd.args(["--database-url", &pg.url]);
         }
+        // `GRADEFLOW_BENCH_UP_ENV_<NAME>=value` sets `<NAME>=value` for the
+        // services only, not for the bench: a heap profiler's `LD_PRELOAD`,
+        // say, which must not load into the driver too.
+        for (name, value) in up_env(std::env::vars_os()) {
+            cmd.env(name, value);
+        }
         let mut child = cmd.spawn().context("starting gradeflow up")?;
         let pid = child.id().context("gradeflow up has no process id")?;
         let stdout = child.stdout.take().context("no stdout of gradeflow up")?;
@@ -262,6 +268,23 @@ pub fn remove_dir(dir: &Path) {
     }
 }
 
+/// The prefix of the variables [`Up::start`] hands to the services alone.
+const UP_ENV_PREFIX: &str = "GRADEFLOW_BENCH_UP_ENV_";
+
+/// The variables `GRADEFLOW_BENCH_UP_ENV_<NAME>=value` among `vars`, as
+/// (`<NAME>`, value); names that are not UTF-8 or empty after the prefix
+/// are left out.
+fn up_env(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Vec<(String, std::ffi::OsString)> {
+    vars.filter_map(|(name, value)| {
+        let name = name.into_string().ok()?;
+        let rest = name.strip_prefix(UP_ENV_PREFIX)?;
+        (!rest.is_empty()).then(|| (rest.to_owned(), value))
+    })
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,5 +318,24 @@ mod tests {
             "Name:\tgradeflow\nVmPeak:\t  900 kB\nVmHWM:\t   123456 kB\nVmRSS:\t 1000 kB\n";
         assert_eq!(vm_hwm_kib(status), Some(123_456));
         assert_eq!(vm_hwm_kib("Name: x\n"), None);
+    }
+
+    #[test]
+    fn only_the_prefixed_variables_reach_the_services_without_their_prefix() {
+        let vars = [
+            ("GRADEFLOW_BENCH_UP_ENV_LD_PRELOAD", "/lib/x.so"),
+            ("GRADEFLOW_BENCH_UP_ENV_", "nameless"),
+            ("LD_PRELOAD", "/lib/y.so"),
+            ("GRADEFLOW_BENCH_LOG", "info"),
+            ("GRADEFLOW_BENCH_UP_ENV_MALLOC_ARENA_MAX", "2"),
+        ]
+        .map(|(n, v)| (n.into(), v.into()));
+        assert_eq!(
+            up_env(vars.into_iter()),
+            vec![
+                ("LD_PRELOAD".to_owned(), "/lib/x.so".into()),
+                ("MALLOC_ARENA_MAX".to_owned(), "2".into()),
+            ]
+        );
     }
 }
