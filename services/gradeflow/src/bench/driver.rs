@@ -48,6 +48,9 @@ const PATIENCE: Duration = Duration::from_secs(30 * 60);
 const MAX_PAUSE: Duration = Duration::from_millis(250);
 /// Attempts of a command that got no answer.
 const TRANSPORT_ATTEMPTS: u32 = 6;
+/// How long a command may be refused as "not yet" before the driver says
+/// what it waits for (once per command, on stderr).
+const STILL_REFUSED: Duration = Duration::from_secs(60);
 /// Wait for an answer (NATS) or a response (HTTP).
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -202,6 +205,7 @@ impl Driver {
         let first = Instant::now();
         let mut pause = Duration::from_millis(2);
         let mut transport_failures = 0;
+        let mut told = false;
         loop {
             if let Some(pace) = &self.pace {
                 pace.wait().await;
@@ -228,6 +232,19 @@ impl Driver {
                 }
                 Err(Failure::Refused(r)) if r.is_not_yet() && first.elapsed() < PATIENCE => {
                     self.not_yet.fetch_add(1, Ordering::Relaxed);
+                    if !told && first.elapsed() >= STILL_REFUSED {
+                        // Say once what a command waits for this long: a
+                        // service that never catches up shows here, not
+                        // only as a stalled progress line.
+                        told = true;
+                        eprintln!(
+                            "gradeflow bench: {kind} still refused after {} s: {} ({}) {}",
+                            STILL_REFUSED.as_secs(),
+                            r.code,
+                            r.message,
+                            r.details
+                        );
+                    }
                 }
                 Err(Failure::Refused(r)) => {
                     anyhow::bail!("{kind} refused: {} ({}) {}", r.code, r.message, r.details)
