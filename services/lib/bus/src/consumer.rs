@@ -47,7 +47,11 @@
 //!
 //! **Ordering.** Messages are handled, and their appends queued, in stream
 //! order, so events of one aggregate are applied in the order they were
-//! published — as long as none is nak'ed: a nak'ed message comes back after
+//! published. A task reads each pull request's messages off the client as
+//! they arrive: the client drops what is still buffered a few seconds after
+//! the request's expiry, and a loop slower than that would otherwise get
+//! those messages back only after the ack wait, behind later ones. The
+//! order holds as long as no message is nak'ed: a nak'ed message comes back after
 //! its delay, possibly after later messages of the same aggregate. Handlers
 //! that depend on per-aggregate order compare `envelope.version` with what
 //! they have applied and return [`HandlerError::Transient`] on a gap; the
@@ -72,7 +76,7 @@ use async_nats::{
     },
     Client, HeaderMap,
 };
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use gradeflow_eventstore::{
     AppendError, AppendOutcome, AppendRequest, DeadLetter, ExpectedVersion, InboxEntry, NewEvent,
     Store,
@@ -467,7 +471,7 @@ impl<H: EventHandler> EventConsumer<H> {
                 () = shutdown.cancelled() => break,
                 batch = request => batch,
             };
-            let mut batch = match batch {
+            let batch = match batch {
                 Ok(batch) => batch,
                 Err(err) => {
                     tracing::warn!(error = %err, durable = %self.durable, "bus.consumer.fetch_failed");
@@ -479,6 +483,14 @@ impl<H: EventHandler> EventConsumer<H> {
                     continue;
                 }
             };
+            // The client gives up on a pull request a few seconds after its
+            // expiry and drops what is still in its buffer then, so a loop
+            // slower than that (a long drain) would lose those deliveries
+            // until the ack wait brings them back, after later messages:
+            // out of stream order. A task of its own reads the request's
+            // messages as they arrive, so none is left behind; at most
+            // `batch` wait here.
+            let mut batch = forward(batch);
             // The ack timers of this batch started about now.
             let fetched_at = Instant::now();
             let mut window: VecDeque<InFlight> = VecDeque::new();
@@ -488,7 +500,7 @@ impl<H: EventHandler> EventConsumer<H> {
                     biased;
                     () = shutdown.cancelled() => Step::Shutdown,
                     outcome = front(&mut window) => Step::Committed(outcome),
-                    next = batch.next(), if window.len() < limit => Step::Next(next.map(|r| r.map(Box::new))),
+                    next = batch.messages.recv(), if window.len() < limit => Step::Next(next.map(|r| r.map(Box::new))),
                 };
                 match step {
                     Step::Shutdown => {
@@ -937,11 +949,37 @@ async fn front(window: &mut VecDeque<InFlight>) -> Result<AppendOutcome, AppendE
     }
 }
 
+/// A pull request's messages, read off the client by a task of their own
+/// as they arrive (see the loop); the task stops when the request ends or
+/// this is dropped.
+struct Forwarded {
+    messages: tokio::sync::mpsc::UnboundedReceiver<Result<jetstream::Message, async_nats::Error>>,
+    _reader: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+/// Starts reading `batch` into a [`Forwarded`].
+fn forward(mut batch: pull::Batch) -> Forwarded {
+    let (tx, messages) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Some(item) = batch.next().await {
+            if tx.send(item).is_err() {
+                break;
+            }
+        }
+    });
+    Forwarded {
+        messages,
+        _reader: tokio_util::task::AbortOnDropHandle::new(reader),
+    }
+}
+
 /// Naks (without delay) the messages of an interrupted batch that already
 /// reached the client, so another replica gets them now rather than after
 /// the ack wait.
-async fn release_buffered(batch: &mut pull::Batch) {
-    while let Some(Some(Ok(msg))) = batch.next().now_or_never() {
+async fn release_buffered(batch: &mut Forwarded) {
+    batch.messages.close();
+    while let Ok(item) = batch.messages.try_recv() {
+        let Ok(msg) = item else { continue };
         if let Err(err) = msg.ack_with(AckKind::Nak(None)).await {
             tracing::debug!(error = %err, "bus.consumer.release_failed");
         }

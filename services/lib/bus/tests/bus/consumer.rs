@@ -476,3 +476,76 @@ async fn shutdown_finishes_the_message_in_hand_then_returns() {
     bus.cleanup().await;
     db.cleanup(store).await;
 }
+
+/// Records the order it is handed events in; the first one waits at the
+/// gate.
+#[derive(Default)]
+struct InOrder {
+    seen: Mutex<Vec<EventId>>,
+    gate: Arc<Notify>,
+    entered: Arc<Notify>,
+}
+
+impl EventHandler for InOrder {
+    async fn handle(&self, event: &Envelope) -> Result<Effects, HandlerError> {
+        let first = {
+            let mut seen = self.seen.lock().unwrap();
+            seen.push(event.event_id);
+            seen.len() == 1
+        };
+        if first {
+            self.entered.notify_one();
+            self.gate.notified().await;
+        }
+        Ok(Effects::none())
+    }
+}
+
+/// The client drops what a pull request left in its buffer a few seconds
+/// after the request's expiry. A handler slower than that must not lose
+/// the rest of the batch until the ack wait brings it back, out of order:
+/// every message is handled once, in stream order, long before the ack
+/// wait (30 s) could have redelivered anything.
+#[tokio::test]
+async fn a_slow_handler_keeps_the_rest_of_its_batch_in_stream_order() {
+    let (bus, store, db) = setup(false).await;
+    let ids = publish(&bus, HAPPENED, 5).await;
+    let handler = Arc::new(InOrder::default());
+    let shutdown = CancellationToken::new();
+    let consumer = EventConsumer::new(
+        store.clone(),
+        bus.client.clone(),
+        bus.names.clone(),
+        ConsumerConfig {
+            ack_wait: Duration::from_secs(30),
+            // The client ends the request 5 s after this.
+            fetch_expiry: Duration::from_millis(200),
+            ..config(&bus)
+        },
+        handler.clone(),
+    );
+    let durable = consumer.durable().to_owned();
+    let task = tokio::spawn(consumer.run(shutdown.clone()));
+
+    tokio::time::timeout(Duration::from_secs(5), handler.entered.notified())
+        .await
+        .unwrap();
+    // Past the client's own end of the request.
+    tokio::time::sleep(Duration::from_millis(6_500)).await;
+    handler.gate.notify_one();
+    eventually(Duration::from_secs(10), "every message handled", || async {
+        (handler.seen.lock().unwrap().len() >= ids.len()).then_some(())
+    })
+    .await;
+    drained(&bus, &durable).await;
+    assert_eq!(
+        *handler.seen.lock().unwrap(),
+        ids,
+        "once each, in stream order"
+    );
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    bus.cleanup().await;
+    db.cleanup(store).await;
+}
