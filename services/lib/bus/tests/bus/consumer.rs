@@ -143,6 +143,26 @@ async fn drained(bus: &Bus, durable: &str) {
     .await;
 }
 
+/// A consumer of `handler` with `config`, running until `shutdown`: its
+/// durable's name and its task.
+fn spawn_consumer<H: EventHandler + 'static>(
+    bus: &Bus,
+    store: &Store,
+    config: ConsumerConfig,
+    handler: Arc<H>,
+    shutdown: &CancellationToken,
+) -> (String, tokio::task::JoinHandle<Result<(), ConsumerError>>) {
+    let consumer = EventConsumer::new(
+        store.clone(),
+        bus.client.clone(),
+        bus.names.clone(),
+        config,
+        handler,
+    );
+    let durable = consumer.durable().to_owned();
+    (durable, tokio::spawn(consumer.run(shutdown.clone())))
+}
+
 async fn setup(pg: bool) -> (Bus, Store, Db) {
     let bus = Bus::new().await;
     ensure_streams(&bus.js, &bus.names, &StreamSettings::default())
@@ -302,15 +322,7 @@ async fn poison_messages_are_dead_lettered_and_the_consumer_goes_on() {
     let handler = Arc::new(Recorder::default());
 
     let shutdown = CancellationToken::new();
-    let consumer = EventConsumer::new(
-        store.clone(),
-        bus.client.clone(),
-        bus.names.clone(),
-        config(&bus),
-        handler.clone(),
-    );
-    let durable = consumer.durable().to_owned();
-    let task = tokio::spawn(consumer.run(shutdown.clone()));
+    let (durable, task) = spawn_consumer(&bus, &store, config(&bus), handler.clone(), &shutdown);
 
     // The good ones do not wait for the poison's redeliveries.
     for id in &good {
@@ -402,15 +414,13 @@ async fn kinds_outside_the_handlers_are_acked_and_skipped() {
     let mine = publish(&bus, HAPPENED, 2).await;
     let handler = Arc::new(Recorder::default());
     let shutdown = CancellationToken::new();
-    let consumer = EventConsumer::new(
-        store.clone(),
-        bus.client.clone(),
-        bus.names.clone(),
+    let (durable, task) = spawn_consumer(
+        &bus,
+        &store,
         config(&bus).kinds([HAPPENED]),
         handler.clone(),
+        &shutdown,
     );
-    let durable = consumer.durable().to_owned();
-    let task = tokio::spawn(consumer.run(shutdown.clone()));
     drained(&bus, &durable).await;
     shutdown.cancel();
     task.await.unwrap().unwrap();
@@ -434,19 +444,17 @@ async fn shutdown_finishes_the_message_in_hand_then_returns() {
         ..Recorder::default()
     });
     let shutdown = CancellationToken::new();
-    let consumer = EventConsumer::new(
-        store.clone(),
-        bus.client.clone(),
-        bus.names.clone(),
+    let (durable, task) = spawn_consumer(
+        &bus,
+        &store,
         ConsumerConfig {
             // Long enough that nothing is redelivered during the test.
             ack_wait: Duration::from_secs(30),
             ..config(&bus)
         },
         handler.clone(),
+        &shutdown,
     );
-    let durable = consumer.durable().to_owned();
-    let task = tokio::spawn(consumer.run(shutdown.clone()));
 
     // The first message is in the handler when shutdown comes.
     tokio::time::timeout(Duration::from_secs(5), handler.entered.notified())
@@ -512,10 +520,9 @@ async fn a_slow_handler_keeps_the_rest_of_its_batch_in_stream_order() {
     let ids = publish(&bus, HAPPENED, 5).await;
     let handler = Arc::new(InOrder::default());
     let shutdown = CancellationToken::new();
-    let consumer = EventConsumer::new(
-        store.clone(),
-        bus.client.clone(),
-        bus.names.clone(),
+    let (durable, task) = spawn_consumer(
+        &bus,
+        &store,
         ConsumerConfig {
             ack_wait: Duration::from_secs(30),
             // The client ends the request 5 s after this.
@@ -523,9 +530,8 @@ async fn a_slow_handler_keeps_the_rest_of_its_batch_in_stream_order() {
             ..config(&bus)
         },
         handler.clone(),
+        &shutdown,
     );
-    let durable = consumer.durable().to_owned();
-    let task = tokio::spawn(consumer.run(shutdown.clone()));
 
     tokio::time::timeout(Duration::from_secs(5), handler.entered.notified())
         .await
