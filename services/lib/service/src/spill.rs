@@ -524,8 +524,9 @@ mod tests {
     }
 
     /// Random inserts, updates, upserts, removes and reads on a map of 8
-    /// values against a whole `HashMap`: every read agrees, and so does
-    /// every value at the end. Seeded, so a failure repeats.
+    /// values against a whole `HashMap`: every read agrees, a value read
+    /// stays as it was read while later steps change the map, and every
+    /// value agrees at the end. Seeded, so a failure repeats.
     #[test]
     fn random_operations_agree_with_a_whole_map() {
         for seed in 1..=20u64 {
@@ -541,6 +542,8 @@ mod tests {
             let mut map = SpillMap::with_capacity(8);
             let mut whole: std::collections::HashMap<DossierId, Rec> =
                 std::collections::HashMap::new();
+            // The last value read, kept across later steps, and a copy of it.
+            let mut held: Option<(Arc<Rec>, Rec)> = None;
             for step in 0..4_000u64 {
                 let k = keys[next(keys.len() as u64) as usize];
                 match next(6) {
@@ -580,14 +583,20 @@ mod tests {
                         );
                     }
                     _ => {
-                        // A reader may hold a value across later changes.
-                        let held = map.get(&k);
+                        let read = map.get(&k);
                         assert_eq!(
-                            held.as_deref(),
+                            read.as_deref(),
                             whole.get(&k),
                             "seed {seed}, step {step}: get"
                         );
+                        if let Some(value) = read {
+                            let copy = (*value).clone();
+                            held = Some((value, copy));
+                        }
                     }
+                }
+                if let Some((value, copy)) = &held {
+                    assert_eq!(**value, *copy, "seed {seed}, step {step}: held");
                 }
                 assert!(map.in_memory() <= 8);
             }
