@@ -13,6 +13,23 @@
 //! cycles, the orgs taking part, quota and worklist tallies per authority,
 //! the completed units. No question walks every dossier: a unit is read
 //! through its member list, a worklist through the index of its authorities.
+//! The events parked for dossiers not registered yet (below) are in an
+//! ordinary map too: it grows with the copies that arrived out of order, not
+//! with the dossiers, and is empty in normal operation.
+//!
+//! **Order.** The consumer records other services' events in the order they
+//! arrive, and a dossier's self-review, appraisal or return may arrive
+//! before its registration (a registration nak'ed and redelivered after
+//! later messages, or replicas sharing the durable). Such an event, and any
+//! event of the dossier's life that needs its record (a collective opened,
+//! a grade), is parked per dossier, in store order, and applied right after
+//! the dossier's registration, in the order it was parked. What a grade
+//! changes beyond the record — the log's head and version, and a first
+//! grade's count in its authority's tally and its cycle's — is applied when
+//! the grade is folded, parked or not; a re-grade's tallies move with the
+//! record, whose superseded grade they take back. The model is folded from
+//! the store in store order, so a replay parks and releases exactly the
+//! same way and rebuilds the same model.
 //!
 //! The ordering rule of Art. 12.2 lives here as two questions the model
 //! answers: which dossiers and child units a collective still waits for, and
@@ -194,6 +211,10 @@ pub struct ApprovalModel {
     pub completed_units: HashSet<UnitKey>,
     /// Cycles whose completion was recorded.
     pub completed_cycles: HashSet<CycleId>,
+    /// Events of the life of dossiers not registered yet, per dossier in
+    /// store order: applied right after the registration. Empty unless
+    /// copies arrived out of order.
+    orphans: HashMap<DossierId, Vec<StoredEvent>>,
 }
 
 impl Default for ApprovalModel {
@@ -248,6 +269,45 @@ fn bump(counts: &mut GroupCounts, grade: Grade, up: bool) {
     };
 }
 
+/// An event of a dossier's life that changes the dossier's record, parsed.
+/// The grades are boxed: they are several times the size of the others.
+enum Life {
+    Reviewed(SelfReviewSubmitted),
+    Appraised(DossierAppraised),
+    Returned(DossierReturned),
+    Opened(CollectiveDossierOpened),
+    Decided(Box<GradeDecided>),
+    Revised(Box<GradeRevised>),
+}
+
+impl Life {
+    /// The event of a dossier's life `event` is; `None` for another kind or
+    /// a payload that does not parse.
+    fn of(event: &StoredEvent) -> Option<Life> {
+        match event.kind.as_str() {
+            SelfReviewSubmitted::KIND => parse(event).map(Life::Reviewed),
+            DossierAppraised::KIND => parse(event).map(Life::Appraised),
+            DossierReturned::KIND => parse(event).map(Life::Returned),
+            CollectiveDossierOpened::KIND => parse(event).map(Life::Opened),
+            GradeDecided::KIND => parse(event).map(|e| Life::Decided(Box::new(e))),
+            GradeRevised::KIND => parse(event).map(|e| Life::Revised(Box::new(e))),
+            _ => None,
+        }
+    }
+
+    /// The dossier it is about.
+    fn dossier(&self) -> DossierId {
+        match self {
+            Life::Reviewed(e) => e.dossier,
+            Life::Appraised(e) => e.dossier,
+            Life::Returned(e) => e.dossier,
+            Life::Opened(e) => e.dossier,
+            Life::Decided(e) => e.dossier,
+            Life::Revised(e) => e.dossier,
+        }
+    }
+}
+
 impl Model for ApprovalModel {
     fn apply(&mut self, event: &StoredEvent) {
         if event.stream == DECISION_LOG_STREAM {
@@ -276,63 +336,6 @@ impl Model for ApprovalModel {
             if let Some(e) = parse::<SubjectRegistered>(event) {
                 self.register(e, event.position);
             }
-        } else if kind == SelfReviewSubmitted::KIND {
-            if let Some(e) = parse::<SelfReviewSubmitted>(event) {
-                self.change(e.dossier, |d| {
-                    d.score = e.score;
-                    d.tasks = Some(e.tasks);
-                    d.shortcomings_fixed = e.shortcomings_fixed;
-                    if d.trace.is_none() {
-                        d.trace = trace::valid(event.metadata.traceparent.as_deref())
-                            .and_then(PackedTrace::pack);
-                    }
-                    if e.resubmission {
-                        // A re-filed dossier will be appraised afresh; the
-                        // old appraisal's facts no longer stand.
-                        d.facts = Facts::default();
-                        d.recommended_grade = None;
-                    }
-                    if !d.state.is_settled() {
-                        d.state = DossierState::Submitted;
-                    }
-                });
-            }
-        } else if kind == DossierAppraised::KIND {
-            if let Some(e) = parse::<DossierAppraised>(event) {
-                self.change(e.dossier, |d| {
-                    d.facts = e.facts;
-                    d.recommended_grade = Some(e.recommended_grade);
-                    // A re-appraisal after a complaint keeps the dossier
-                    // decided: it is what a re-grade decides on.
-                    if !d.state.is_settled() {
-                        d.state = DossierState::Appraised;
-                    }
-                });
-            }
-        } else if kind == DossierReturned::KIND {
-            if let Some(e) = parse::<DossierReturned>(event) {
-                self.change(e.dossier, |d| {
-                    if !d.state.is_settled() {
-                        d.state = DossierState::Returned;
-                        d.facts = Facts::default();
-                        d.recommended_grade = None;
-                    }
-                });
-            }
-        } else if kind == CollectiveDossierOpened::KIND {
-            if let Some(e) = parse::<CollectiveDossierOpened>(event) {
-                self.change(e.dossier, |d| d.opened = true);
-            }
-        } else if kind == GradeDecided::KIND {
-            if let Some(e) = parse::<GradeDecided>(event) {
-                self.grade_decided(&e);
-                self.log_head(event, &e.record.hash);
-            }
-        } else if kind == GradeRevised::KIND {
-            if let Some(e) = parse::<GradeRevised>(event) {
-                self.grade_revised(&e);
-                self.log_head(event, &e.record.hash);
-            }
         } else if kind == UnitCompleted::KIND {
             if let Some(e) = parse::<UnitCompleted>(event) {
                 self.completed_units.insert((e.cycle, e.org));
@@ -340,6 +343,23 @@ impl Model for ApprovalModel {
         } else if kind == CycleCompleted::KIND {
             if let Some(e) = parse::<CycleCompleted>(event) {
                 self.completed_cycles.insert(e.cycle);
+            }
+        } else if let Some(life) = Life::of(event) {
+            // What a grade changes beyond the record is the log's and the
+            // authority's: it moves when the grade is folded, whether the
+            // record is there yet or not, and never again on release.
+            match &life {
+                Life::Decided(e) => {
+                    self.count_decided(e);
+                    self.log_head(event, &e.record.hash);
+                }
+                Life::Revised(e) => self.log_head(event, &e.record.hash),
+                _ => {}
+            }
+            let dossier = life.dossier();
+            if !self.live(event, life) {
+                // Not registered yet: applied right after its registration.
+                self.orphans.entry(dossier).or_default().push(event.clone());
             }
         }
     }
@@ -366,6 +386,7 @@ impl ApprovalModel {
             graded: HashMap::new(),
             completed_units: HashSet::new(),
             completed_cycles: HashSet::new(),
+            orphans: HashMap::new(),
         }
     }
 
@@ -413,6 +434,65 @@ impl ApprovalModel {
         let after = due_of(e.dossier, &record);
         self.dossiers.insert(e.dossier, record);
         self.reindex(before, after);
+        if let Some(parked) = self.orphans.remove(&e.dossier) {
+            for event in &parked {
+                // Parsed when parked, so it parses again; the record is
+                // there now, so it is applied.
+                if let Some(life) = Life::of(event) {
+                    self.live(event, life);
+                }
+            }
+        }
+    }
+
+    /// Folds `life`, read from `event`, into its dossier's record; false,
+    /// changing nothing, when the dossier has no record yet.
+    fn live(&mut self, event: &StoredEvent, life: Life) -> bool {
+        match life {
+            Life::Reviewed(e) => self
+                .change(e.dossier, |d| {
+                    d.score = e.score;
+                    d.tasks = Some(e.tasks);
+                    d.shortcomings_fixed = e.shortcomings_fixed;
+                    if d.trace.is_none() {
+                        d.trace = trace::valid(event.metadata.traceparent.as_deref())
+                            .and_then(PackedTrace::pack);
+                    }
+                    if e.resubmission {
+                        // A re-filed dossier will be appraised afresh; the
+                        // old appraisal's facts no longer stand.
+                        d.facts = Facts::default();
+                        d.recommended_grade = None;
+                    }
+                    if !d.state.is_settled() {
+                        d.state = DossierState::Submitted;
+                    }
+                })
+                .is_some(),
+            Life::Appraised(e) => self
+                .change(e.dossier, |d| {
+                    d.facts = e.facts;
+                    d.recommended_grade = Some(e.recommended_grade);
+                    // A re-appraisal after a complaint keeps the dossier
+                    // decided: it is what a re-grade decides on.
+                    if !d.state.is_settled() {
+                        d.state = DossierState::Appraised;
+                    }
+                })
+                .is_some(),
+            Life::Returned(e) => self
+                .change(e.dossier, |d| {
+                    if !d.state.is_settled() {
+                        d.state = DossierState::Returned;
+                        d.facts = Facts::default();
+                        d.recommended_grade = None;
+                    }
+                })
+                .is_some(),
+            Life::Opened(e) => self.change(e.dossier, |d| d.opened = true).is_some(),
+            Life::Decided(e) => self.grade_decided(&e),
+            Life::Revised(e) => self.grade_revised(&e),
+        }
     }
 
     /// Changes the record of `dossier` with `f`, if there is one, and keeps
@@ -494,7 +574,8 @@ impl ApprovalModel {
                 .any(|(_, c, o, _)| *c == cycle && self.tree.is_within(*o, org))
     }
 
-    fn grade_decided(&mut self, e: &GradeDecided) {
+    /// A first grade on the dossier's record; false when it has none yet.
+    fn grade_decided(&mut self, e: &GradeDecided) -> bool {
         self.change(e.dossier, |d| {
             d.state = DossierState::Decided;
             d.current = Some(CurrentGrade {
@@ -503,7 +584,14 @@ impl ApprovalModel {
                 group: e.quota_group.clone(),
                 authority: e.authority,
             });
-        });
+        })
+        .is_some()
+    }
+
+    /// A first grade in its authority's tally and its cycle's count: the
+    /// grade carries its group and authority, so it counts from the moment
+    /// it is folded, record or not.
+    fn count_decided(&mut self, e: &GradeDecided) {
         bump(
             self.group_counts(e.cycle, e.authority, &e.quota_group),
             e.grade,
@@ -513,7 +601,10 @@ impl ApprovalModel {
         *graded = graded.saturating_add(1);
     }
 
-    fn grade_revised(&mut self, e: &GradeRevised) {
+    /// A re-grade on the dossier's record and in the tallies; false,
+    /// changing nothing, when the dossier has no record yet (the
+    /// superseded grade's group and authority are the record's).
+    fn grade_revised(&mut self, e: &GradeRevised) -> bool {
         let Some((group, previous_authority)) = self.change(e.dossier, |d| {
             d.state = DossierState::Regraded;
             let group = d
@@ -529,7 +620,7 @@ impl ApprovalModel {
             });
             (group, previous_authority)
         }) else {
-            return;
+            return false;
         };
         // The superseded grade stops counting towards the quota; the new one
         // counts instead.
@@ -543,6 +634,7 @@ impl ApprovalModel {
             e.grade,
             true,
         );
+        true
     }
 
     fn group_counts(&mut self, cycle: CycleId, authority: OrgId, group: &str) -> &mut GroupCounts {

@@ -2,9 +2,15 @@
 //! same events are folded into a model whose maps keep everything in memory
 //! and into one that keeps 8 values per map (nearly everything goes to its
 //! scratch file and is read back). Both must give the same records, units,
-//! worklists, readiness, completions, reactions and decisions, and the
-//! worklist's index must give what scanning every dossier gave before it
-//! existed.
+//! worklists, tallies, readiness, completions, reactions and decisions, and
+//! the worklist's index must give what scanning every dossier gave before
+//! it existed.
+//!
+//! The same comparison shows that events of a dossier's life recorded
+//! before its registration are parked and applied right after it: folded
+//! in that store order (into a model of either size, and again from
+//! scratch) they give the model that folding them right after the
+//! registration gives.
 
 #![allow(clippy::unwrap_used)]
 
@@ -56,6 +62,8 @@ struct World {
     registered: HashMap<DossierId, SubjectRegistered>,
     /// Each dossier's current decision-log seq, once graded.
     current: HashMap<DossierId, u64>,
+    /// Every event folded, in store order.
+    log: Vec<StoredEvent>,
 }
 
 fn authority(org: OrgId) -> Actor {
@@ -81,6 +89,27 @@ impl World {
             ids: Vec::new(),
             registered: HashMap::new(),
             current: HashMap::new(),
+            log: Vec::new(),
+        }
+    }
+
+    /// This world's orgs, cycles and dossiers with `big` and `small` as
+    /// its models (folded from events of this world).
+    fn with_models(&self, big: ApprovalModel, small: ApprovalModel) -> World {
+        World {
+            big,
+            small,
+            position: self.position,
+            versions: self.versions.clone(),
+            tw: self.tw,
+            provinces: self.provinces.clone(),
+            districts: self.districts.clone(),
+            cells: self.cells.clone(),
+            cycles: self.cycles.clone(),
+            ids: self.ids.clone(),
+            registered: self.registered.clone(),
+            current: self.current.clone(),
+            log: Vec::new(),
         }
     }
 
@@ -130,6 +159,7 @@ impl World {
         };
         self.big.apply(&event);
         self.small.apply(&event);
+        self.log.push(event);
     }
 
     fn push<E: Event>(&mut self, stream: String, event: &E) {
@@ -633,6 +663,11 @@ impl World {
             .collect();
         assert_eq!(indexed, groups);
         assert_eq!(small.due_groups, big.due_groups);
+        assert_eq!(small.counts, big.counts);
+        assert_eq!(small.graded, big.graded);
+        assert_eq!(small.participating, big.participating);
+        assert_eq!(small.completed_units, big.completed_units);
+        assert_eq!(small.completed_cycles, big.completed_cycles);
         for cycle in &self.cycles {
             for org in &orgs {
                 let key = (*cycle, *org);
@@ -982,4 +1017,247 @@ fn a_dossier_leaves_the_worklist_index_when_returned_registered_again_or_graded(
     w.appraise(d, false);
     assert_eq!(index(&w), (None, None));
     assert_eq!(w.assert_same(), 0);
+}
+
+/// The dossier an event is about, if it names one.
+fn about(event: &StoredEvent) -> Option<DossierId> {
+    event
+        .payload
+        .get("dossier")
+        .and_then(|d| serde_json::from_value(d.clone()).ok())
+}
+
+/// A store in which some registrations came late, and what a model folded
+/// from it must hold.
+struct Late {
+    /// The events in the order of that store, renumbered in it.
+    store: Vec<StoredEvent>,
+    /// The same events (the same positions) with each that came before its
+    /// dossier's registration moved to right after it: what parking must
+    /// amount to.
+    expected: Vec<StoredEvent>,
+    /// How many events of each kind came before their registration.
+    early: BTreeMap<String, usize>,
+}
+
+/// `log` as the store would hold it had the first registration of each
+/// dossier of `late` been recorded only after the next `n` events of that
+/// dossier (`late`'s value; fewer should the dossier's events or its next
+/// registration come first), as when a registration is nak'ed and
+/// redelivered after later messages.
+fn registered_late(log: &[StoredEvent], late: &HashMap<DossierId, usize>) -> Late {
+    let mut store = Vec::new();
+    // Registrations held back, with the events still to come before them.
+    let mut held: HashMap<DossierId, (StoredEvent, usize)> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut early = std::collections::HashSet::new();
+    for event in log {
+        let Some(dossier) = about(event) else {
+            store.push(event.clone());
+            continue;
+        };
+        let registration = event.kind == SubjectRegistered::KIND;
+        if registration && late.contains_key(&dossier) && seen.insert(dossier) {
+            held.insert(dossier, (event.clone(), late[&dossier]));
+            continue;
+        }
+        if registration {
+            if let Some((first, _)) = held.remove(&dossier) {
+                store.push(first);
+            }
+        } else if let Some((_, left)) = held.get_mut(&dossier) {
+            early.insert(event.event_id);
+            *left -= 1;
+            if *left == 0 {
+                store.push(event.clone());
+                store.push(held.remove(&dossier).unwrap().0);
+                continue;
+            }
+        }
+        store.push(event.clone());
+    }
+    let mut last: Vec<StoredEvent> = held.into_values().map(|(r, _)| r).collect();
+    last.sort_by_key(|r| r.position);
+    store.extend(last);
+    for (i, event) in store.iter_mut().enumerate() {
+        event.position = i as i64 + 1;
+    }
+
+    let mut expected = Vec::new();
+    let mut parked: HashMap<DossierId, Vec<StoredEvent>> = HashMap::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for event in &store {
+        if early.contains(&event.event_id) {
+            *counts.entry(event.kind.clone()).or_default() += 1;
+            parked
+                .entry(about(event).unwrap())
+                .or_default()
+                .push(event.clone());
+            continue;
+        }
+        expected.push(event.clone());
+        if event.kind == SubjectRegistered::KIND {
+            expected.extend(parked.remove(&about(event).unwrap()).unwrap_or_default());
+        }
+    }
+    assert!(parked.is_empty());
+    Late {
+        store,
+        expected,
+        early: counts,
+    }
+}
+
+/// A model keeping `records` records in memory, folded from `events`.
+fn fold(events: &[StoredEvent], records: usize) -> ApprovalModel {
+    let mut model = ApprovalModel::with_cache(records);
+    for event in events {
+        model.apply(event);
+    }
+    model
+}
+
+#[test]
+fn events_recorded_before_their_dossiers_registration_are_applied_right_after_it() {
+    let given = World::given();
+    // Two dossiers in three registered after their next one, two, three or
+    // five events, or after all of them (a second registration, should one
+    // have it, still comes after the first).
+    let late: HashMap<DossierId, usize> = given
+        .ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 1)
+        .map(|(i, d)| (*d, [1, 2, 3, 5, usize::MAX][i % 5]))
+        .collect();
+    let moved = registered_late(&given.log, &late);
+    // Every kind of the dossier's life approval folds came early.
+    for kind in [
+        SelfReviewSubmitted::KIND,
+        DossierAppraised::KIND,
+        DossierReturned::KIND,
+        CollectiveDossierOpened::KIND,
+        GradeDecided::KIND,
+        GradeRevised::KIND,
+    ] {
+        assert!(
+            moved.early.get(kind).copied().unwrap_or_default() > 0,
+            "{kind}: {:?}",
+            moved.early
+        );
+    }
+
+    // Parked and released, in a model that keeps 8 records in memory, as
+    // if each had come right after the registration.
+    let w = given.with_models(fold(&moved.expected, 1 << 20), fold(&moved.store, 8));
+    assert!(w.assert_same() > 1_000, "the worklists list something");
+    // A replay folds the same store into the same model.
+    let again = given.with_models(fold(&moved.store, 1 << 20), fold(&moved.store, 1 << 20));
+    again.assert_same();
+    let replayed = given.with_models(fold(&moved.store, 1 << 20), fold(&moved.store, 8));
+    replayed.assert_same();
+    // The log's head is not the record's: a parked grade moved it when it
+    // was folded, so it is the last grade's in the store, as it was before
+    // any registration came late.
+    let log = |m: &ApprovalModel| (m.head().to_owned(), m.log_version);
+    for model in [&w.small, &again.big, &again.small, &replayed.small] {
+        assert_eq!(log(model), log(&given.big));
+    }
+
+    // What a decision reads of a dossier appraised before it was
+    // registered: its score, its state; a Good is accepted alike (the
+    // decision chains on the log's head, so on the store's models).
+    let mut w = replayed;
+    let (a, d1) = (w.cycles[0], w.districts[1]);
+    let early = w
+        .big
+        .due
+        .get(&(a, d1))
+        .unwrap()
+        .iter()
+        .find(|(_, collective, d)| !collective && late.contains_key(d))
+        .map(|(_, _, d)| *d)
+        .unwrap();
+    let record = w.small.dossiers.get(&early).unwrap();
+    assert_eq!(record.state, DossierState::Appraised);
+    assert!(record.score.is_some(), "{record:?}");
+    decide_on_both(
+        &mut w,
+        &batch(a, d1, DecisionKind::Decide, vec![good(early)]),
+    )
+    .unwrap();
+    assert_eq!(
+        w.small.dossiers.get(&early).unwrap().state,
+        DossierState::Decided
+    );
+    w.assert_same();
+}
+
+#[test]
+fn a_self_review_recorded_before_the_registration_gives_the_decision_its_score() {
+    let mut w = World::new();
+    let tw = w.tw;
+    w.org(tw, "central", None);
+    let cell = OrgId::new();
+    w.org(cell, "cell", Some(tw));
+    w.cells.push(cell);
+    let cycle = CycleId::new();
+    w.cycles.push(cycle);
+    w.push(
+        cycle.stream(),
+        &CycleOpened {
+            cycle,
+            year: 2026,
+            kind: CycleKind::Annual,
+            rulebook: RulebookId::Qd366_2025,
+            tiers: Tiers::card(),
+            deadlines: BTreeMap::new(),
+            quota: QuotaSettings::default(),
+            root: tw,
+        },
+    );
+    // The self-review first (its registration was redelivered late), the
+    // appraisal after the registration.
+    let d = DossierId::new();
+    w.submit(d, false);
+    w.register(
+        d,
+        cycle,
+        SubjectKind::Individual,
+        cell,
+        tw,
+        SubjectStatus::Active,
+        "individuals",
+        false,
+    );
+    w.ids.push(d);
+    w.push(
+        d.stream(),
+        &DossierAppraised {
+            dossier: d,
+            recommended_grade: Grade::Good,
+            facts: Facts::default(),
+            notes: String::new(),
+            warnings: Vec::new(),
+        },
+    );
+    for model in [&w.big, &w.small] {
+        let record = model.dossiers.get(&d).unwrap();
+        assert_eq!(record.state, DossierState::Appraised);
+        assert_eq!(
+            record.score.map(|s| s.general.to_bits()),
+            Some(28.0_f64.to_bits())
+        );
+        assert!(record.tasks.is_some());
+    }
+    let events = decide_on_both(
+        &mut w,
+        &batch(cycle, tw, DecisionKind::Decide, vec![good(d)]),
+    )
+    .unwrap();
+    assert!(
+        events.iter().any(|e| e.kind == GradeDecided::KIND),
+        "{events:?}"
+    );
+    assert_eq!(w.big.dossiers.get(&d).unwrap().state, DossierState::Decided);
 }
