@@ -31,7 +31,22 @@
 //! dossier: the worklist walks the org tree and reads the index of each
 //! org. What stays in ordinary maps grows with the units and quota groups,
 //! not the dossiers: the org tree, the cycles, the tallies and the quota
-//! group names.
+//! group names. The events parked for dossiers not registered yet (below)
+//! are in an ordinary map too: it grows with the copies that arrived out of
+//! order, not with the dossiers, and is empty in normal operation.
+//!
+//! **Order.** The consumer records other services' events in the order they
+//! arrive, and a dossier's self-review, meeting or grade may arrive before
+//! its registration (a registration nak'ed and redelivered after later
+//! messages, or replicas sharing the durable). Every event of a dossier's
+//! life — the board's own appraisals and returns too — changes only its
+//! record, and through the record its quota group's tally and its worklist
+//! place; one about a dossier without a record is parked per dossier, in
+//! store order, and applied right after the registration, in the order it
+//! was parked. An appraisal or return applied so keeps its own store
+//! position, where `get_dossier.v1` reads it back. The model is folded from
+//! the store in store order, so a replay parks and releases exactly the
+//! same way and rebuilds the same model.
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroI64;
@@ -288,6 +303,10 @@ pub struct AppraisalModel {
     /// `u32` keeps the record within its size, and `u32::MAX` registrations
     /// would be some 700 national cycles of 5.8M dossiers.
     registrations: u32,
+    /// Events of the life of dossiers not registered yet, per dossier in
+    /// store order: applied right after the registration. Empty unless
+    /// copies arrived out of order.
+    orphans: HashMap<DossierId, Vec<StoredEvent>>,
 }
 
 /// What one change to a record changed beyond it.
@@ -340,66 +359,13 @@ impl Model for AppraisalModel {
                     self.register(e);
                 }
             }
-            SelfReviewSubmitted::KIND => {
-                if let Some(e) = parse::<SelfReviewSubmitted>(event) {
-                    let traceparent = event.metadata.traceparent.as_deref();
-                    self.update(e.dossier, |d| {
-                        d.state = DossierState::Submitted;
-                        d.self_review = Some(Review {
-                            proposed_grade: e.proposed_grade,
-                            score: e.score,
-                            tasks: e.tasks,
-                            shortcomings_fixed: e.shortcomings_fixed,
-                        });
-                        if d.trace.is_none() {
-                            d.trace = trace::valid(traceparent).and_then(PackedTrace::pack);
-                        }
-                    });
+            _ => {
+                if let Some(dossier) = self.live(event) {
+                    // Not registered yet: applied right after its
+                    // registration.
+                    self.orphans.entry(dossier).or_default().push(event.clone());
                 }
             }
-            MeetingRecorded::KIND => {
-                if let Some(e) = parse::<MeetingRecorded>(event) {
-                    self.update(e.dossier, |d| {
-                        d.state = DossierState::Reviewed;
-                        d.meeting_grade = Some(e.proposed_grade);
-                    });
-                }
-            }
-            DossierAppraised::KIND | DossierReturned::KIND => match board_event(event) {
-                Some(BoardEvent::Appraised(e)) => {
-                    self.update(e.dossier, |d| {
-                        d.state = DossierState::Appraised;
-                        d.recommended = Some(e.recommended_grade);
-                        d.appraisal_at = NonZeroI64::new(event.position);
-                    });
-                }
-                Some(BoardEvent::Returned(e)) => {
-                    self.update(e.dossier, |d| {
-                        d.state = DossierState::Returned;
-                        let mut at = std::mem::take(&mut d.returns_at).into_vec();
-                        at.push(event.position);
-                        d.returns_at = at.into_boxed_slice();
-                    });
-                }
-                None => {}
-            },
-            GradeDecided::KIND => {
-                if let Some(e) = parse::<GradeDecided>(event) {
-                    self.update(e.dossier, |d| {
-                        d.state = DossierState::Decided;
-                        d.decided = Some(e.grade);
-                    });
-                }
-            }
-            GradeRevised::KIND => {
-                if let Some(e) = parse::<GradeRevised>(event) {
-                    self.update(e.dossier, |d| {
-                        d.state = DossierState::Regraded;
-                        d.decided = Some(e.grade);
-                    });
-                }
-            }
-            _ => {}
         }
     }
 }
@@ -418,7 +384,81 @@ impl AppraisalModel {
         }
     }
 
-    /// Opens a dossier's record from its registration.
+    /// Folds `event` into its dossier's record if it is an event of a
+    /// dossier's life. The dossier when it has no record yet (nothing is
+    /// changed), for the caller to park the event; `None` once applied, and
+    /// for another kind or a payload that does not parse.
+    fn live(&mut self, event: &StoredEvent) -> Option<DossierId> {
+        let (dossier, applied) = match event.kind.as_str() {
+            SelfReviewSubmitted::KIND => {
+                let e = parse::<SelfReviewSubmitted>(event)?;
+                let traceparent = event.metadata.traceparent.as_deref();
+                let applied = self.update(e.dossier, |d| {
+                    d.state = DossierState::Submitted;
+                    d.self_review = Some(Review {
+                        proposed_grade: e.proposed_grade,
+                        score: e.score,
+                        tasks: e.tasks,
+                        shortcomings_fixed: e.shortcomings_fixed,
+                    });
+                    if d.trace.is_none() {
+                        d.trace = trace::valid(traceparent).and_then(PackedTrace::pack);
+                    }
+                });
+                (e.dossier, applied)
+            }
+            MeetingRecorded::KIND => {
+                let e = parse::<MeetingRecorded>(event)?;
+                let applied = self.update(e.dossier, |d| {
+                    d.state = DossierState::Reviewed;
+                    d.meeting_grade = Some(e.proposed_grade);
+                });
+                (e.dossier, applied)
+            }
+            DossierAppraised::KIND | DossierReturned::KIND => match board_event(event)? {
+                BoardEvent::Appraised(e) => {
+                    let applied = self.update(e.dossier, |d| {
+                        d.state = DossierState::Appraised;
+                        d.recommended = Some(e.recommended_grade);
+                        // The event's own position, also when it was
+                        // parked: where `get_dossier.v1` reads it back.
+                        d.appraisal_at = NonZeroI64::new(event.position);
+                    });
+                    (e.dossier, applied)
+                }
+                BoardEvent::Returned(e) => {
+                    let applied = self.update(e.dossier, |d| {
+                        d.state = DossierState::Returned;
+                        let mut at = std::mem::take(&mut d.returns_at).into_vec();
+                        at.push(event.position);
+                        d.returns_at = at.into_boxed_slice();
+                    });
+                    (e.dossier, applied)
+                }
+            },
+            GradeDecided::KIND => {
+                let e = parse::<GradeDecided>(event)?;
+                let applied = self.update(e.dossier, |d| {
+                    d.state = DossierState::Decided;
+                    d.decided = Some(e.grade);
+                });
+                (e.dossier, applied)
+            }
+            GradeRevised::KIND => {
+                let e = parse::<GradeRevised>(event)?;
+                let applied = self.update(e.dossier, |d| {
+                    d.state = DossierState::Regraded;
+                    d.decided = Some(e.grade);
+                });
+                (e.dossier, applied)
+            }
+            _ => return None,
+        };
+        (!applied).then_some(dossier)
+    }
+
+    /// Opens a dossier's record from its registration, then applies the
+    /// events of its life parked until it.
     fn register(&mut self, e: SubjectRegistered) {
         self.registrations = self.registrations.saturating_add(1);
         let quota_group = self.intern(e.quota_group);
@@ -461,6 +501,13 @@ impl AppraisalModel {
             }
         }
         self.dossiers.insert(e.dossier, record);
+        if let Some(parked) = self.orphans.remove(&e.dossier) {
+            for event in &parked {
+                // The record is there now: each is applied, in the order
+                // it was parked.
+                self.live(event);
+            }
+        }
     }
 
     /// Every place `dossier` has in the worklists: its earlier
@@ -506,8 +553,9 @@ impl AppraisalModel {
 
     /// Changes one dossier and keeps its quota group's tally in step with
     /// the grade it counts with before and after, and the worklists with
-    /// whether it awaits appraisal.
-    fn update(&mut self, dossier: DossierId, change: impl FnOnce(&mut AppraisalDossier)) {
+    /// whether it awaits appraisal; false, changing nothing, when it has no
+    /// record.
+    fn update(&mut self, dossier: DossierId, change: impl FnOnce(&mut AppraisalDossier)) -> bool {
         let Some(changed) = self.dossiers.update(&dossier, |d| {
             let (counted, awaits) = (d.counted_grade(), d.awaits_appraisal());
             change(d);
@@ -519,7 +567,7 @@ impl AppraisalModel {
                     .then_some((!awaits, (d.deciding_org, d.listed))),
             }
         }) else {
-            return;
+            return false;
         };
         if let Some(group) = changed.group {
             let group = (group.0, group.1, self.shared(group.2));
@@ -536,6 +584,7 @@ impl AppraisalModel {
                 }
             }
         }
+        true
     }
 
     /// The shared copy of `group`, which a record read back from the
@@ -592,8 +641,8 @@ fn count(tally: &mut GroupCounts, grade: Option<Grade>, add: bool) {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use gradeflow_proto::events::RuleWarning;
-    use gradeflow_proto::{CorrelationId, EventId, Facts, Metadata, Role};
+    use gradeflow_proto::events::{RecordRef, RuleWarning};
+    use gradeflow_proto::{CorrelationId, DecisionId, EventId, Facts, Metadata, Role};
     use serde::Serialize;
 
     use super::*;
@@ -923,5 +972,133 @@ mod tests {
         assert_eq!(child[..36], PARENT[..36], "the same trace id");
         assert_eq!(child[52..], PARENT[52..], "the same flags");
         assert_ne!(child[37..53], PARENT[37..53], "a fresh span");
+    }
+
+    #[test]
+    fn a_dossiers_events_recorded_before_its_registration_are_applied_right_after_it() {
+        let (board, cycle) = (OrgId::new(), CycleId(uuid::Uuid::nil()));
+        let registration = |dossier: DossierId| SubjectRegistered {
+            subject: SubjectId::new(),
+            dossier,
+            cycle,
+            org: OrgId::new(),
+            deciding_org: board,
+            kind: SubjectKind::Individual,
+            name: "Lê Văn C".to_owned(),
+            category: Category::Member2B,
+            leader: false,
+            status: SubjectStatus::Active,
+            quota_group: "individuals".to_owned(),
+            state: DossierState::Open,
+        };
+        let (reviewed, decided) = (DossierId::new(), DossierId::new());
+        let registrations = [registration(reviewed), registration(decided)];
+        let meeting = |dossier: DossierId| MeetingRecorded {
+            dossier,
+            proposed_grade: Grade::Excellent,
+            votes: [(Grade::Excellent, 9)].into(),
+            minutes: "Biên bản".to_owned(),
+        };
+        let grade = GradeDecided {
+            decision: DecisionId::new(),
+            dossier: decided,
+            subject: registrations[1].subject,
+            cycle,
+            authority: board,
+            org: registrations[1].org,
+            grade: Grade::Excellent,
+            quota_group: "individuals".to_owned(),
+            override_reason: None,
+            record: RecordRef {
+                seq: 1,
+                hash: String::new(),
+                signature: String::new(),
+                key_id: String::new(),
+                prev_hash: None,
+                at: None,
+            },
+            number: None,
+        };
+        // Each dossier's life: `reviewed` filed and met on, `decided` also
+        // appraised and graded. Folded `early` (before the registrations,
+        // as when they are redelivered late) or after them; the appraisal's
+        // position.
+        let life = |f: &mut Fold, early: bool| -> i64 {
+            if !early {
+                for r in &registrations {
+                    f.apply(&r.dossier.stream(), r, &system());
+                }
+            }
+            let mut appraisal_at = 0;
+            for d in [reviewed, decided] {
+                let traced = review(d, Grade::Good);
+                f.apply_traced(&d.stream(), &traced, &system(), Some(PARENT));
+                f.apply(&d.stream(), &meeting(d), &system());
+                if d == decided {
+                    let a = appraised(d, Grade::Good, "");
+                    appraisal_at = f.apply(&d.stream(), &a, &appraiser());
+                    f.apply("decision-log", &grade, &system());
+                }
+            }
+            if early {
+                // Nothing to apply them to yet.
+                assert!(f.model.dossiers.get(&reviewed).is_none());
+                assert!(f.model.tallies.is_empty());
+                for r in &registrations {
+                    f.apply(&r.dossier.stream(), r, &system());
+                }
+            }
+            appraisal_at
+        };
+        let mut in_order = Fold::default();
+        let at_in_order = life(&mut in_order, false);
+        let mut late = Fold::default();
+        let at_late = life(&mut late, true);
+
+        let r = late.model.dossiers.get(&reviewed).unwrap();
+        assert_eq!(r.state, DossierState::Reviewed);
+        assert_eq!(r.proposed_grade(), Some(Grade::Excellent));
+        assert_eq!(
+            r.self_review.unwrap().score,
+            review(reviewed, Grade::Good).score
+        );
+        assert_eq!(r.trace.unwrap().traceparent(), PARENT);
+        let r = late.model.dossiers.get(&decided).unwrap();
+        assert_eq!(r.state, DossierState::Decided);
+        assert_eq!(r.counted_grade(), Some(Grade::Excellent));
+        // The appraisal is where the store holds it, folded late or not.
+        assert_eq!(r.appraisal_at.map(NonZeroI64::get), Some(at_late));
+
+        // The same model as in order (but for where the appraisal is),
+        // and again when the late store is folded anew into a model that
+        // keeps 8 values per map in memory.
+        let mut replay = AppraisalModel::with_cache(8);
+        for event in &late.log {
+            replay.apply(event);
+        }
+        for model in [&late.model, &replay] {
+            for d in [reviewed, decided] {
+                let mut expected =
+                    AppraisalDossier::clone(&in_order.model.dossiers.get(&d).unwrap());
+                if d == decided {
+                    assert_eq!(
+                        expected.appraisal_at.map(NonZeroI64::get),
+                        Some(at_in_order)
+                    );
+                    expected.appraisal_at = NonZeroI64::new(at_late);
+                }
+                assert_eq!(*model.dossiers.get(&d).unwrap(), expected);
+            }
+            assert_eq!(model.tallies, in_order.model.tallies);
+            assert_eq!(
+                model.awaiting.get(&board),
+                in_order.model.awaiting.get(&board)
+            );
+        }
+        assert_eq!(
+            in_order.model.awaiting.get(&board).unwrap().as_slice(),
+            [(1, reviewed)]
+        );
+        assert_eq!(in_order.model.tallies.values().next().unwrap().excellent, 1);
     }
 }

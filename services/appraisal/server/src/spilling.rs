@@ -3,10 +3,16 @@
 //! scratch file, against one with the default capacity, both fed the same
 //! events; and the worklist index against the scan over every dossier of
 //! each deciding org that it replaces.
+//!
+//! The same comparison shows that events of a dossier's life recorded
+//! before its registration are parked and applied right after it: folded
+//! in that store order (into a model of either size, and again from
+//! scratch) they give the model that folding them right after the
+//! registration gives.
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroI64;
 
 use chrono::{NaiveDate, Utc};
@@ -28,7 +34,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::appraisals::{appraise, return_dossier, warnings_for};
-use crate::model::{AppraisalDossier, AppraisalModel, Review};
+use crate::model::{AppraisalDossier, AppraisalModel, Board, Review};
 use crate::queries::{readable, worklist, WorkItem, Worklist, WORKLIST_LIMIT};
 
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -75,6 +81,8 @@ struct Twin {
     spilling: AppraisalModel,
     position: i64,
     by_deciding: HashMap<OrgId, Vec<DossierId>>,
+    /// Every event folded, in store order.
+    log: Vec<StoredEvent>,
 }
 
 impl Twin {
@@ -84,6 +92,36 @@ impl Twin {
             spilling: AppraisalModel::with_cache(8),
             position: 0,
             by_deciding: HashMap::new(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Two models folded from `store`, each from scratch (`whole` from
+    /// `whole_from`), and what the worklist scanned: the registrations in
+    /// `store`'s order.
+    fn folded(whole_from: &[StoredEvent], store: &[StoredEvent], spilling: usize) -> Twin {
+        let fold = |events: &[StoredEvent], mut model: AppraisalModel| {
+            for event in events {
+                model.apply(event);
+            }
+            model
+        };
+        let mut by_deciding: HashMap<OrgId, Vec<DossierId>> = HashMap::new();
+        for event in store {
+            if event.kind == SubjectRegistered::KIND {
+                let e: SubjectRegistered = serde_json::from_value(event.payload.clone()).unwrap();
+                by_deciding
+                    .entry(e.deciding_org)
+                    .or_default()
+                    .push(e.dossier);
+            }
+        }
+        Twin {
+            whole: fold(whole_from, AppraisalModel::default()),
+            spilling: fold(store, AppraisalModel::with_cache(spilling)),
+            position: store.len() as i64,
+            by_deciding,
+            log: Vec::new(),
         }
     }
 
@@ -112,6 +150,7 @@ impl Twin {
         };
         self.whole.apply(&stored);
         self.spilling.apply(&stored);
+        self.log.push(stored);
     }
 
     /// The record of `d` in the model that does not spill.
@@ -690,4 +729,194 @@ fn a_record_comes_back_from_the_scratch_file_exactly_as_it_went() {
     assert_eq!(*back, record);
     let score = back.self_review.unwrap().score.unwrap();
     assert_eq!(score.general.to_bits(), SCORES[2].to_bits());
+}
+
+/// The dossier an event is about, if it names one.
+fn about(event: &StoredEvent) -> Option<DossierId> {
+    event
+        .payload
+        .get("dossier")
+        .and_then(|d| serde_json::from_value(d.clone()).ok())
+}
+
+/// A store in which some registrations came late, and what a model folded
+/// from it must hold.
+struct Late {
+    /// The events in the order of that store, renumbered in it.
+    store: Vec<StoredEvent>,
+    /// The same events (the same positions) with each that came before its
+    /// dossier's registration moved to right after it: what parking must
+    /// amount to.
+    expected: Vec<StoredEvent>,
+    /// How many events of each kind came before their registration.
+    early: BTreeMap<String, usize>,
+}
+
+/// `log` as the store would hold it had the first registration of each
+/// dossier of `late` been recorded only after the next `n` events of that
+/// dossier (`late`'s value; fewer should the dossier's events or its next
+/// registration come first), as when a registration is nak'ed and
+/// redelivered after later messages.
+fn registered_late(log: &[StoredEvent], late: &HashMap<DossierId, usize>) -> Late {
+    let mut store = Vec::new();
+    // Registrations held back, with the events still to come before them.
+    let mut held: HashMap<DossierId, (StoredEvent, usize)> = HashMap::new();
+    let mut seen = HashSet::new();
+    let mut early = HashSet::new();
+    for event in log {
+        let Some(dossier) = about(event) else {
+            store.push(event.clone());
+            continue;
+        };
+        let registration = event.kind == SubjectRegistered::KIND;
+        if registration && late.contains_key(&dossier) && seen.insert(dossier) {
+            held.insert(dossier, (event.clone(), late[&dossier]));
+            continue;
+        }
+        if registration {
+            if let Some((first, _)) = held.remove(&dossier) {
+                store.push(first);
+            }
+        } else if let Some((_, left)) = held.get_mut(&dossier) {
+            early.insert(event.event_id);
+            *left -= 1;
+            if *left == 0 {
+                store.push(event.clone());
+                store.push(held.remove(&dossier).unwrap().0);
+                continue;
+            }
+        }
+        store.push(event.clone());
+    }
+    let mut last: Vec<StoredEvent> = held.into_values().map(|(r, _)| r).collect();
+    last.sort_by_key(|r| r.position);
+    store.extend(last);
+    for (i, event) in store.iter_mut().enumerate() {
+        event.position = i as i64 + 1;
+    }
+
+    let mut expected = Vec::new();
+    let mut parked: HashMap<DossierId, Vec<StoredEvent>> = HashMap::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for event in &store {
+        if early.contains(&event.event_id) {
+            *counts.entry(event.kind.clone()).or_default() += 1;
+            parked
+                .entry(about(event).unwrap())
+                .or_default()
+                .push(event.clone());
+            continue;
+        }
+        expected.push(event.clone());
+        if event.kind == SubjectRegistered::KIND {
+            expected.extend(parked.remove(&about(event).unwrap()).unwrap_or_default());
+        }
+    }
+    assert!(parked.is_empty());
+    Late {
+        store,
+        expected,
+        early: counts,
+    }
+}
+
+#[test]
+fn events_recorded_before_their_dossiers_registration_are_applied_right_after_it() {
+    let mut t = Twin::new();
+    let c = Country::found(&mut t);
+    let mut dice = Dice(0x2545_F491_4F6C_DD1D);
+    let dossiers: Vec<DossierId> = (0..90)
+        .map(|_| c.register(&mut t, &mut dice, None))
+        .collect();
+    for tick in 1..=900 {
+        let d = dice.pick(&dossiers);
+        step(&mut t, &mut dice, d);
+        if tick == 450 {
+            // Registered a second time: the first still comes first.
+            for _ in 0..3 {
+                let d = dice.pick(&dossiers);
+                c.register(&mut t, &mut dice, Some(d));
+            }
+        }
+    }
+    // Two dossiers in three registered after their next one, two, three or
+    // five events, or after all of them.
+    let late: HashMap<DossierId, usize> = dossiers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 1)
+        .map(|(i, d)| (*d, [1, 2, 3, 5, usize::MAX][i % 5]))
+        .collect();
+    let moved = registered_late(&t.log, &late);
+    // Every kind of the dossier's life appraisal folds came early.
+    for kind in [
+        SelfReviewSubmitted::KIND,
+        MeetingRecorded::KIND,
+        DossierAppraised::KIND,
+        DossierReturned::KIND,
+        GradeDecided::KIND,
+        GradeRevised::KIND,
+    ] {
+        assert!(
+            moved.early.get(kind).copied().unwrap_or_default() > 2,
+            "{kind}: {:?}",
+            moved.early
+        );
+    }
+
+    // Parked and released, in a model that keeps 8 values per map in
+    // memory, as if each had come right after the registration.
+    let parked = Twin::folded(&moved.expected, &moved.store, 8);
+    let all = same_answers(&parked, &c, &dossiers);
+    assert!(
+        all["items"].as_array().unwrap().len() >= 5,
+        "the worklist lists something: {}",
+        all["items"].as_array().unwrap().len()
+    );
+    let (written, read) = parked.spilling.dossiers.traffic();
+    assert!(written > 50 && read > 50, "{:?}", parked.spilling.dossiers);
+    // A replay folds the same store into the same model, at either size.
+    for spilling in [8, 1 << 20] {
+        same_answers(
+            &Twin::folded(&moved.store, &moved.store, spilling),
+            &c,
+            &dossiers,
+        );
+    }
+
+    // A dossier whose latest appraisal (so its self-review too) came before
+    // its registration: the record parked and released holds them, and
+    // `get_dossier.v1` reads the appraisal back where the store holds it.
+    let folded = |d: DossierId| AppraisalDossier::clone(&parked.spilling.dossiers.get(&d).unwrap());
+    let registered_at = |d: DossierId| {
+        moved
+            .store
+            .iter()
+            .find(|r| r.kind == SubjectRegistered::KIND && about(r) == Some(d))
+            .unwrap()
+            .position
+    };
+    let (d, at) = moved
+        .store
+        .iter()
+        .filter(|e| e.kind == DossierAppraised::KIND)
+        .map(|e| (about(e).unwrap(), e.position))
+        .find(|&(d, at)| {
+            at < registered_at(d) && folded(d).appraisal_at.map(NonZeroI64::get) == Some(at)
+        })
+        .unwrap();
+    let record = folded(d);
+    assert!(record.self_review.is_some(), "{record:?}");
+    assert!(record.recommended.is_some(), "{record:?}");
+    let positions = record.board_positions();
+    assert!(positions.contains(&at), "{positions:?}");
+    let events: Vec<StoredEvent> = positions
+        .iter()
+        .map(|p| moved.store[*p as usize - 1].clone())
+        .collect();
+    let board = Board::fold(d, &positions, &events).unwrap();
+    assert_eq!(
+        board.appraisal.map(|a| a.event.recommended_grade),
+        record.recommended
+    );
 }
