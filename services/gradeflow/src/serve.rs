@@ -356,6 +356,7 @@ async fn start<W: Workflow>(
 async fn open_store(config: &Config, service: &str) -> anyhow::Result<Store> {
     let opts = StoreOptions {
         schema: config.uses_postgres().then(|| service.to_owned()),
+        pool_size: config.db_pool,
         ..StoreOptions::default()
     };
     let url = config.store_url(service);

@@ -27,7 +27,8 @@
 //! | `GRADEFLOW_STREAM_REPLICAS` | [`Config::stream_replicas`] | `1` |
 //! | `GRADEFLOW_STREAM_CLUSTER` | [`Config::stream_cluster`] | none (any cluster) |
 //! | `GRADEFLOW_STREAM_TAGS` | [`Config::stream_tags`] (comma-separated) | none (any server) |
-//! | `GRADEFLOW_MODEL_CACHE` | [`Config::model_cache`] | `32768` |
+//! | `GRADEFLOW_MODEL_CACHE` | [`Config::model_cache`] | `4096` |
+//! | `GRADEFLOW_DB_POOL` | [`Config::db_pool`] | `8` |
 //! | `RUST_LOG` | [`Config::log_filter`] | `info` |
 //! | `OTEL_SERVICE_NAME` | [`Config::service_name`] | `gradeflow` |
 //! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT` | [`Config::otlp_endpoint`] | none (no export) |
@@ -71,7 +72,12 @@ pub const ENV_STREAM_TAGS: &str = "GRADEFLOW_STREAM_TAGS";
 /// keeps in memory (`gradeflow_service::spill`), 8 to 100,000,000.
 pub const ENV_MODEL_CACHE: &str = "GRADEFLOW_MODEL_CACHE";
 /// The default of [`Config::model_cache`].
-pub const DEFAULT_MODEL_CACHE: usize = 32_768;
+pub const DEFAULT_MODEL_CACHE: usize = 4_096;
+/// `GRADEFLOW_DB_POOL`: database connections per service store, 1 to 64
+/// (the store's writer and its readers share them).
+pub const ENV_DB_POOL: &str = "GRADEFLOW_DB_POOL";
+/// The default of [`Config::db_pool`].
+pub const DEFAULT_DB_POOL: u32 = 8;
 /// `RUST_LOG`: `tracing_subscriber::EnvFilter` directives.
 pub const ENV_RUST_LOG: &str = "RUST_LOG";
 /// `OTEL_SERVICE_NAME`: the `service.name` resource attribute.
@@ -253,6 +259,16 @@ pub enum ConfigError {
         /// The value as given.
         value: String,
     },
+    /// `GRADEFLOW_DB_POOL` is not a whole number from 1 to 64.
+    #[error(
+        "invalid database pool `{value}` in {origin} (expected connections per store, 1 to 64)"
+    )]
+    DbPool {
+        /// Where the value came from.
+        origin: String,
+        /// The value as given.
+        value: String,
+    },
     /// A variable this crate reads holds bytes that are not UTF-8.
     #[error("environment variable {name} is not valid UTF-8")]
     NotUnicode {
@@ -331,6 +347,10 @@ pub struct Config {
     /// How many values each of a model's spilling maps keeps in memory, the
     /// rest going to its scratch file (`GRADEFLOW_MODEL_CACHE`).
     pub model_cache: usize,
+    /// Database connections in each service store's pool, shared by its
+    /// writer and its readers (`GRADEFLOW_DB_POOL`). On SQLite each one is
+    /// a thread with its own page cache and prepared statements.
+    pub db_pool: u32,
 }
 
 impl Default for Config {
@@ -351,6 +371,7 @@ impl Default for Config {
             stream_cluster: None,
             stream_tags: Vec::new(),
             model_cache: DEFAULT_MODEL_CACHE,
+            db_pool: DEFAULT_DB_POOL,
         }
     }
 }
@@ -378,6 +399,7 @@ impl fmt::Debug for Config {
             .field("stream_cluster", &self.stream_cluster)
             .field("stream_tags", &self.stream_tags)
             .field("model_cache", &self.model_cache)
+            .field("db_pool", &self.db_pool)
             .finish()
     }
 }
@@ -436,6 +458,9 @@ impl Config {
         }
         if let Some((origin, v)) = get(ENV_MODEL_CACHE) {
             config.model_cache = parse_model_cache(origin, v)?;
+        }
+        if let Some((origin, v)) = get(ENV_DB_POOL) {
+            config.db_pool = parse_db_pool(origin, v)?;
         }
         if let Some((_, v)) = get(ENV_STREAM_TAGS) {
             config.stream_tags = v
@@ -630,7 +655,7 @@ impl Config {
 
 /// Every variable [`Config::from_env_map`] reads (deploy/ manifests are
 /// checked against this list).
-pub const VARIABLES: [&str; 18] = [
+pub const VARIABLES: [&str; 19] = [
     ENV_PREFIX,
     ENV_NATS_URL,
     ENV_DATA_DIR,
@@ -642,6 +667,7 @@ pub const VARIABLES: [&str; 18] = [
     ENV_STREAM_CLUSTER,
     ENV_STREAM_TAGS,
     ENV_MODEL_CACHE,
+    ENV_DB_POOL,
     ENV_RUST_LOG,
     ENV_OTEL_SERVICE_NAME,
     ENV_OTEL_ENDPOINT,
@@ -656,24 +682,40 @@ fn is_recognised(name: &str) -> bool {
     VARIABLES.contains(&name)
 }
 
-fn parse_replicas(origin: &str, v: &str) -> Result<usize, ConfigError> {
-    match v.trim().parse::<usize>() {
-        Ok(n @ 1..=5) => Ok(n),
-        _ => Err(ConfigError::StreamReplicas {
-            origin: origin.to_owned(),
-            value: v.to_owned(),
-        }),
+/// A whole number within `range`, else the error `invalid` makes of the
+/// origin and the value as given.
+fn parse_count<T>(
+    origin: &str,
+    v: &str,
+    range: std::ops::RangeInclusive<T>,
+    invalid: fn(String, String) -> ConfigError,
+) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd,
+{
+    match v.trim().parse::<T>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(invalid(origin.to_owned(), v.to_owned())),
     }
 }
 
+fn parse_replicas(origin: &str, v: &str) -> Result<usize, ConfigError> {
+    parse_count(origin, v, 1..=5, |origin, value| {
+        ConfigError::StreamReplicas { origin, value }
+    })
+}
+
 fn parse_model_cache(origin: &str, v: &str) -> Result<usize, ConfigError> {
-    match v.trim().parse::<usize>() {
-        Ok(n @ 8..=100_000_000) => Ok(n),
-        _ => Err(ConfigError::ModelCache {
-            origin: origin.to_owned(),
-            value: v.to_owned(),
-        }),
-    }
+    parse_count(origin, v, 8..=100_000_000, |origin, value| {
+        ConfigError::ModelCache { origin, value }
+    })
+}
+
+fn parse_db_pool(origin: &str, v: &str) -> Result<u32, ConfigError> {
+    parse_count(origin, v, 1..=64, |origin, value| ConfigError::DbPool {
+        origin,
+        value,
+    })
 }
 
 fn parse_prefix(origin: &str, v: &str) -> Result<Names, ConfigError> {
@@ -942,6 +984,7 @@ mod tests {
             ("GRADEFLOW_LOG_FORMAT", "JSON"),
             ("GRADEFLOW_SHUTDOWN_GRACE", "500ms"),
             ("GRADEFLOW_MODEL_CACHE", " 4096 "),
+            ("GRADEFLOW_DB_POOL", "3"),
             ("RUST_LOG", "debug,sqlx=warn"),
             ("OTEL_SERVICE_NAME", "gradeflow-approval"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
@@ -959,6 +1002,7 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.shutdown_grace, Duration::from_millis(500));
         assert_eq!(c.model_cache, 4096);
+        assert_eq!(c.db_pool, 3);
         assert_eq!(c.log_filter, "debug,sqlx=warn");
         assert_eq!(c.service_name, "gradeflow-approval");
         assert_eq!(c.otlp_endpoint.as_deref(), Some("http://collector:4317"));
@@ -1039,6 +1083,9 @@ mod tests {
             ("GRADEFLOW_MODEL_CACHE", "7"),
             ("GRADEFLOW_MODEL_CACHE", "lots"),
             ("GRADEFLOW_MODEL_CACHE", "-1"),
+            ("GRADEFLOW_DB_POOL", "0"),
+            ("GRADEFLOW_DB_POOL", "65"),
+            ("GRADEFLOW_DB_POOL", "few"),
         ];
         for (name, value) in cases {
             let result = Config::from_env_map(env(&[(name, value)]));
