@@ -7,15 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of the system allocator: the services allocate and free
-/// many small JSON values, strings and futures per event, and glibc's malloc
-/// was a fifth of their CPU time in the cycle benchmark's profile
-/// (`docs/performance.md`). The `system-allocator` feature keeps the system's
-/// allocator, for heap profilers that intercept `malloc` (heaptrack).
-#[cfg(not(feature = "system-allocator"))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
+mod allocator;
 mod audit;
 mod bench;
 mod demo;
@@ -62,8 +54,28 @@ enum Command {
     Bench(bench::BenchCmd),
 }
 
+impl Command {
+    /// Whether the command runs services until stopped: those run with the
+    /// allocator settings of [`allocator::settle`].
+    fn serves(&self) -> bool {
+        matches!(
+            self,
+            Command::Up(_)
+                | Command::Submission(_)
+                | Command::Appraisal(_)
+                | Command::Approval(_)
+                | Command::Progress(_)
+                | Command::Portal(_)
+        )
+    }
+}
+
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    if cli.command.serves() {
+        allocator::settle();
+    }
+    match cli.command {
         Command::Rules(cmd) => rules::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
