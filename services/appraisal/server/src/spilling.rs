@@ -12,7 +12,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroI64;
 
 use chrono::{NaiveDate, Utc};
@@ -30,6 +30,7 @@ use gradeflow_proto::{
 use gradeflow_service::spill::SpillMap;
 use gradeflow_service::trace::PackedTrace;
 use gradeflow_service::{Decision, Model};
+use gradeflow_testkit::registered_late;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -739,87 +740,6 @@ fn about(event: &StoredEvent) -> Option<DossierId> {
         .and_then(|d| serde_json::from_value(d.clone()).ok())
 }
 
-/// A store in which some registrations came late, and what a model folded
-/// from it must hold.
-struct Late {
-    /// The events in the order of that store, renumbered in it.
-    store: Vec<StoredEvent>,
-    /// The same events (the same positions) with each that came before its
-    /// dossier's registration moved to right after it: what parking must
-    /// amount to.
-    expected: Vec<StoredEvent>,
-    /// How many events of each kind came before their registration.
-    early: BTreeMap<String, usize>,
-}
-
-/// `log` as the store would hold it had the first registration of each
-/// dossier of `late` been recorded only after the next `n` events of that
-/// dossier (`late`'s value; fewer should the dossier's events or its next
-/// registration come first), as when a registration is nak'ed and
-/// redelivered after later messages.
-fn registered_late(log: &[StoredEvent], late: &HashMap<DossierId, usize>) -> Late {
-    let mut store = Vec::new();
-    // Registrations held back, with the events still to come before them.
-    let mut held: HashMap<DossierId, (StoredEvent, usize)> = HashMap::new();
-    let mut seen = HashSet::new();
-    let mut early = HashSet::new();
-    for event in log {
-        let Some(dossier) = about(event) else {
-            store.push(event.clone());
-            continue;
-        };
-        let registration = event.kind == SubjectRegistered::KIND;
-        if registration && late.contains_key(&dossier) && seen.insert(dossier) {
-            held.insert(dossier, (event.clone(), late[&dossier]));
-            continue;
-        }
-        if registration {
-            if let Some((first, _)) = held.remove(&dossier) {
-                store.push(first);
-            }
-        } else if let Some((_, left)) = held.get_mut(&dossier) {
-            early.insert(event.event_id);
-            *left -= 1;
-            if *left == 0 {
-                store.push(event.clone());
-                store.push(held.remove(&dossier).unwrap().0);
-                continue;
-            }
-        }
-        store.push(event.clone());
-    }
-    let mut last: Vec<StoredEvent> = held.into_values().map(|(r, _)| r).collect();
-    last.sort_by_key(|r| r.position);
-    store.extend(last);
-    for (i, event) in store.iter_mut().enumerate() {
-        event.position = i as i64 + 1;
-    }
-
-    let mut expected = Vec::new();
-    let mut parked: HashMap<DossierId, Vec<StoredEvent>> = HashMap::new();
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for event in &store {
-        if early.contains(&event.event_id) {
-            *counts.entry(event.kind.clone()).or_default() += 1;
-            parked
-                .entry(about(event).unwrap())
-                .or_default()
-                .push(event.clone());
-            continue;
-        }
-        expected.push(event.clone());
-        if event.kind == SubjectRegistered::KIND {
-            expected.extend(parked.remove(&about(event).unwrap()).unwrap_or_default());
-        }
-    }
-    assert!(parked.is_empty());
-    Late {
-        store,
-        expected,
-        early: counts,
-    }
-}
-
 #[test]
 fn events_recorded_before_their_dossiers_registration_are_applied_right_after_it() {
     let mut t = Twin::new();
@@ -847,7 +767,7 @@ fn events_recorded_before_their_dossiers_registration_are_applied_right_after_it
         .filter(|(i, _)| i % 3 != 1)
         .map(|(i, d)| (*d, [1, 2, 3, 5, usize::MAX][i % 5]))
         .collect();
-    let moved = registered_late(&t.log, &late);
+    let moved = registered_late(&t.log, &late, about);
     // Every kind of the dossier's life appraisal folds came early.
     for kind in [
         SelfReviewSubmitted::KIND,

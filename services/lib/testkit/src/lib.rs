@@ -5,6 +5,14 @@
 //!
 //! The servers are the real ones (`scripts/services.sh` installs and starts
 //! them on a fresh machine); nothing here stands in for them.
+//!
+//! [`late`] rewrites a log of stored events as though some registrations had
+//! been recorded late ([`registered_late`]), for the services' tests of
+//! events that come before their dossier's registration.
+
+pub mod late;
+
+pub use late::{registered_late, Late};
 
 use std::path::PathBuf;
 use std::time::Duration;
