@@ -76,6 +76,33 @@ fn authority(org: OrgId) -> Actor {
 }
 
 impl World {
+    /// A world of the central org with one cell under it, and one cycle
+    /// opened: the cell and the cycle.
+    fn one_cell() -> (World, OrgId, CycleId) {
+        let mut w = World::new();
+        let tw = w.tw;
+        w.org(tw, "central", None);
+        let cell = OrgId::new();
+        w.org(cell, "cell", Some(tw));
+        w.cells.push(cell);
+        let cycle = CycleId::new();
+        w.cycles.push(cycle);
+        w.push(
+            cycle.stream(),
+            &CycleOpened {
+                cycle,
+                year: 2026,
+                kind: CycleKind::Annual,
+                rulebook: RulebookId::Qd366_2025,
+                tiers: Tiers::card(),
+                deadlines: BTreeMap::new(),
+                quota: QuotaSettings::default(),
+                root: tw,
+            },
+        );
+        (w, cell, cycle)
+    }
+
     fn new() -> World {
         World {
             big: ApprovalModel::with_cache(1 << 20),
@@ -947,27 +974,8 @@ fn a_model_that_keeps_eight_values_per_map_answers_as_one_that_keeps_everything(
 
 #[test]
 fn a_dossier_leaves_the_worklist_index_when_returned_registered_again_or_graded() {
-    let mut w = World::new();
+    let (mut w, cell, cycle) = World::one_cell();
     let tw = w.tw;
-    w.org(tw, "central", None);
-    let cell = OrgId::new();
-    w.org(cell, "cell", Some(tw));
-    w.cells.push(cell);
-    let cycle = CycleId::new();
-    w.cycles.push(cycle);
-    w.push(
-        cycle.stream(),
-        &CycleOpened {
-            cycle,
-            year: 2026,
-            kind: CycleKind::Annual,
-            rulebook: RulebookId::Qd366_2025,
-            tiers: Tiers::card(),
-            deadlines: BTreeMap::new(),
-            quota: QuotaSettings::default(),
-            root: tw,
-        },
-    );
     let d = w.subject(
         cycle,
         SubjectKind::Individual,
@@ -1115,27 +1123,8 @@ fn events_recorded_before_their_dossiers_registration_are_applied_right_after_it
 
 #[test]
 fn a_self_review_recorded_before_the_registration_gives_the_decision_its_score() {
-    let mut w = World::new();
+    let (mut w, cell, cycle) = World::one_cell();
     let tw = w.tw;
-    w.org(tw, "central", None);
-    let cell = OrgId::new();
-    w.org(cell, "cell", Some(tw));
-    w.cells.push(cell);
-    let cycle = CycleId::new();
-    w.cycles.push(cycle);
-    w.push(
-        cycle.stream(),
-        &CycleOpened {
-            cycle,
-            year: 2026,
-            kind: CycleKind::Annual,
-            rulebook: RulebookId::Qd366_2025,
-            tiers: Tiers::card(),
-            deadlines: BTreeMap::new(),
-            quota: QuotaSettings::default(),
-            root: tw,
-        },
-    );
     // The self-review first (its registration was redelivered late), the
     // appraisal after the registration.
     let d = DossierId::new();
