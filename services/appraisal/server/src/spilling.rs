@@ -30,7 +30,7 @@ use gradeflow_proto::{
 use gradeflow_service::spill::SpillMap;
 use gradeflow_service::trace::PackedTrace;
 use gradeflow_service::{Decision, Model};
-use gradeflow_testkit::registered_late;
+use gradeflow_testkit::{about, registered_late};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -732,14 +732,6 @@ fn a_record_comes_back_from_the_scratch_file_exactly_as_it_went() {
     assert_eq!(score.general.to_bits(), SCORES[2].to_bits());
 }
 
-/// The dossier an event is about, if it names one.
-fn about(event: &StoredEvent) -> Option<DossierId> {
-    event
-        .payload
-        .get("dossier")
-        .and_then(|d| serde_json::from_value(d.clone()).ok())
-}
-
 #[test]
 fn events_recorded_before_their_dossiers_registration_are_applied_right_after_it() {
     let mut t = Twin::new();
@@ -767,7 +759,7 @@ fn events_recorded_before_their_dossiers_registration_are_applied_right_after_it
         .filter(|(i, _)| i % 3 != 1)
         .map(|(i, d)| (*d, [1, 2, 3, 5, usize::MAX][i % 5]))
         .collect();
-    let moved = registered_late(&t.log, &late, about);
+    let moved = registered_late(&t.log, &late);
     // Every kind of the dossier's life appraisal folds came early.
     for kind in [
         SelfReviewSubmitted::KIND,

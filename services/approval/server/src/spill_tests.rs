@@ -1028,14 +1028,6 @@ fn a_dossier_leaves_the_worklist_index_when_returned_registered_again_or_graded(
     assert_eq!(w.assert_same(), 0);
 }
 
-/// The dossier an event is about, if it names one.
-fn about(event: &StoredEvent) -> Option<DossierId> {
-    event
-        .payload
-        .get("dossier")
-        .and_then(|d| serde_json::from_value(d.clone()).ok())
-}
-
 /// A model keeping `records` records in memory, folded from `events`.
 fn fold(events: &[StoredEvent], records: usize) -> ApprovalModel {
     let mut model = ApprovalModel::with_cache(records);
@@ -1058,7 +1050,7 @@ fn events_recorded_before_their_dossiers_registration_are_applied_right_after_it
         .filter(|(i, _)| i % 3 != 1)
         .map(|(i, d)| (*d, [1, 2, 3, 5, usize::MAX][i % 5]))
         .collect();
-    let moved = registered_late(&given.log, &late, about);
+    let moved = registered_late(&given.log, &late);
     // Every kind of the dossier's life approval folds came early.
     for kind in [
         SelfReviewSubmitted::KIND,

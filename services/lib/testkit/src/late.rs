@@ -11,6 +11,15 @@ use gradeflow_eventstore::StoredEvent;
 use gradeflow_proto::events::{Event, SubjectRegistered};
 use gradeflow_proto::DossierId;
 
+/// The dossier `event` is about: the one its payload's `dossier` field
+/// names, as in every event of a dossier's life and its registration.
+pub fn about(event: &StoredEvent) -> Option<DossierId> {
+    event
+        .payload
+        .get("dossier")
+        .and_then(|d| serde_json::from_value(d.clone()).ok())
+}
+
 /// A store in which some registrations came late, and what a model folded
 /// from it must hold.
 #[derive(Debug, Clone)]
@@ -31,18 +40,13 @@ pub struct Late {
 /// registration come first), as when a registration is nak'ed and
 /// redelivered after later messages.
 ///
-/// `about` says which dossier an event is about, if any (each service
-/// reads that from its own events); events about none keep their place.
+/// An event is about the dossier its payload's `dossier` names
+/// ([`about`]); events about none keep their place.
 ///
 /// # Panics
 ///
-/// If `about` names no dossier for a registration, or the expected order
-/// leaves an early event without its registration.
-pub fn registered_late(
-    log: &[StoredEvent],
-    late: &HashMap<DossierId, usize>,
-    about: impl Fn(&StoredEvent) -> Option<DossierId>,
-) -> Late {
+/// If the expected order leaves an early event without its registration.
+pub fn registered_late(log: &[StoredEvent], late: &HashMap<DossierId, usize>) -> Late {
     let mut store = Vec::new();
     // Registrations held back, with the events still to come before them.
     let mut held: HashMap<DossierId, (StoredEvent, usize)> = HashMap::new();

@@ -12,7 +12,7 @@
 
 pub mod late;
 
-pub use late::{registered_late, Late};
+pub use late::{about, registered_late, Late};
 
 use std::path::PathBuf;
 use std::time::Duration;
