@@ -13,8 +13,8 @@
 //! waves (a writer batch, a page of events, a consumer's window), so a
 //! second of retention shows up as resident memory: a 100k-dossier cycle
 //! peaked at 385.8 MiB with the default and at 328.5 MiB with a delay of 0,
-//! at the same throughput and about 3 % more system time
-//! (`docs/performance.md`, "Giving memory back"). mimalloc reads its options
+//! at the same throughput and about 3 % more system time, one
+//! run each (`docs/performance.md`, "Giving memory back"). mimalloc reads its options
 //! from the environment when the process starts, before `main`, and setting
 //! one later takes an `unsafe` call this workspace forbids; so a service
 //! command started without `MIMALLOC_PURGE_DELAY` re-executes itself once

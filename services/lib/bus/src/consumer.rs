@@ -52,10 +52,10 @@
 //! the request's expiry, and a loop slower than that would otherwise get
 //! those messages back only after the ack wait, behind later ones. The
 //! order holds as long as no message is nak'ed: a nak'ed message comes back
-//! after its delay, possibly after later messages of the same aggregate. Handlers
-//! that depend on per-aggregate order compare `envelope.version` with what
-//! they have applied and return [`HandlerError::Transient`] on a gap; the
-//! redelivery then restores the order. Throughput comes from the batched
+//! after its delay, possibly after later messages of the same aggregate.
+//! Handlers that depend on per-aggregate order compare `envelope.version`
+//! with what they have applied and return [`HandlerError::Transient`] on a
+//! gap; the redelivery then restores the order. Throughput comes from the batched
 //! fetch, the pipelined appends and the store's group commit, not from
 //! handling messages concurrently.
 

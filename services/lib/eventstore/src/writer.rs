@@ -56,12 +56,12 @@ use crate::error::{AppendError, StoreError};
 use crate::model::{AppendOutcome, AppendRequest, ExpectedVersion, StoredEvent, WriterStats};
 
 /// Beyond this many cached stream versions the cache is emptied (it refills
-/// from the database on demand); bounds the writer's memory. An entry costs
-/// about 90 bytes (the stream's name, its version, the table's slot), and
-/// the streams being written at once are far fewer: the cycle benchmark's
-/// 64 boards keep about 1,500 dossiers' streams in play, so 16,384 refills
-/// rarely and holds about 1.5 MiB per store (100,000 held about 9 MiB, in
-/// each of a deployment's five stores, from 100k dossiers on).
+/// from the database on demand); bounds the writer's memory. By estimate an
+/// entry costs about 90 bytes (the stream's name, its version, the table's
+/// slot), so 16,384 hold about 1.5 MiB per store where 100,000 held about
+/// 9 MiB in each of a deployment's five stores once the country passed
+/// 100k dossiers; and the streams written at once are far fewer (the cycle
+/// benchmark's 64 boards work on a few thousand dossiers at a time).
 const VERSION_CACHE_LIMIT: usize = 16_384;
 
 /// Committed batches waiting for the answerer at most.
