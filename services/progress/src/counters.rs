@@ -11,7 +11,7 @@
 //! ancestors and adds them to the new), including the quota maxima, which
 //! are kept as a sum over deciding authorities of `rounding(ratio × good)`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use gradeflow_approval_domain::{max_excellent, GroupCounts};
 use gradeflow_proto::{Category, DossierState, Grade, OrgId, Rounding, SubjectKind, SubjectStatus};
@@ -115,6 +115,28 @@ pub struct SegmentTally {
     pub grades: [u64; 4],
 }
 
+/// How [`Counters`] keeps a [`SegmentTally`]: the same counts in 32 bits
+/// (a whole country has fewer than 2³² subjects), so the counters of the
+/// tens of thousands of units take half the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Tally {
+    subjects: u32,
+    not_reviewed: u32,
+    graded: u32,
+    grades: [u32; 4],
+}
+
+impl Tally {
+    fn widen(self) -> SegmentTally {
+        SegmentTally {
+            subjects: self.subjects.into(),
+            not_reviewed: self.not_reviewed.into(),
+            graded: self.graded.into(),
+            grades: widen(self.grades),
+        }
+    }
+}
+
 /// Excellent, good and the allowed excellent of one quota group, summed
 /// over the deciding authorities whose dossiers lie in the subtree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -191,33 +213,76 @@ fn shift(slot: &mut u64, delta: i64) {
     *slot = slot.saturating_add_signed(delta);
 }
 
+/// [`shift`] for a 32-bit count; a delta is ±1 or a whole subtree's count,
+/// which fits.
+fn shift32(slot: &mut u32, delta: i64) {
+    let delta = i32::try_from(delta).unwrap_or(if delta < 0 { i32::MIN } else { i32::MAX });
+    *slot = slot.saturating_add_signed(delta);
+}
+
 /// The aggregated counts of one (cycle, org) over its whole subtree.
+///
+/// Progress keeps one per unit of every cycle, so it is kept small: counts
+/// in 32 bits, and the quota groups in short sorted vectors that share the
+/// model's interned group names, rather than maps (a unit has one or two
+/// groups and one authority; only the upper tiers have many).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counters {
     /// Dossiers per state ([`DossierState::ALL`] order).
-    pub states: [u64; 8],
+    states: [u32; 8],
     /// Not-reviewed dossiers per reason ([`REASONS`] order).
-    pub reasons: [u64; 3],
+    reasons: [u32; 3],
     /// Graded dossiers per grade ([`Grade::ALL`] order).
-    pub grades: [u64; 4],
+    grades: [u32; 4],
     /// Per segment ([`Segment::ALL`] order).
-    pub segments: [SegmentTally; 6],
-    /// Per quota group name, summed over authorities.
-    pub groups: BTreeMap<String, QuotaTally>,
+    segments: [Tally; 6],
+    /// Per quota group name, summed over authorities; sorted by name,
+    /// only groups with a count.
+    groups: Vec<(Arc<str>, QuotaTally)>,
     /// Per (authority, group): the excellent and good of that authority's
-    /// group that lie in this subtree (what `groups` is summed from).
-    pub by_authority: HashMap<(OrgId, String), GroupCounts>,
+    /// group that lie in this subtree (what `groups` is summed from);
+    /// sorted, only pairs with a count.
+    by_authority: Vec<(OrgId, Arc<str>, GroupCounts)>,
 }
 
 impl Counters {
     /// Dossiers registered.
     pub fn subjects(&self) -> u64 {
-        self.states.iter().sum()
+        self.states.iter().map(|n| u64::from(*n)).sum()
     }
 
     /// Dossiers in `state`.
     pub fn state(&self, state: DossierState) -> u64 {
-        self.states[state_index(state)]
+        self.states[state_index(state)].into()
+    }
+
+    /// Not-reviewed dossiers per reason ([`REASONS`] order).
+    pub fn reasons(&self) -> [u64; 3] {
+        widen(self.reasons)
+    }
+
+    /// Graded dossiers per grade ([`Grade::ALL`] order).
+    pub fn grades(&self) -> [u64; 4] {
+        widen(self.grades)
+    }
+
+    /// The counts per segment ([`Segment::ALL`] order).
+    pub fn segments(&self) -> [SegmentTally; 6] {
+        self.segments.map(Tally::widen)
+    }
+
+    /// The quota groups with a count, by name.
+    pub fn groups(&self) -> impl Iterator<Item = (&str, QuotaTally)> + '_ {
+        self.groups.iter().map(|(g, t)| (&**g, *t))
+    }
+
+    /// One quota group's counts, if it has any.
+    pub fn group(&self, name: &str) -> Option<QuotaTally> {
+        let i = self
+            .groups
+            .binary_search_by(|(g, _)| (**g).cmp(name))
+            .ok()?;
+        Some(self.groups[i].1)
     }
 
     /// Dossiers settled: decided, re-graded or not reviewed.
@@ -236,28 +301,28 @@ impl Counters {
 
     /// Adds (`sign` = 1) or removes (`sign` = -1) one dossier.
     pub fn apply(&mut self, c: &Contribution, sign: i64, rule: QuotaRule) {
-        shift(&mut self.states[state_index(c.state)], sign);
+        shift32(&mut self.states[state_index(c.state)], sign);
         let not_reviewed = c.state == DossierState::NotReviewed;
         if not_reviewed {
             if let Some(i) = reason_index(c.status) {
-                shift(&mut self.reasons[i], sign);
+                shift32(&mut self.reasons[i], sign);
             }
         }
         if let Some(g) = c.grade {
-            shift(&mut self.grades[grade_index(g)], sign);
+            shift32(&mut self.grades[grade_index(g)], sign);
         }
         for seg in Segment::ALL {
             if !c.segments[seg.index()] {
                 continue;
             }
             let t = &mut self.segments[seg.index()];
-            shift(&mut t.subjects, sign);
+            shift32(&mut t.subjects, sign);
             if not_reviewed {
-                shift(&mut t.not_reviewed, sign);
+                shift32(&mut t.not_reviewed, sign);
             }
             if let Some(g) = c.grade {
-                shift(&mut t.graded, sign);
-                shift(&mut t.grades[grade_index(g)], sign);
+                shift32(&mut t.graded, sign);
+                shift32(&mut t.grades[grade_index(g)], sign);
             }
         }
         let delta = match c.grade {
@@ -278,23 +343,23 @@ impl Counters {
     /// counters: a moved or merged org.
     pub fn merge(&mut self, other: &Counters, sign: i64, rule: QuotaRule) {
         for (a, b) in self.states.iter_mut().zip(other.states) {
-            shift(a, sign * signed(b));
+            shift32(a, sign * i64::from(b));
         }
         for (a, b) in self.reasons.iter_mut().zip(other.reasons) {
-            shift(a, sign * signed(b));
+            shift32(a, sign * i64::from(b));
         }
         for (a, b) in self.grades.iter_mut().zip(other.grades) {
-            shift(a, sign * signed(b));
+            shift32(a, sign * i64::from(b));
         }
         for (a, b) in self.segments.iter_mut().zip(other.segments) {
-            shift(&mut a.subjects, sign * signed(b.subjects));
-            shift(&mut a.not_reviewed, sign * signed(b.not_reviewed));
-            shift(&mut a.graded, sign * signed(b.graded));
+            shift32(&mut a.subjects, sign * i64::from(b.subjects));
+            shift32(&mut a.not_reviewed, sign * i64::from(b.not_reviewed));
+            shift32(&mut a.graded, sign * i64::from(b.graded));
             for (x, y) in a.grades.iter_mut().zip(b.grades) {
-                shift(x, sign * signed(y));
+                shift32(x, sign * i64::from(y));
             }
         }
-        for ((authority, group), counts) in &other.by_authority {
+        for (authority, group, counts) in &other.by_authority {
             let delta = GroupDelta {
                 excellent: sign * signed(counts.excellent),
                 good: sign * signed(counts.good),
@@ -306,25 +371,62 @@ impl Counters {
     /// Moves one authority's group counts, keeping the group's summed
     /// maximum in step: the authority's `rounding(ratio × good)` before and
     /// after.
-    fn shift_group(&mut self, authority: OrgId, group: &str, delta: GroupDelta, rule: QuotaRule) {
-        let key = (authority, group.to_owned());
-        let entry = self.by_authority.entry(key.clone()).or_default();
+    fn shift_group(
+        &mut self,
+        authority: OrgId,
+        group: &Arc<str>,
+        delta: GroupDelta,
+        rule: QuotaRule,
+    ) {
+        let at = self
+            .by_authority
+            .binary_search_by(|(a, g, _)| (*a, &**g).cmp(&(authority, &**group)));
+        let i = at.unwrap_or_else(|i| {
+            insert_tight(
+                &mut self.by_authority,
+                i,
+                (authority, Arc::clone(group), GroupCounts::default()),
+            );
+            i
+        });
+        let entry = &mut self.by_authority[i].2;
         let before = rule.max_excellent(entry.good);
         shift(&mut entry.excellent, delta.excellent);
         shift(&mut entry.good, delta.good);
         let after = rule.max_excellent(entry.good);
-        let empty = entry.excellent == 0 && entry.good == 0;
-        if empty {
-            self.by_authority.remove(&key);
+        if entry.excellent == 0 && entry.good == 0 {
+            self.by_authority.remove(i);
         }
-        let tally = self.groups.entry(group.to_owned()).or_default();
+        let at = self.groups.binary_search_by(|(g, _)| g.cmp(group));
+        let i = at.unwrap_or_else(|i| {
+            insert_tight(
+                &mut self.groups,
+                i,
+                (Arc::clone(group), QuotaTally::default()),
+            );
+            i
+        });
+        let tally = &mut self.groups[i].1;
         shift(&mut tally.excellent, delta.excellent);
         shift(&mut tally.good, delta.good);
         shift(&mut tally.max_excellent, signed(after) - signed(before));
         if *tally == QuotaTally::default() {
-            self.groups.remove(group);
+            self.groups.remove(i);
         }
     }
+}
+
+/// Inserts at `i`, growing the vector by one slot only: these vectors are
+/// kept per unit and rarely grow, so room for the next three entries would
+/// be wasted.
+fn insert_tight<T>(v: &mut Vec<T>, i: usize, value: T) {
+    v.reserve_exact(1);
+    v.insert(i, value);
+}
+
+/// 32-bit counts as the 64-bit counts the queries use.
+fn widen<const N: usize>(counts: [u32; N]) -> [u64; N] {
+    counts.map(u64::from)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -370,12 +472,49 @@ mod tests {
             c.apply(&graded(2, Grade::Good), 1, rule());
         }
         c.apply(&graded(2, Grade::Excellent), 1, rule());
-        let g = c.groups["individuals"];
+        let g = c.group("individuals").unwrap();
         assert_eq!((g.excellent, g.good, g.max_excellent), (1, 11, 1));
         // One more good at authority 2 lifts its floor to 1.
         c.apply(&graded(2, Grade::Good), 1, rule());
-        assert_eq!(c.groups["individuals"].max_excellent, 2);
-        assert_eq!(c.segments[Segment::Form2B.index()].graded, 13);
+        assert_eq!(c.group("individuals").unwrap().max_excellent, 2);
+        assert_eq!(c.segments()[Segment::Form2B.index()].graded, 13);
+    }
+
+    #[test]
+    fn groups_are_listed_by_name_and_leave_when_their_last_grade_goes() {
+        let mut c = Counters::default();
+        let collective = |grade| Contribution {
+            group: "collectives".into(),
+            ..graded(3, grade)
+        };
+        c.apply(&graded(2, Grade::Good), 1, rule());
+        c.apply(&collective(Grade::Excellent), 1, rule());
+        c.apply(&graded(1, Grade::Excellent), 1, rule());
+        let names: Vec<&str> = c.groups().map(|(g, _)| g).collect();
+        assert_eq!(names, ["collectives", "individuals"]);
+        assert_eq!(c.group("individuals").unwrap().good, 1);
+        assert_eq!(c.group("individuals").unwrap().excellent, 1);
+        c.apply(&collective(Grade::Excellent), -1, rule());
+        assert_eq!(c.group("collectives"), None);
+        c.apply(&graded(2, Grade::Good), -1, rule());
+        c.apply(&graded(1, Grade::Excellent), -1, rule());
+        assert_eq!(c.groups().count(), 0);
+        assert_eq!(c, Counters::default());
+    }
+
+    #[test]
+    fn a_count_never_goes_below_zero() {
+        let mut c = Counters::default();
+        c.apply(&graded(1, Grade::Good), -1, rule());
+        assert_eq!(c.subjects(), 0);
+        assert_eq!(c.grades(), [0; 4]);
+        let mut big = Counters::default();
+        for _ in 0..3 {
+            big.apply(&graded(1, Grade::Good), 1, rule());
+        }
+        c.merge(&big, -1, rule());
+        assert_eq!(c.state(DossierState::Decided), 0);
+        assert_eq!(c.segments()[Segment::Individuals.index()].subjects, 0);
     }
 
     #[test]
@@ -388,8 +527,8 @@ mod tests {
         }
         let before = a.clone();
         a.merge(&b, 1, rule());
-        assert_eq!(a.groups["individuals"].good, 6);
-        assert_eq!(a.groups["individuals"].max_excellent, 1);
+        assert_eq!(a.group("individuals").unwrap().good, 6);
+        assert_eq!(a.group("individuals").unwrap().max_excellent, 1);
         a.merge(&b, -1, rule());
         assert_eq!(a, before);
     }
@@ -404,10 +543,10 @@ mod tests {
             ..graded(1, Grade::Good)
         };
         c.apply(&nr, 1, rule());
-        assert_eq!(c.reasons, [0, 1, 0]);
+        assert_eq!(c.reasons(), [0, 1, 0]);
         assert_eq!(c.settled(), 1);
-        assert_eq!(c.grades, [0; 4]);
-        assert!(c.groups.is_empty());
+        assert_eq!(c.grades(), [0; 4]);
+        assert_eq!(c.groups().count(), 0);
         c.apply(&nr, -1, rule());
         assert!(c.is_empty());
     }

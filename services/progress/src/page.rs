@@ -118,7 +118,7 @@ impl Page<'_> {
         totals(out, &Totals::of(c));
         reasons(out, &NotReviewedReasons::of(c));
         out.extend_from_slice(br#","grades":{"#);
-        for (i, (grade, count)) in Grade::ALL.iter().zip(c.grades).enumerate() {
+        for (i, (grade, count)) in Grade::ALL.iter().zip(c.grades()).enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -128,9 +128,8 @@ impl Page<'_> {
         }
         out.extend_from_slice(br#"},"quota_groups":["#);
         let subtree = c
-            .groups
-            .iter()
-            .map(|(g, t)| (g.as_str(), t.excellent, t.good, t.max_excellent));
+            .groups()
+            .map(|(g, t)| (g, t.excellent, t.good, t.max_excellent));
         groups(out, subtree);
         out.extend_from_slice(br#"],"authority_quota_groups":["#);
         let rule: QuotaRule = self.cycle.rule;

@@ -236,7 +236,7 @@ pub struct NotReviewedReasons {
 impl NotReviewedReasons {
     /// The reasons of subtree counters.
     pub fn of(c: &Counters) -> NotReviewedReasons {
-        let [new_member, exempt, suspended] = c.reasons;
+        let [new_member, exempt, suspended] = c.reasons();
         debug_assert_eq!(REASONS.len(), 3);
         NotReviewedReasons {
             new_member,
@@ -557,8 +557,7 @@ pub fn grade_counts(counts: &[u64; 4]) -> BTreeMap<Grade, u64> {
 
 /// The subtree quota groups of counters.
 pub fn quota_groups(c: &Counters) -> Vec<QuotaGroup> {
-    c.groups
-        .iter()
+    c.groups()
         .map(|(g, t)| QuotaGroup::new(g, t.excellent, t.good, t.max_excellent))
         .collect()
 }
@@ -603,7 +602,7 @@ pub fn node(
         percent: percent(c.settled(), c.subjects()),
         totals: Totals::of(c),
         not_reviewed_reasons: NotReviewedReasons::of(c),
-        grades: grade_counts(&c.grades),
+        grades: grade_counts(&c.grades()),
         quota_groups: quota_groups(c),
         authority_quota_groups: authority_groups(model, cycle.opened.cycle, org.id, cycle.rule),
         children_truncated: false,

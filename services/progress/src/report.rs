@@ -275,7 +275,8 @@ pub fn report(
     let not_completed = named(|r| r.grade == Some(Grade::NotCompleted));
     let regraded = named(|r| r.state == DossierState::Regraded);
     let (overdue_by_tier, overdue_units) = overdue_units(model, cycle, top, today);
-    let graded: u64 = c.grades.iter().sum();
+    let grades = c.grades();
+    let graded: u64 = grades.iter().sum();
     Ok(Report {
         cycle: q.cycle,
         year: cycle.opened.year,
@@ -290,11 +291,11 @@ pub fn report(
         complete,
         overdue,
         totals: Totals::of(c),
-        grades: grade_counts(&c.grades),
-        percent: grade_percents(&c.grades, graded),
+        grades: grade_counts(&grades),
+        percent: grade_percents(&grades, graded),
         segments: Segment::ALL
             .iter()
-            .zip(c.segments.iter())
+            .zip(c.segments().iter())
             .map(|(s, t)| SegmentReport {
                 segment: *s,
                 label_vi: s.label_vi().to_owned(),

@@ -55,9 +55,19 @@ pub(crate) const OUTBOX_COLUMNS: &str =
 /// One `events` row as the outbox relay reads it (see [`OUTBOX_COLUMNS`]).
 pub(crate) type OutboxTuple = (i64, String, i64, String, String, String, String, String);
 
-/// Bind parameters per statement: SQLite's limit. (PostgreSQL's statements
-/// take arrays, one parameter per column whatever the number of rows.)
-const SQLITE_MAX_BINDS: usize = 32_766;
+/// Rows (or `IN` ids) per SQLite writer statement. Each size class of each
+/// statement stays prepared on the writer's connection, and a prepared
+/// multi-row statement holds about 1 KB per row (its program and its bound
+/// values): with classes up to SQLite's bind limit (3,276 rows of 10
+/// columns) the cached statements of one busy store took tens of MB. Up to
+/// 256 rows, every class of every statement together takes about 1 MB, and
+/// a bigger batch is a few statements in one transaction, which costs
+/// nothing measurable. (PostgreSQL's statements take arrays, one parameter
+/// per column whatever the number of rows.)
+const SQLITE_ROWS: usize = 256;
+
+// A full statement of 10-column rows stays within SQLite's 32,766 binds.
+const _: () = assert!(SQLITE_ROWS * 10 <= 32_766);
 
 /// `items` followed by copies of its last item up to its [`size_class`]:
 /// for `IN (…)` lists, where a repeated value changes nothing.
@@ -68,8 +78,8 @@ fn padded<'a, T>(items: &'a [T]) -> impl Iterator<Item = &'a T> + 'a {
         .chain(items.last().into_iter().cycle().take(extra))
 }
 
-/// Ids per `IN (…)` lookup: well under both limits.
-const IN_CHUNK: usize = 1_000;
+/// Ids per `IN (…)` lookup on PostgreSQL (one array parameter).
+const PG_IN_CHUNK: usize = 1_000;
 
 /// Statements the writer's connection keeps prepared (sqlx's default is
 /// 100): every size class of every statement the writer runs fits.
@@ -77,8 +87,8 @@ const WRITER_STATEMENT_CACHE: usize = 256;
 
 /// The number of rows (or ids) a SQLite writer statement is built for when
 /// it carries `n`: `n` rounded up to a power of two up to 64, then to a
-/// multiple of 64. The statements of a batch then come in a few dozen
-/// shapes, each prepared once per connection and reused from sqlx's
+/// multiple of 64; callers cap `n` at [`SQLITE_ROWS`]. The statements of a
+/// batch then come in ten shapes, each prepared once per connection and reused from sqlx's
 /// statement cache, instead of a new shape (a new parse) for nearly every
 /// batch size; the unused rows cost a NULL bind each and are filtered out
 /// (an `IN` list repeats its last id). At most `n + 63` and never more
@@ -587,7 +597,7 @@ impl<'c> WriteTx<'c> {
         }
         let mut found = HashMap::new();
         for (consumer, ids) in by_consumer {
-            for chunk in ids.chunks(IN_CHUNK) {
+            for chunk in ids.chunks(self.in_chunk()) {
                 let rows = match self {
                     WriteTx::Sqlite(t) => {
                         let mut qb = QueryBuilder::<Sqlite>::new(
@@ -628,7 +638,7 @@ impl<'c> WriteTx<'c> {
         ids: &[&str],
     ) -> Result<HashMap<String, RawEvent>, StoreError> {
         let mut found = HashMap::new();
-        for chunk in ids.chunks(IN_CHUNK) {
+        for chunk in ids.chunks(self.in_chunk()) {
             let rows = match self {
                 WriteTx::Sqlite(t) => {
                     let mut qb = QueryBuilder::<Sqlite>::new(format!(
@@ -666,7 +676,7 @@ impl<'c> WriteTx<'c> {
         streams: &[&str],
     ) -> Result<HashMap<String, u64>, StoreError> {
         let mut found = HashMap::new();
-        for chunk in streams.chunks(IN_CHUNK) {
+        for chunk in streams.chunks(self.in_chunk()) {
             let rows = match self {
                 WriteTx::Sqlite(t) => {
                     let mut qb = QueryBuilder::<Sqlite>::new(
@@ -713,7 +723,6 @@ impl<'c> WriteTx<'c> {
         skip_stored_ids: bool,
         head: Option<&Head>,
     ) -> Result<u64, StoreError> {
-        const COLUMNS: usize = 10;
         let on_conflict = if skip_stored_ids {
             " ON CONFLICT (event_id) DO NOTHING"
         } else {
@@ -763,7 +772,7 @@ impl<'c> WriteTx<'c> {
                 return Ok(query.execute(&mut **t).await?.rows_affected());
             }
         };
-        let per_statement = SQLITE_MAX_BINDS / COLUMNS;
+        let per_statement = SQLITE_ROWS;
         let mut stored = 0;
         let chunks = rows.len().div_ceil(per_statement);
         for (n, chunk) in rows.chunks(per_statement).enumerate() {
@@ -771,7 +780,7 @@ impl<'c> WriteTx<'c> {
             // all NULL, and the WHERE drops them (a real row's position is
             // never NULL). The WHERE also keeps SQLite from reading the
             // upsert clause as part of the SELECT.
-            let shape = size_class(chunk.len()).min(per_statement);
+            let shape = size_class(chunk.len());
             let mut qb = QueryBuilder::<Sqlite>::new(format!(
                 "INSERT INTO events ({EVENT_COLUMNS}) SELECT * FROM ("
             ));
@@ -822,23 +831,58 @@ impl<'c> WriteTx<'c> {
         Ok(stored)
     }
 
-    /// Inserts inbox rows (multi-row, chunked).
+    /// Inserts inbox rows (multi-row, chunked; on SQLite built for the
+    /// chunk's size class like the events' insert, the padding rows NULL and
+    /// filtered out).
     pub(crate) async fn insert_inbox(&mut self, rows: &[InboxRow]) -> Result<(), StoreError> {
-        for chunk in rows.chunks(IN_CHUNK) {
-            on_tx!(self, t, Db => {
-                let mut qb = QueryBuilder::<Db>::new(
-                    "INSERT INTO inbox (consumer, message_id, reply, recorded_at) ",
-                );
-                qb.push_values(chunk, |mut b, r| {
-                    b.push_bind(r.consumer.as_str())
-                        .push_bind(r.message_id.as_str())
-                        .push_bind(r.reply.as_deref())
-                        .push_bind(r.recorded_at.as_str());
-                });
-                qb.build().execute(&mut **t).await?;
-            });
+        for chunk in rows.chunks(self.in_chunk()) {
+            match self {
+                WriteTx::Sqlite(t) => {
+                    let mut qb = QueryBuilder::<Sqlite>::new(
+                        "INSERT INTO inbox (consumer, message_id, reply, recorded_at) \
+                         SELECT * FROM (",
+                    );
+                    qb.push_values(0..size_class(chunk.len()), |mut b, i| match chunk.get(i) {
+                        Some(r) => {
+                            b.push_bind(Some(r.consumer.as_str()))
+                                .push_bind(Some(r.message_id.as_str()))
+                                .push_bind(r.reply.as_deref())
+                                .push_bind(Some(r.recorded_at.as_str()));
+                        }
+                        None => {
+                            b.push_bind(None::<&str>)
+                                .push_bind(None::<&str>)
+                                .push_bind(None::<&str>)
+                                .push_bind(None::<&str>);
+                        }
+                    });
+                    qb.push(") AS v WHERE v.column1 IS NOT NULL");
+                    qb.build().execute(&mut **t).await?;
+                }
+                WriteTx::Postgres(t) => {
+                    let mut qb = QueryBuilder::<Postgres>::new(
+                        "INSERT INTO inbox (consumer, message_id, reply, recorded_at) ",
+                    );
+                    qb.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.consumer.as_str())
+                            .push_bind(r.message_id.as_str())
+                            .push_bind(r.reply.as_deref())
+                            .push_bind(r.recorded_at.as_str());
+                    });
+                    qb.build().execute(&mut **t).await?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Ids per `IN (…)` lookup, and rows per inbox insert: SQLite's
+    /// statements are prepared per size class, so they stay small.
+    fn in_chunk(&self) -> usize {
+        match self {
+            WriteTx::Sqlite(_) => SQLITE_ROWS,
+            WriteTx::Postgres(_) => PG_IN_CHUNK,
+        }
     }
 
     /// Moves the `chain_head` row to `head`.
@@ -879,8 +923,9 @@ mod tests {
 
     #[test]
     fn size_classes_are_few_and_never_waste_more_than_they_carry() {
-        let classes: std::collections::BTreeSet<usize> = (1..=1_000).map(size_class).collect();
-        assert_eq!(classes.len(), 7 + 15);
+        let classes: std::collections::BTreeSet<usize> =
+            (1..=SQLITE_ROWS).map(size_class).collect();
+        assert_eq!(classes.len(), 10);
         for n in 1..=5_000 {
             let c = size_class(n);
             assert!(c >= n && c < n + 64 && c <= 2 * n, "{n} -> {c}");

@@ -169,6 +169,7 @@ conformance!(
     a_refused_predicted_request_refuses_the_rest_of_its_chain,
     a_prediction_behind_the_log_is_refused,
     streams_and_positions_are_read_a_part_at_a_time,
+    a_batch_wider_than_one_statement_is_stored_whole,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -637,6 +638,62 @@ async fn an_inbox_duplicate_returns_the_stored_reply_and_writes_nothing(db: &Db)
         }
     }
     assert_eq!(store.stream_version("r").await.unwrap(), 1);
+}
+
+/// A batch carrying more rows, inbox entries and ids to look up than one
+/// SQLite statement takes (256) is written as several statements in one
+/// transaction: every event lands once, in order, every inbox entry keeps
+/// its reply, and a redelivery of the whole batch writes nothing.
+async fn a_batch_wider_than_one_statement_is_stored_whole(db: &Db) {
+    let store = db.open().await;
+    let entry = |i: u64| InboxEntry {
+        consumer: "wide".into(),
+        message_id: format!("m{i}"),
+        reply: (i % 3 != 0).then(|| json!(i)),
+    };
+    let reqs: Vec<AppendRequest> = (0..700u64)
+        .map(|i| {
+            AppendRequest::new(vec![ev(&format!("s{i}"), i)])
+                .expect(&format!("s{i}"), ExpectedVersion::NoStream)
+                .with_inbox(entry(i))
+        })
+        .collect();
+    let long = AppendRequest::new((0..600u64).map(|n| ev("long", n)).collect());
+    let mut all = reqs.clone();
+    all.push(long.clone());
+    let mut first = Vec::new();
+    for p in submit_all(&store, all).await {
+        first.extend(appended(p.outcome().await.unwrap()));
+    }
+    assert_eq!(first.len(), 1_300);
+    let events = all_events(&store).await;
+    assert_contiguous(&events);
+    assert_eq!(events.len(), 1_300);
+    assert_eq!(store.stream_version("long").await.unwrap(), 600);
+    for i in [0u64, 1, 255, 256, 257, 511, 699] {
+        assert_eq!(store.stream_version(&format!("s{i}")).await.unwrap(), 1);
+        assert_eq!(
+            store.inbox_lookup("wide", &format!("m{i}")).await.unwrap(),
+            Some(entry(i).reply),
+            "m{i}"
+        );
+    }
+    // Redelivered all at once: every message is a duplicate with its reply,
+    // and the long request's events are answered as stored.
+    let mut again = reqs;
+    again.push(long);
+    let pending = submit_all(&store, again).await;
+    for (i, p) in pending.into_iter().enumerate() {
+        match p.outcome().await.unwrap() {
+            AppendOutcome::Duplicate { reply } => assert_eq!(reply, entry(i as u64).reply),
+            AppendOutcome::Appended(events) => {
+                assert_eq!(i, 700);
+                assert_eq!(events, first[700..]);
+            }
+        }
+    }
+    assert_eq!(all_events(&store).await.len(), 1_300);
+    assert_verifies(&store, 1_300).await;
 }
 
 async fn an_inbox_only_request_records_the_message(db: &Db) {
