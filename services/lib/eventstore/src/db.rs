@@ -78,6 +78,19 @@ fn padded<'a, T>(items: &'a [T]) -> impl Iterator<Item = &'a T> + 'a {
         .chain(items.last().into_iter().cycle().take(extra))
 }
 
+/// The page cache of each pooled (reading) SQLite connection, in KiB
+/// (negative: SQLite's unit for a size in KiB). SQLite's default is 2 MiB
+/// per connection, and a store has up to `GRADEFLOW_DB_POOL` readers: 64
+/// MiB of caches for the four stores of `gradeflow up` at the default pool,
+/// full once the files outgrow them. The readers mostly scan recent
+/// positions and look up single streams, pages the operating system caches
+/// anyway, so a quarter of the default is enough.
+const SQLITE_READER_CACHE: &str = "-512";
+
+/// The writer's page cache: SQLite's default (2 MiB). Its inserts walk the
+/// same few index pages over and over.
+const SQLITE_WRITER_CACHE: &str = "-2000";
+
 /// Ids per `IN (…)` lookup on PostgreSQL (one array parameter).
 const PG_IN_CHUNK: usize = 1_000;
 
@@ -199,7 +212,8 @@ pub(crate) async fn open(
             // every few dozen rows. A page's worth cuts the hand-offs: an
             // audit verify at 100k spent about a sixth less time in the
             // kernel. At most this many rows wait per reading connection.
-            .row_buffer_size(SQLITE_ROW_BUFFER);
+            .row_buffer_size(SQLITE_ROW_BUFFER)
+            .pragma("cache_size", SQLITE_READER_CACHE);
         let pool = SqlitePoolOptions::new()
             .max_connections(pool_size)
             // No liveness ping on every checkout: a SQLite connection is a
@@ -452,6 +466,7 @@ impl WriteConn {
                 Pool::Sqlite(p) => WriteConn::Sqlite(
                     (*p.connect_options())
                         .clone()
+                        .pragma("cache_size", SQLITE_WRITER_CACHE)
                         .statement_cache_capacity(WRITER_STATEMENT_CACHE)
                         .connect()
                         .await?,
@@ -1027,5 +1042,31 @@ mod tests {
         assert!(!plan.contains("Seq Scan"), "{plan}");
         store.close().await;
         pg.drop_db().await.unwrap();
+    }
+
+    /// The readers of a SQLite store keep a small page cache each, the
+    /// writer SQLite's default: what bounds the caches of a whole process.
+    #[tokio::test]
+    async fn sqlite_readers_keep_a_small_page_cache_and_the_writer_the_default() {
+        let db = gradeflow_testkit::fresh_sqlite().unwrap();
+        let pool = open(&db.url, None, 2).await.unwrap();
+        let Pool::Sqlite(readers) = &pool else {
+            unreachable!("the store is on SQLite")
+        };
+        let cache: i64 = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(readers)
+            .await
+            .unwrap();
+        assert_eq!(cache.to_string(), SQLITE_READER_CACHE);
+        let WriteConn::Sqlite(mut writer) = WriteConn::open(&pool).await.unwrap() else {
+            unreachable!("the store is on SQLite")
+        };
+        let cache: i64 = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(&mut writer)
+            .await
+            .unwrap();
+        assert_eq!(cache.to_string(), SQLITE_WRITER_CACHE);
+        writer.close().await.unwrap();
+        readers.close().await;
     }
 }
