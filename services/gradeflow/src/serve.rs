@@ -119,9 +119,25 @@ pub fn portal(args: ServeArgs) -> ExitCode {
     exit(runtime().and_then(|rt| rt.block_on(run(Vec::new(), true, args, None))))
 }
 
+/// Threads for blocking work (`spawn_blocking`: loading or creating an
+/// authority's signing key, checking the decision log at start), at most.
+/// tokio's default is 512, started on demand and ended after 10 s idle: a
+/// wave of first decisions by many authorities (each waiting for the key
+/// ring's lock) started dozens at once, again at every wave. Each new thread
+/// gets its own allocator heap, and the service's resident memory jumped by
+/// 50 to 230 MiB with each wave of a 1M cycle (`docs/performance.md`). The
+/// key ring serialises that work anyway, so a few threads, kept a minute,
+/// do it as fast.
+const BLOCKING_THREADS: usize = 4;
+
+/// How long an idle blocking thread is kept for the next task.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(60);
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .build()
         .context("starting the async runtime")
 }
@@ -481,6 +497,32 @@ async fn serve_http(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Many blocking tasks at once run on a few threads, not one each.
+    #[test]
+    fn blocking_work_runs_on_a_bounded_set_of_threads() {
+        let rt = runtime().unwrap();
+        let threads = rt.block_on(async {
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    tokio::task::spawn_blocking(|| {
+                        std::thread::sleep(Duration::from_millis(5));
+                        std::thread::current().id()
+                    })
+                })
+                .collect();
+            let mut ids = std::collections::HashSet::new();
+            for t in tasks {
+                ids.insert(t.await.unwrap());
+            }
+            ids
+        });
+        assert!(
+            (1..=BLOCKING_THREADS).contains(&threads.len()),
+            "{} threads",
+            threads.len()
+        );
+    }
 
     #[test]
     fn only_loopback_urls_get_an_embedded_server() {
