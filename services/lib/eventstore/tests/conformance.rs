@@ -654,7 +654,7 @@ async fn a_batch_wider_than_one_statement_is_stored_whole(db: &Db) {
     let reqs: Vec<AppendRequest> = (0..700u64)
         .map(|i| {
             AppendRequest::new(vec![ev(&format!("s{i}"), i)])
-                .expect(&format!("s{i}"), ExpectedVersion::NoStream)
+                .expect(format!("s{i}"), ExpectedVersion::NoStream)
                 .with_inbox(entry(i))
         })
         .collect();
