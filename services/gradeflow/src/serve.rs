@@ -123,11 +123,11 @@ pub fn portal(args: ServeArgs) -> ExitCode {
 /// authority's signing key, checking the decision log at start), at most.
 /// tokio's default is 512, started on demand and ended after 10 s idle: a
 /// wave of first decisions by many authorities (each waiting for the key
-/// ring's lock) started dozens at once, again at every wave. Each new thread
-/// gets its own allocator heap, and the service's resident memory jumped by
-/// 50 to 230 MiB with each wave of a 1M cycle (`docs/performance.md`). The
-/// key ring serialises that work anyway, so a few threads, kept a minute,
-/// do it as fast.
+/// ring's lock) started dozens at once, again at every wave, and in a 1M
+/// cycle the resident memory jumped by up to 233 MiB with those waves (each
+/// new thread gets an allocator heap of its own); with a few threads kept,
+/// it no longer did (`docs/performance.md`). The key ring serialises that
+/// work anyway, so a few threads, kept a minute, do it as fast.
 const BLOCKING_THREADS: usize = 4;
 
 /// How long an idle blocking thread is kept for the next task.

@@ -61,9 +61,9 @@ pub(crate) type OutboxTuple = (i64, String, i64, String, String, String, String,
 /// values): with classes up to SQLite's bind limit (3,276 rows of 10
 /// columns) the cached statements of one busy store took tens of MB. Up to
 /// 256 rows, every class of every statement together takes about 1 MB, and
-/// a bigger batch is a few statements in one transaction, which costs
-/// nothing measurable. (PostgreSQL's statements take arrays, one parameter
-/// per column whatever the number of rows.)
+/// a bigger batch is one statement per 256 rows in the same transaction.
+/// (PostgreSQL's statements take arrays, one parameter per column whatever
+/// the number of rows.)
 const SQLITE_ROWS: usize = 256;
 
 // A full statement of 10-column rows stays within SQLite's 32,766 binds.
@@ -101,11 +101,11 @@ const WRITER_STATEMENT_CACHE: usize = 256;
 /// The number of rows (or ids) a SQLite writer statement is built for when
 /// it carries `n`: `n` rounded up to a power of two up to 64, then to a
 /// multiple of 64; callers cap `n` at [`SQLITE_ROWS`]. The statements of a
-/// batch then come in ten shapes, each prepared once per connection and reused from sqlx's
-/// statement cache, instead of a new shape (a new parse) for nearly every
-/// batch size; the unused rows cost a NULL bind each and are filtered out
-/// (an `IN` list repeats its last id). At most `n + 63` and never more
-/// than twice `n`. (PostgreSQL's writer statements take one array per
+/// batch then come in ten shapes, each prepared once per connection and
+/// reused from sqlx's statement cache, instead of a new shape (a new parse)
+/// for nearly every batch size; the unused rows cost a NULL bind each and
+/// are filtered out (an `IN` list repeats its last id). At most `n + 63`
+/// and never more than twice `n`. (PostgreSQL's writer statements take one array per
 /// column, so they have one shape whatever `n`.)
 pub(crate) fn size_class(n: usize) -> usize {
     if n <= 64 {
