@@ -85,22 +85,29 @@ impl World {
         let cell = OrgId::new();
         w.org(cell, "cell", Some(tw));
         w.cells.push(cell);
+        let cycle = w.open_cycle(2026);
+        (w, cell, cycle)
+    }
+
+    /// Opens a card-tier cycle of `year` over the whole tree; its id.
+    fn open_cycle(&mut self, year: i32) -> CycleId {
         let cycle = CycleId::new();
-        w.cycles.push(cycle);
-        w.push(
+        self.cycles.push(cycle);
+        let root = self.tw;
+        self.push(
             cycle.stream(),
             &CycleOpened {
                 cycle,
-                year: 2026,
+                year,
                 kind: CycleKind::Annual,
                 rulebook: RulebookId::Qd366_2025,
                 tiers: Tiers::card(),
                 deadlines: BTreeMap::new(),
                 quota: QuotaSettings::default(),
-                root: tw,
+                root,
             },
         );
-        (w, cell, cycle)
+        cycle
     }
 
     fn new() -> World {
@@ -431,21 +438,7 @@ impl World {
             }
         }
         for year in [2026, 2027] {
-            let cycle = CycleId::new();
-            w.cycles.push(cycle);
-            w.push(
-                cycle.stream(),
-                &CycleOpened {
-                    cycle,
-                    year,
-                    kind: CycleKind::Annual,
-                    rulebook: RulebookId::Qd366_2025,
-                    tiers: Tiers::card(),
-                    deadlines: BTreeMap::new(),
-                    quota: QuotaSettings::default(),
-                    root: tw,
-                },
-            );
+            w.open_cycle(year);
         }
         let (a, b) = (w.cycles[0], w.cycles[1]);
         let parent = |w: &World, org: OrgId| -> OrgId {
